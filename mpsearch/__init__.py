@@ -1,0 +1,31 @@
+"""mpsearch: mixed-precision bit-width search for diffusion models.
+
+Public verbs: `inventory`, `profile`, `solve`, `search`, `export`, `evaluate`, `load_quantized`, plus the
+objects `Budget`, `Plan`, `Profile`. Heavy modules load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "inventory": "mpsearch.model",
+    "load_pipeline": "mpsearch.model",
+    "Inventory": "mpsearch.model",
+    "Layer": "mpsearch.model",
+    "Budget": "mpsearch.budget",
+    "Plan": "mpsearch.plan",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mpsearch' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -1,0 +1,190 @@
+"""The plan: per-layer weight/activation bits (and kept timesteps), as a readable, diffable JSON file.
+
+    {"schema": "mpsearch.plan/1", "model": "demo", "fingerprint": "…", "format": "packed",
+     "budget": "4GB", "layers": {"conv_in": {"w_bits": 8, "a_bits": 16}, …},
+     "step_overrides": [{"steps": [0, 1], "layers": {"conv_in": {"a_bits": 8}}}],
+     "kept_timesteps": null, "pruned_units": [], "predicted": {"bytes": …, "loss": …}, "solver": {…}}
+
+`Plan.load` checks the file and names the line and field of any problem; `Plan.validate(inventory)`
+checks it against a model: unknown, missing or unsupported layers are errors that name the layer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mpsearch.cost import ACT_BITS, FLOAT_BITS, WEIGHT_BITS, get_format, mean_bits, model_bitops, model_bytes
+from mpsearch.model import Inventory
+
+SCHEMA = "mpsearch.plan/1"
+
+
+class PlanError(ValueError):
+    """A plan file is malformed or does not fit the model; the message names the line and field."""
+
+
+@dataclass
+class LayerBits:
+    w_bits: int = FLOAT_BITS
+    a_bits: int = FLOAT_BITS
+
+    def to_dict(self) -> dict[str, int]:
+        return {"w_bits": self.w_bits, "a_bits": self.a_bits}
+
+
+@dataclass
+class Plan:
+    layers: dict[str, LayerBits]
+    model: str = ""
+    fingerprint: str = ""
+    format: str = "packed"
+    budget: str | None = None
+    step_overrides: list[dict[str, Any]] = field(default_factory=list)
+    kept_timesteps: list[int] | None = None
+    pruned_units: list[str] = field(default_factory=list)
+    predicted: dict[str, Any] = field(default_factory=dict)
+    solver: dict[str, Any] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def uniform(cls, inv: Inventory, w_bits: int, a_bits: int = FLOAT_BITS, fmt: str = "packed", **kw) -> Plan:
+        plan = cls({l.name: LayerBits(w_bits, a_bits) for l in inv.layers}, model=inv.model,
+                   fingerprint=inv.fingerprint, format=fmt, **kw)
+        plan.predict(inv)
+        return plan
+
+    def w_bits(self) -> dict[str, int]:
+        return {n: b.w_bits for n, b in self.layers.items()}
+
+    def predict(self, inv: Inventory) -> dict[str, Any]:
+        """Fill `predicted` with bytes (cost model), mean weight bits and BitOPs; keeps a given loss."""
+        wb = self.w_bits()
+        self.predicted = {
+            **{k: v for k, v in self.predicted.items() if k == "loss"},
+            "bytes": model_bytes(inv, wb, self.format),
+            "mean_w_bits": round(mean_bits(inv, wb), 4),
+            "bitops": model_bitops(inv, {n: (b.w_bits, b.a_bits) for n, b in self.layers.items()}),
+        }
+        return self.predicted
+
+    # ---------------------------------------------------------------- files
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "model": self.model,
+            "fingerprint": self.fingerprint,
+            "format": self.format,
+            "budget": self.budget,
+            "predicted": self.predicted,
+            "solver": self.solver,
+            "kept_timesteps": self.kept_timesteps,
+            "pruned_units": self.pruned_units,
+            "step_overrides": self.step_overrides,
+            "layers": {n: b.to_dict() for n, b in self.layers.items()},
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        d = self.to_dict()
+        layers = d.pop("layers")
+        # one layer per line: readable and diffable
+        body = json.dumps(d, indent=1)[:-2]
+        rows = ",\n".join(f"  {json.dumps(n)}: {json.dumps(b)}" for n, b in layers.items())
+        path.write_text(body + ',\n "layers": {\n' + rows + "\n }\n}\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        path = Path(path)
+        text = path.read_text()
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PlanError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+        return cls.from_dict(d, text=text, source=str(path))
+
+    @classmethod
+    def from_dict(cls, d: Any, *, text: str = "", source: str = "<plan>") -> Plan:
+        def fail(fieldname: str, msg: str, key: str | None = None) -> PlanError:
+            return PlanError(f"{source}:{_line_of(text, key or fieldname)}: {fieldname}: {msg}")
+
+        if not isinstance(d, dict):
+            raise fail("<top>", "a plan is a JSON object")
+        if d.get("schema") != SCHEMA:
+            raise fail("schema", f"expected {SCHEMA!r}, got {d.get('schema')!r}")
+        raw = d.get("layers")
+        if not isinstance(raw, dict) or not raw:
+            raise fail("layers", "must be a non-empty object {layer name: {w_bits, a_bits}}")
+        layers = {}
+        for name, bits in raw.items():
+            if not isinstance(bits, dict) or set(bits) - {"w_bits", "a_bits"}:
+                raise fail(f"layers[{name!r}]", "must be {\"w_bits\": int, \"a_bits\": int}", name)
+            lb = LayerBits(bits.get("w_bits", FLOAT_BITS), bits.get("a_bits", FLOAT_BITS))
+            for attr, allowed in (("w_bits", WEIGHT_BITS), ("a_bits", ACT_BITS)):
+                value = getattr(lb, attr)
+                if not isinstance(value, int) or isinstance(value, bool) or value not in allowed:
+                    raise fail(f"layers[{name!r}].{attr}", f"{value!r} is not one of {list(allowed)}", name)
+            layers[name] = lb
+        fmt = d.get("format", "packed")
+        try:
+            get_format(fmt)
+        except ValueError as e:
+            raise fail("format", str(e)) from None
+        kept = d.get("kept_timesteps")
+        if kept is not None and not (isinstance(kept, list) and all(isinstance(t, int) for t in kept)):
+            raise fail("kept_timesteps", "must be null or a list of integer timesteps")
+        overrides = d.get("step_overrides") or []
+        for i, o in enumerate(overrides):
+            if not isinstance(o, dict) or not isinstance(o.get("steps"), list) or not isinstance(o.get("layers"), dict):
+                raise fail(f"step_overrides[{i}]", "must be {\"steps\": [int], \"layers\": {name: {\"a_bits\"|\"w_bits\": int}}}")
+        return cls(
+            layers=layers,
+            model=d.get("model", ""),
+            fingerprint=d.get("fingerprint", ""),
+            format=fmt,
+            budget=d.get("budget"),
+            step_overrides=overrides,
+            kept_timesteps=kept,
+            pruned_units=list(d.get("pruned_units") or []),
+            predicted=dict(d.get("predicted") or {}),
+            solver=dict(d.get("solver") or {}),
+        )
+
+    # ---------------------------------------------------------------- against a model
+    def validate(self, inv: Inventory, *, check_fingerprint: bool = True) -> Plan:
+        """Raise `PlanError` naming the layer when the plan does not fit `inv`; return self."""
+        if check_fingerprint and self.fingerprint and self.fingerprint != inv.fingerprint:
+            raise PlanError(
+                f"plan was made for model {self.model!r} (fingerprint {self.fingerprint}), not for "
+                f"{inv.model!r} (fingerprint {inv.fingerprint})"
+            )
+        unknown = [n for n in self.layers if n not in inv]
+        if unknown:
+            raise PlanError(f"layer {unknown[0]!r} is not a quantizable layer of {inv.model!r}"
+                            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+        missing = [n for n in inv.names if n not in self.layers]
+        if missing:
+            raise PlanError(f"layer {missing[0]!r} of {inv.model!r} has no bits in the plan"
+                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        fmt = get_format(self.format)
+        for name, b in self.layers.items():
+            try:
+                fmt.stored_bits(b.w_bits)
+            except ValueError as e:
+                raise PlanError(f"layer {name!r}: {e}") from None
+        for i, o in enumerate(self.step_overrides):
+            for name in o["layers"]:
+                if name not in inv:
+                    raise PlanError(f"step_overrides[{i}]: layer {name!r} is not a quantizable layer of {inv.model!r}")
+        return self
+
+
+def _line_of(text: str, key: str) -> int:
+    """1-based line of the first occurrence of `"key"` in the file text (1 when unknown)."""
+    m = re.search(re.escape(json.dumps(key)) if key and not key.startswith("<") else r"\A", text)
+    return text.count("\n", 0, m.start()) + 1 if m else 1

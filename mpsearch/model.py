@@ -198,7 +198,7 @@ def load_pipeline(model: str | Path | None = None, *, dtype: torch.dtype | None 
 
         return load_demo(dtype=dtype).to(device)
     path = Path(str(model)).expanduser()
-    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype}
     if path.is_file():
         cls = _single_file_pipeline_class(path)
         pipe = cls.from_single_file(str(path), local_files_only=_offline() or None, **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported anywhere
 
@@ -26,7 +26,7 @@ console = Console()
 err = Console(stderr=True)
 
 ModelOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--model", "-m", help="Hub id, local folder, single file, bundled config "
                  "(sd15, sdxl-base, sdxl-turbo, pixart-alpha) or 'demo' (default)."),
 ]
@@ -61,8 +61,8 @@ def human_bytes(n: float) -> str:
 @app.command()
 def inspect(
     model: ModelOpt = None,
-    resolution: Annotated[Optional[int], typer.Option(help="Image side in pixels (default: the model's).")] = None,
-    group: Annotated[Optional[list[str]], typer.Option(
+    resolution: Annotated[int | None, typer.Option(help="Image side in pixels (default: the model's).")] = None,
+    group: Annotated[list[str] | None, typer.Option(
         help="Group override REGEX=content|quality (repeatable; tried before MixDQ's attn2/ff rule).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the inventory as JSON.")] = False,
     limit: Annotated[int, typer.Option(help="Rows of the layer table (0 = all).")] = 0,
@@ -108,6 +108,147 @@ def inspect(
         f"{fixed_bytes(inv):,} bytes)   MACs per denoiser call: [bold]{inv.total_macs / 1e9:,.2f} G[/]   "
         f"fingerprint {inv.fingerprint}"
     )
+
+
+@app.command()
+def generate(
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="A prompt (repeatable).")] = None,
+    prompts: Annotated[Path | None, typer.Option(help="A file of prompts, one per line.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write (a grid when several prompts).")] = Path("out.png"),
+    model: ModelOpt = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the model's).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")] = 0,
+    size: Annotated[int | None, typer.Option(help="Image side in pixels (default: the model's).")] = None,
+) -> None:
+    """Generate images from prompts with the demo model or any diffusers text-to-image pipeline."""
+    from mpsearch.generate import generate as run
+    from mpsearch.generate import image_grid
+    from mpsearch.model import ModelError, load_pipeline
+    from mpsearch.sampling import sampling_defaults
+
+    texts = list(prompt or [])
+    if prompts is not None:
+        if not prompts.is_file():
+            fail(f"--prompts {prompts}: no such file")
+        texts += [line.strip() for line in prompts.read_text().splitlines() if line.strip()]
+    if not texts:
+        fail("give at least one --prompt or a --prompts file")
+    try:
+        pipe = load_pipeline(model)
+    except (ModelError, OSError, ValueError) as e:
+        fail(str(e))
+    d = sampling_defaults(model)
+    steps, guidance = steps or d["steps"], d["guidance"] if guidance is None else guidance
+    with console.status(f"generating {len(texts)} image(s), {steps} steps"):
+        images = run(pipe, texts, seed=seed, steps=steps, guidance=guidance, height=size, width=size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if len(images) == 1:
+        images[0].save(out)
+    else:
+        cols = min(len(images), 8)
+        image_grid(images, rows=-(-len(images) // cols), cols=cols, labels=texts, tile=96).save(out)
+    console.print(f"wrote {out} ({len(images)} image(s), {steps} steps, guidance {guidance:g}, seed {seed})")
+
+
+def print_plan_summary(plan, inv, budget=None) -> None:
+    """Bits histogram per group, predicted bytes vs budget, loss, solver status and time."""
+    from collections import Counter
+
+    from mpsearch.cost import fp16_bytes
+
+    table = Table(title="bits per group (layers; share of group weights)")
+    table.add_column("group")
+    wbits = sorted({b.w_bits for b in plan.layers.values()})
+    abits = sorted({b.a_bits for b in plan.layers.values()})
+    for b in wbits:
+        table.add_column(f"W{b}", justify="right")
+    for b in abits:
+        table.add_column(f"A{b}", justify="right")
+    for group in sorted({l.group for l in inv.layers}):
+        layers = [l for l in inv.layers if l.group == group]
+        total = sum(l.params for l in layers)
+        w = Counter()
+        for l in layers:
+            w[plan.layers[l.name].w_bits] += l.params
+        wc = Counter(plan.layers[l.name].w_bits for l in layers)
+        ac = Counter(plan.layers[l.name].a_bits for l in layers)
+        table.add_row(group, *[f"{wc[b]} ({w[b] / total:.0%})" for b in wbits], *[str(ac[b]) for b in abits])
+    console.print(table)
+    p = plan.predicted
+    line = f"predicted: [bold]{human_bytes(p['bytes'])}[/] ({p['bytes']:,} bytes, {p['bytes'] / fp16_bytes(inv):.1%} of fp16)"
+    if budget is not None and budget.resource == "bytes":
+        line += f" ≤ budget {human_bytes(budget.resolve(inv, plan.format))}"
+    line += f"   mean weight bits {p['mean_w_bits']:.3f}   BitOPs {p['bitops']:.3e}"
+    console.print(line)
+    s = plan.solver
+    gap = f", gap {s['gap']:.2g}" if s.get("gap") else ""
+    console.print(f"loss {p.get('loss', float('nan')):.5g}   solver {s.get('name', '?')}/{s.get('backend') or '-'}: "
+                  f"{s.get('status', '?')}{gap} in {s.get('time_s', 0):.3f}s")
+
+
+@app.command()
+def solve(
+    budget: Annotated[str, typer.Option("--budget", "-b", help="4GB, 4GiB, 500MB, 4.5bits, 30%, 2Tbitops, 25%bitops.")],
+    profile: Annotated[Path, typer.Option("--profile", "-p", help="Profile folder from `mpsearch profile`.")] = Path("profiles/demo"),
+    solver: Annotated[str, typer.Option(help="ilp | mixdq | evolution")] = "ilp",
+    backend: Annotated[str, typer.Option(help="ILP backend: cbc | cpsat | scip")] = "cbc",
+    fmt: Annotated[str, typer.Option("--format", help="Weight storage format: packed | quanto")] = "packed",
+    protect: Annotated[list[str] | None, typer.Option(help="REGEX of layers kept at 16 bits (repeatable).")] = None,
+    protect_top: Annotated[float, typer.Option(help="Fraction of most sensitive layers kept at 16 bits (MixDQ: 0.01).")] = 0.0,
+    weight_only: Annotated[bool, typer.Option(help="Quantize weights only (activations stay 16-bit).")] = False,
+    w_bits: Annotated[str | None, typer.Option(help="Weight candidates, e.g. 2,4,8 (default: the profile's).")] = None,
+    a_bits: Annotated[str | None, typer.Option(help="Activation candidates, e.g. 8,16 (default: the profile's).")] = None,
+    pareto: Annotated[str | None, typer.Option(help="LO:HI:N — also write the front over N budgets (CSV + plot).")] = None,
+    time_limit: Annotated[float | None, typer.Option(help="Solver time limit in seconds.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the evolutionary search.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Plan JSON to write.")] = Path("plan.json"),
+) -> None:
+    """Find the per-layer bits that minimise the profiled degradation under a budget; write a plan."""
+    from mpsearch.budget import Budget, BudgetError
+    from mpsearch.problem import SearchSpace
+    from mpsearch.search import BudgetInfeasible, load_profile, pareto_front
+    from mpsearch.search import solve as run
+
+    def bits(text):
+        try:
+            return [int(x) for x in text.split(",")] if text else None
+        except ValueError:
+            fail(f"bits must be comma-separated integers, got {text!r}")
+
+    try:
+        b = Budget.parse(budget)
+    except BudgetError as e:
+        fail(str(e))
+    if not (profile / "meta.json").is_file():
+        fail(f"{profile} is not a profile folder (no meta.json); run `mpsearch profile --out {profile}` first")
+    space = SearchSpace(w_bits=bits(w_bits), a_bits=bits(a_bits), weight_only=weight_only,
+                        protect=protect or [], protect_top=protect_top)
+    _, _, inv = load_profile(profile)
+    console.print(f"budget: {b.describe(inv)}")
+    options = {"seed": seed} if solver == "evolution" else {}
+    try:
+        plan = run(profile, b, solver=solver, backend=backend, fmt=fmt, space=space, time_limit=time_limit, **options)
+    except BudgetInfeasible as e:
+        fail(str(e))
+    except ValueError as e:
+        fail(str(e))
+    plan.save(out)
+    print_plan_summary(plan, inv, b)
+    console.print(f"wrote {out}")
+    if pareto:
+        try:
+            lo, hi, n = pareto.split(":")
+            front = pareto_front(profile, Budget.parse(lo), Budget.parse(hi), int(n), backend=backend, fmt=fmt, space=space)
+        except (ValueError, BudgetError) as e:
+            fail(f"--pareto {pareto!r}: {e}")
+        csv = out.with_suffix(".pareto.csv")
+        front.to_csv(csv, index=False)
+        png = out.with_suffix(".pareto.png")
+        from mpsearch.search import plot_front
+
+        plot_front(front, png, title=f"{inv.model}: predicted loss vs size")
+        console.print(f"pareto front: {len(front)} points → {csv}, {png}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -114,6 +114,23 @@ class Inventory:
             t["macs"] += layer.macs
         return totals
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Inventory:
+        if d.get("schema") != "mpsearch.inventory/1":
+            raise ModelError(f"not an mpsearch inventory (schema {d.get('schema')!r})")
+        layers = [Layer(**{**l, "kernel": tuple(l["kernel"])}) for l in d["layers"]]
+        keys = ("model", "component", "resolution", "fixed_params", "text_len", "fingerprint")
+        return cls(layers=layers, **{k: d[k] for k in keys})
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Inventory:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": "mpsearch.inventory/1",

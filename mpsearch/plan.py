@@ -61,10 +61,10 @@ class Plan:
         return {n: b.w_bits for n, b in self.layers.items()}
 
     def predict(self, inv: Inventory) -> dict[str, Any]:
-        """Fill `predicted` with bytes (cost model), mean weight bits and BitOPs; keeps a given loss."""
+        """Fill `predicted` with bytes (cost model), mean weight bits and BitOPs; keeps a solver's loss."""
         wb = self.w_bits()
         self.predicted = {
-            **{k: v for k, v in self.predicted.items() if k == "loss"},
+            **{k: v for k, v in self.predicted.items() if k in ("loss", "losses")},
             "bytes": model_bytes(inv, wb, self.format),
             "mean_w_bits": round(mean_bits(inv, wb), 4),
             "bitops": model_bitops(inv, {n: (b.w_bits, b.a_bits) for n, b in self.layers.items()}),

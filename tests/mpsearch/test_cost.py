@@ -5,7 +5,16 @@ import math
 import pytest
 from torch import nn
 
-from mpsearch.cost import FORMATS, fixed_bytes, fp16_bytes, get_format, layer_bitops, layer_bytes, mean_bits, model_bytes
+from mpsearch.cost import (
+    FORMATS,
+    fixed_bytes,
+    fp16_bytes,
+    get_format,
+    layer_bitops,
+    layer_bytes,
+    mean_bits,
+    model_bytes,
+)
 from mpsearch.model import inventory
 
 

@@ -123,3 +123,10 @@ def test_unknown_model_is_a_clear_error(tmp_path):
         inventory(str(tmp_path / "nope"))
     with pytest.raises(ModelError, match="not a multiple of 8"):
         inventory("sd15", resolution=100)
+
+
+def test_inventory_file_roundtrip(tmp_path):
+    inv = inventory("sd15")
+    back = type(inv).load(inv.save(tmp_path / "inventory.json"))
+    assert back.to_dict() == inv.to_dict()
+    assert back["conv_in"] == inv["conv_in"]

@@ -1,0 +1,110 @@
+"""Inventory + profile + budget → Problem → Plan, on a synthetic profile of the SD 1.5 meta inventory."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mpsearch.budget import Budget
+from mpsearch.cost import fixed_bytes, layer_bytes, model_bytes
+from mpsearch.model import inventory
+from mpsearch.problem import SearchSpace, build_problem
+from mpsearch.search import BudgetInfeasible, solve
+
+W_BITS, A_BITS = (2, 4, 8), (4, 8)
+
+
+@pytest.fixture(scope="module")
+def inv():
+    return inventory("sd15")
+
+
+def synthetic_profile(inv, seed=0, step_groups=1):
+    """Degradation falls ~4x per extra bit; heavy-tailed sensitivity across layers."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for layer in inv.layers:
+        s = rng.lognormal(0, 1.5)
+        metric = "sqnr" if layer.group == "quality" else "ssim"
+        for g in range(step_groups):
+            for tensor, bits in (("weight", W_BITS), ("act", A_BITS)):
+                for b in bits:
+                    d = s * 4.0 ** (-b) * (1 + g)
+                    rows.append(dict(layer=layer.name, tensor=tensor, bits=b, metric=metric, step_group=g,
+                                     value=-10 * np.log10(d) if metric == "sqnr" else 1 - d, degradation=d))
+    return pd.DataFrame(rows)
+
+
+def test_problem_costs_match_cost_model(inv):
+    df = synthetic_profile(inv)
+    sp = build_problem(inv, df, "30%")
+    p = sp.problem
+    assert p.keys[0] == tuple((w, a) for w in (2, 4, 8, 16) for a in (4, 8, 16))
+    i = inv.index("conv_out")
+    k = p.keys[i].index((4, 8))
+    assert p.costs["bytes"][i, k] == layer_bytes(inv["conv_out"], 4)
+    assert p.costs["bitops"][i, k] == inv["conv_out"].macs * 32
+    budget = p.constraint("budget")
+    assert budget.offset == fixed_bytes(inv) and budget.upper == Budget.parse("30%").resolve(inv)
+    # additivity: loss of (w, a) = loss(w) + loss(a); 16 bits costs nothing
+    row = df[(df.layer == "conv_out")]
+    lw = row[(row.tensor == "weight") & (row.bits == 4)].degradation.item()
+    la = row[(row.tensor == "act") & (row.bits == 8)].degradation.item()
+    assert p.losses["sqnr"][i, k] == pytest.approx(lw + la)
+    assert p.losses["sqnr"][i, p.keys[i].index((16, 16))] == 0
+    assert p.losses["ssim"][i].sum() == 0  # quality layer: not measured on the content metric
+
+
+def test_solve_respects_byte_budget_and_prefers_sensitive_layers(inv):
+    df = synthetic_profile(inv)
+    plan = solve((df, inv), "30%", space=SearchSpace(weight_only=True))
+    limit = Budget.parse("30%").resolve(inv)
+    assert plan.predicted["bytes"] == model_bytes(inv, plan.w_bits()) <= limit
+    assert plan.predicted["bytes"] > 0.97 * limit  # it spends the budget
+    plan.validate(inv)
+    assert {b.a_bits for b in plan.layers.values()} == {16}
+    # the most sensitive layer gets at least as many bits as the least sensitive one
+    sens = df[(df.tensor == "weight") & (df.bits == 2)].set_index("layer").degradation
+    assert plan.layers[sens.idxmax()].w_bits >= plan.layers[sens.idxmin()].w_bits
+
+
+def test_mean_bits_and_bitops_budgets(inv):
+    df = synthetic_profile(inv)
+    plan = solve((df, inv), "4bits", space=SearchSpace(weight_only=True))
+    assert plan.predicted["mean_w_bits"] <= 4 + 1e-9
+    plan = solve((df, inv), "20%bitops")
+    assert plan.predicted["bitops"] <= Budget.parse("20%bitops").resolve(inv) * (1 + 1e-9)
+
+
+def test_infeasible_budget_names_the_smallest_feasible(inv):
+    df = synthetic_profile(inv)
+    with pytest.raises(BudgetInfeasible, match="smallest") as e:
+        solve((df, inv), "10%", space=SearchSpace(weight_only=True))
+    smallest = e.value.smallest_feasible
+    all2 = model_bytes(inv, {l.name: 2 for l in inv.layers})
+    assert smallest == pytest.approx(all2)
+    ok = solve((df, inv), f"{int(np.ceil(smallest))}B", space=SearchSpace(weight_only=True))
+    assert ok.predicted["bytes"] <= int(np.ceil(smallest))
+
+
+def test_protect_keeps_layers_at_16_bits(inv):
+    df = synthetic_profile(inv)
+    plan = solve((df, inv), "30%", space=SearchSpace(protect=[r"^conv_(in|out)$"], protect_top=0.01))
+    assert plan.layers["conv_in"].w_bits == plan.layers["conv_out"].a_bits == 16
+    assert sum(b.w_bits == 16 and b.a_bits == 16 for b in plan.layers.values()) >= 2 + 2
+
+
+def test_profile_for_another_model_is_refused(inv):
+    df = synthetic_profile(inventory("sdxl-base"))
+    with pytest.raises(ValueError, match="not a quantizable layer of 'sd15'"):
+        build_problem(inv, df, "30%")
+    partial = synthetic_profile(inv)
+    partial = partial[partial.layer != "conv_in"]
+    with pytest.raises(ValueError, match="no measurement for layer 'conv_in'"):
+        build_problem(inv, partial, "30%")
+
+
+def test_step_groups_are_kept_for_the_timestep_search(inv):
+    df = synthetic_profile(inv, step_groups=3)
+    sp = build_problem(inv, df, "30%")
+    assert sp.step_losses["sqnr"].shape[0] == 3
+    np.testing.assert_allclose(sp.problem.losses["sqnr"], sp.step_losses["sqnr"].sum(axis=0))

@@ -1,0 +1,515 @@
+"""Apply a `Plan` to a pipeline: fake quantization in place (evaluation) or a packed low-bit checkpoint.
+
+    fq = fake_quantize(pipe, plan)          # weights replaced by their quantized values; fq.restore()
+    result = export(plan, "out/", model=pipe)   # out/<denoiser>/mpsearch_quantized.safetensors + maps
+    qpipe = load_quantized("out/")          # a working pipeline with optimum-quanto low-bit modules
+
+The simulation and the checkpoint agree bit for bit on the weights: both use
+`mpsearch.quant.quantize_weight` with the format's quantizer config (symmetric, one fp16 scale per
+output channel), and both keep every unquantized denoiser parameter (biases, norms, embeddings, 16-bit
+layers) at fp16, the dtype the cost model charges (`WeightFormat.float_bytes`): the simulation rounds
+them to fp16 and back. Cross-attention K/V layers of CLIP-conditioned models are BOS-aware (MixDQ): the
+output row of the BOS token, identical for every prompt, is precomputed with full-precision weights,
+stored in fp16 and substituted at run time, in the simulation and in the loaded checkpoint alike.
+
+Checkpoint folder: the pipeline's other components as diffusers saves them, `model_index.json`,
+`plan.json`, `export.json` (bytes) and, under the denoiser's folder, `config.json`,
+`mpsearch_quantized.safetensors` (every denoiser parameter), `quantization_map.json` (per module:
+qtype, nominal/stored bits, activation bits, shape, code offset) and `bos.safetensors`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mpsearch.cost import FLOAT_BITS, WeightFormat, fp16_bytes, get_format, layer_bytes, model_bytes
+from mpsearch.model import Inventory, find_denoiser, fingerprint, inventory, load_pipeline
+from mpsearch.plan import Plan, PlanError
+from mpsearch.quant import WeightQuantConfig, fake_quant_weight, quantize_weight
+from mpsearch.storage import get_storage, zero_point
+
+SCHEMA = "mpsearch.quantized/1"
+WEIGHTS_FILE = "mpsearch_quantized.safetensors"
+QMAP_FILE = "quantization_map.json"
+BOS_FILE = "bos.safetensors"
+FLOAT_DTYPE = torch.float16  # unquantized parameters and scales; `WeightFormat.float_bytes == 2`
+
+
+class ExportError(ValueError):
+    """A checkpoint cannot be written or read back (the message names the layer)."""
+
+
+def weight_config(fmt: str | WeightFormat) -> WeightQuantConfig:
+    """The weight quantizer a format stores: symmetric when it has no zero points, its group size."""
+    f = get_format(fmt)
+    return WeightQuantConfig(symmetric=f.zero_bytes == 0, group_size=f.group_size)
+
+
+def check_plan(plan: Plan, inv: Inventory) -> Plan:
+    """Refuse a plan made for another model, naming the first layer that does not match."""
+    plan.validate(inv, check_fingerprint=False)  # unknown / missing layers first: they name the layer
+    if plan.fingerprint and plan.fingerprint != inv.fingerprint:
+        raise PlanError(
+            f"plan was made for model {plan.model!r} (fingerprint {plan.fingerprint}), not for {inv.model!r} "
+            f"(fingerprint {inv.fingerprint}): same layer names, different shapes or config"
+        )
+    if not isinstance(get_format(plan.format).to_dict(), dict):  # pragma: no cover - validate() checked it
+        raise PlanError(f"unknown format {plan.format!r}")
+    return plan
+
+
+def _as_pipeline(model: Any):
+    return model if hasattr(model, "components") else load_pipeline(model)
+
+
+def _plan_of(plan: Plan | str | Path) -> Plan:
+    return plan if isinstance(plan, Plan) else Plan.load(plan)
+
+
+# --------------------------------------------------------------------------------------------------
+# BOS-aware cross-attention K/V (MixDQ §1.3)
+
+
+def bos_layers(denoiser: nn.Module, pipe: Any = None) -> list[str]:
+    """Cross-attention `to_k` / `to_v` layers whose BOS row is a constant: CLIP text encoders only."""
+    encoder = getattr(pipe, "text_encoder", None) if pipe is not None else None
+    if pipe is not None and (encoder is None or "CLIPText" not in type(encoder).__name__):
+        return []
+    return [n for n, m in denoiser.named_modules()
+            if isinstance(m, nn.Linear) and (n.endswith("attn2.to_k") or n.endswith("attn2.to_v"))]
+
+
+class _Captured(Exception):
+    pass
+
+
+def bos_rows(pipe: Any, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """The full-precision output row of the BOS token for each K/V layer, stored dtype (fp16).
+
+    Runs the text encoder and one denoiser call on the empty prompt and stops as soon as every layer has
+    seen its input; the row is `layer(x[0, 0])` with the layer's current (full-precision) weights.
+    """
+    _, den = find_denoiser(pipe)
+    names = bos_layers(den, pipe) if names is None else names
+    if not names:
+        return {}
+    rows: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def fn(module, args, output):
+            x = args[0][0, 0].detach().float()
+            rows[name] = nn.functional.linear(x, module.weight.float(),
+                                              None if module.bias is None else module.bias.float()).to(FLOAT_DTYPE)
+            if len(rows) == len(names):
+                raise _Captured
+        return fn
+
+    handles = [den.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    try:
+        if hasattr(pipe, "set_progress_bar_config"):
+            pipe.set_progress_bar_config(disable=True)
+        with torch.inference_mode():
+            pipe(prompt="", num_inference_steps=1, output_type="latent", guidance_scale=1.0)
+    except _Captured:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in names if n not in rows]
+    if missing:
+        raise ExportError(f"layer {missing[0]!r} saw no text input in a denoiser call; is it cross-attention?")
+    return rows
+
+
+def _bos_hook(row: torch.Tensor):
+    def fn(module, args, output):
+        out = output.clone()
+        out[..., 0, :] = row.to(device=out.device, dtype=out.dtype)
+        return out
+    return fn
+
+
+# --------------------------------------------------------------------------------------------------
+# Fake quantization (simulation)
+
+
+@dataclass
+class FakeQuant:
+    """Handle of a pipeline whose denoiser is fake-quantized in place; `restore()` undoes it."""
+
+    pipe: Any
+    plan: Plan
+    originals: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    handles: list = field(default_factory=list, repr=False)
+    session: Any = field(default=None, repr=False)
+
+    def restore(self) -> None:
+        _, den = find_denoiser(self.pipe)
+        params = dict(den.named_parameters())
+        for name, data in self.originals.items():
+            params[name].data = data
+        for h in self.handles:
+            h.remove()
+        if self.session is not None:
+            self.session.remove()
+        self.originals, self.handles, self.session = {}, [], None
+
+    def __enter__(self) -> FakeQuant:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
+def fake_quantize(
+    pipe: Any,
+    plan: Plan | str | Path,
+    *,
+    inv: Inventory | None = None,
+    cfg: WeightQuantConfig | None = None,
+    bos: bool = True,
+    round_float: bool = True,
+) -> FakeQuant:
+    """Replace the denoiser's weights by exactly what the plan's checkpoint would hold.
+
+    Quantized layers get `fake_quant_weight` values at their nominal bits; every other parameter is
+    rounded to fp16 (`round_float`), as the checkpoint stores it. BOS-aware K/V (`bos`) substitutes the
+    full-precision BOS row. Activations are left in float (weight-only simulation).
+    """
+    plan = _plan_of(plan)
+    _, den = find_denoiser(pipe)
+    inv = inv or inventory(pipe)
+    check_plan(plan, inv)
+    cfg = cfg or weight_config(plan.format)
+    fq = FakeQuant(pipe, plan)
+    rows = bos_rows(pipe, [n for n in bos_layers(den, pipe) if _quantized(plan, n)]) if bos else {}
+    with torch.no_grad():
+        for pname, p in den.named_parameters():
+            module, _, kind = pname.rpartition(".")
+            bits = plan.layers[module].w_bits if module in plan.layers and kind == "weight" else FLOAT_BITS
+            if bits >= FLOAT_BITS and not round_float:
+                continue
+            fq.originals[pname] = p.data
+            if bits < FLOAT_BITS:
+                p.data = fake_quant_weight(p.data, bits, cfg)
+            else:
+                p.data = p.data.to(FLOAT_DTYPE).to(p.dtype)
+    for name, row in rows.items():
+        fq.handles.append(den.get_submodule(name).register_forward_hook(_bos_hook(row)))
+    return fq
+
+
+def _quantized(plan: Plan, name: str) -> bool:
+    b = plan.layers.get(name)
+    return b is not None and (b.w_bits < FLOAT_BITS or b.a_bits < FLOAT_BITS)
+
+
+# --------------------------------------------------------------------------------------------------
+# Packed checkpoint
+
+
+@dataclass
+class ExportResult:
+    """Byte accounting of one export (all in bytes)."""
+
+    out: str
+    format: str
+    fp16_bytes: int  # every denoiser parameter at 16 bits: the reference size
+    predicted_bytes: int  # cost.model_bytes of the plan
+    tensor_bytes: int  # sum of the denoiser parameter tensors written (must equal predicted)
+    header_bytes: int  # safetensors header (8-byte length + JSON)
+    file_bytes: int  # size of mpsearch_quantized.safetensors
+    buffer_bytes: int = 0  # denoiser buffers written alongside (not parameters; not in the cost model)
+    bos_bytes: int = 0  # bos.safetensors file size
+    budget: str | None = None
+    budget_bytes: int | None = None
+    layers: int = 0
+    quantized_layers: int = 0
+
+    @property
+    def matches(self) -> bool:
+        return self.tensor_bytes == self.predicted_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": "mpsearch.export/1", **asdict(self), "matches_prediction": self.matches}
+
+
+def safetensors_header_bytes(path: str | Path) -> int:
+    """Bytes of a safetensors file before its first tensor: the 8-byte length plus the JSON header."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+    return 8 + n
+
+
+def _budget_bytes(plan: Plan, inv: Inventory) -> int | None:
+    if not plan.budget:
+        return None
+    from mpsearch.budget import Budget
+
+    b = Budget.parse(plan.budget)
+    return int(b.resolve(inv, plan.format)) if b.resource == "bytes" else None
+
+
+def quantized_state(den: nn.Module, plan: Plan, inv: Inventory, cfg: WeightQuantConfig | None = None):
+    """`(tensors, qmap)`: every denoiser parameter as stored, and the per-module quantization map."""
+    fmt = get_format(plan.format)
+    cfg = cfg or weight_config(fmt)
+    if cfg.group_size != fmt.group_size or cfg.symmetric != (fmt.zero_bytes == 0):
+        raise ExportError(f"quantizer {cfg} does not match format {fmt.name!r} (group {fmt.group_size}, "
+                          f"{fmt.zero_bytes} zero-point bytes)")
+    storage = get_storage(fmt.name)
+    tensors: dict[str, torch.Tensor] = {}
+    qmap: dict[str, dict[str, Any]] = {}
+    layers = {l.name for l in inv.layers}
+    with torch.no_grad():
+        for pname, p in den.named_parameters():
+            module, _, kind = pname.rpartition(".")
+            bits = plan.layers[module].w_bits if module in layers and kind == "weight" else FLOAT_BITS
+            stored = fmt.stored_bits(bits)
+            if stored >= FLOAT_BITS:
+                tensors[pname] = p.detach().to(FLOAT_DTYPE).contiguous()
+                continue
+            q, scale, _ = quantize_weight(p.detach(), bits, cfg)
+            for suffix, t in storage.encode(q, scale, stored).items():
+                tensors[f"{pname}.{suffix}"] = t
+    for layer in inv.layers:
+        b = plan.layers[layer.name]
+        stored = fmt.stored_bits(b.w_bits)
+        qmap[layer.name] = {
+            "weights": storage.qtype(stored) if stored < FLOAT_BITS else "none",
+            "activations": "none" if b.a_bits >= FLOAT_BITS else f"int{b.a_bits}",
+            "w_bits": b.w_bits,
+            "stored_bits": stored,
+            "a_bits": b.a_bits,
+            "kind": layer.kind,
+            "shape": list(layer.weight_shape),
+            "zero_point": zero_point(stored) if stored < FLOAT_BITS else None,
+            "bytes": layer_bytes(layer, b.w_bits, fmt),
+        }
+    return tensors, qmap
+
+
+def export(
+    plan: Plan | str | Path,
+    out: str | Path,
+    *,
+    model: Any = None,
+    cfg: WeightQuantConfig | None = None,
+    bos: bool = True,
+    components: bool = True,
+) -> ExportResult:
+    """Write the plan's packed checkpoint to `out` and return its byte accounting.
+
+    `model`: a pipeline, or anything `load_pipeline` accepts (None = demo). `components`: also save
+    the pipeline's other components so that `load_quantized(out)` returns a whole pipeline. Raises
+    `PlanError` (naming the layer) for a plan made for another model and `ExportError` when the bytes
+    written differ from the cost model's prediction or exceed a byte budget.
+    """
+    from safetensors.torch import save_file
+
+    plan = _plan_of(plan)
+    pipe = _as_pipeline(model)
+    den_name, den = find_denoiser(pipe)
+    inv = inventory(pipe)
+    check_plan(plan, inv)
+    fmt = get_format(plan.format)
+    out = Path(out)
+    folder = out / den_name
+    folder.mkdir(parents=True, exist_ok=True)
+
+    tensors, qmap = quantized_state(den, plan, inv, cfg)
+    params = {n for n, _ in den.named_parameters()}
+    buffers = {f"__buffer__.{n}": t.detach().contiguous() for n, t in den.state_dict().items() if n not in params}
+    predicted = model_bytes(inv, plan.w_bits(), fmt)
+    tensor_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    meta = {"schema": SCHEMA, "format": fmt.name, "fingerprint": inv.fingerprint, "component": den_name}
+    path = folder / WEIGHTS_FILE
+    save_file({**tensors, **buffers}, str(path), metadata=meta)
+
+    rows = bos_rows(pipe, [n for n in bos_layers(den, pipe) if _quantized(plan, n)]) if bos else {}
+    bos_bytes = 0
+    if rows:
+        save_file({n: r.contiguous() for n, r in rows.items()}, str(folder / BOS_FILE), metadata={"schema": SCHEMA})
+        bos_bytes = (folder / BOS_FILE).stat().st_size
+    for name in rows:
+        qmap[name]["bos"] = True
+
+    (folder / QMAP_FILE).write_text(json.dumps({
+        "schema": SCHEMA, "format": fmt.to_dict(), "fingerprint": inv.fingerprint, "model": inv.model,
+        "component": den_name, "denoiser_class": type(den).__name__, "quantizer": asdict(cfg or weight_config(fmt)),
+        "float_dtype": "float16", "bos_layers": sorted(rows), "modules": qmap,
+    }, indent=1))
+    den.save_config(folder)
+    plan.save(out / "plan.json")
+    if components:
+        _save_components(pipe, den_name, out)
+
+    result = ExportResult(
+        out=str(out), format=fmt.name, fp16_bytes=fp16_bytes(inv), predicted_bytes=predicted,
+        tensor_bytes=tensor_bytes, header_bytes=safetensors_header_bytes(path), file_bytes=path.stat().st_size,
+        buffer_bytes=sum(t.numel() * t.element_size() for t in buffers.values()), bos_bytes=bos_bytes,
+        budget=plan.budget, budget_bytes=_budget_bytes(plan, inv), layers=len(inv),
+        quantized_layers=sum(1 for v in qmap.values() if v["weights"] != "none"),
+    )
+    (out / "export.json").write_text(json.dumps(result.to_dict(), indent=1))
+    if not result.matches:
+        raise ExportError(f"wrote {tensor_bytes:,} bytes of denoiser tensors but the cost model predicts "
+                          f"{predicted:,} for format {fmt.name!r}")
+    if result.budget_bytes is not None and tensor_bytes > result.budget_bytes:
+        raise ExportError(f"wrote {tensor_bytes:,} bytes, over the budget {plan.budget} = {result.budget_bytes:,} bytes")
+    return result
+
+
+def _save_components(pipe: Any, den_name: str, out: Path) -> None:
+    for name, comp in pipe.components.items():
+        if comp is None or name == den_name:
+            continue
+        if hasattr(comp, "save_pretrained"):
+            comp.save_pretrained(out / name)
+    pipe.save_config(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _container(stored_bits: int):
+    from optimum.quanto import qint2, qint4, qint8
+
+    return qint2 if stored_bits <= 2 else qint4 if stored_bits <= 4 else qint8
+
+
+def _quanto_module(module: nn.Module, q: torch.Tensor, scale: torch.Tensor, stored_bits: int, dtype) -> nn.Module:
+    """An optimum-quanto QLinear / QConv2d holding `q` (signed codes) and per-channel `scale`."""
+    from optimum.quanto.nn import quantize_module
+    from optimum.quanto.tensor.weights import WeightQBitsTensor, WeightQBytesTensor
+
+    qtype = _container(stored_bits)
+    qmod = quantize_module(module, weights=qtype)  # built on the module's (meta) device, empty
+    qmod.weight_group_size = None  # one scale per output channel, not quanto's default groups
+    qmod = qmod.to_empty(device="cpu")
+    qmod.input_scale = torch.ones((), dtype=dtype)
+    qmod.output_scale = torch.ones((), dtype=dtype)
+    scale = scale.to(dtype)
+    size, stride = q.shape, torch.empty(q.shape, device="meta").stride()
+    if qtype.bits == 8:
+        w = WeightQBytesTensor(qtype, 0, size, stride, q.to(torch.int8), scale, None)
+    else:
+        zp = zero_point(qtype.bits)
+        codes = (q.to(torch.int16) + zp).to(torch.uint8)
+        shift = torch.full((), zp, dtype=torch.uint8)
+        w = WeightQBitsTensor(qtype, 0, None, size, stride, codes, scale, shift.expand(scale.shape))
+    qmod.weight = nn.Parameter(w, requires_grad=False)
+    return qmod
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def load_denoiser(folder: str | Path, *, dtype: torch.dtype = torch.float32, dequantize: bool = False) -> nn.Module:
+    """Rebuild a quantized denoiser from its checkpoint folder (config.json + quantized safetensors)."""
+    import diffusers
+    from accelerate import init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    qinfo = json.loads((folder / QMAP_FILE).read_text())
+    if qinfo.get("schema") != SCHEMA:
+        raise ExportError(f"{folder / QMAP_FILE}: schema {qinfo.get('schema')!r}, expected {SCHEMA!r}")
+    cfg = json.loads((folder / "config.json").read_text())
+    cls = getattr(diffusers, cfg["_class_name"])
+    with init_empty_weights(include_buffers=False):
+        den = cls.from_config(cfg)
+    if fingerprint(den) != qinfo["fingerprint"]:
+        raise ExportError(f"{folder}: the denoiser built from config.json has fingerprint {fingerprint(den)}, "
+                          f"the checkpoint was written for {qinfo['fingerprint']}")
+    tensors = load_file(str(folder / WEIGHTS_FILE))
+    storage = get_storage(qinfo["format"]["name"])
+    modules = qinfo["modules"]
+    for name, entry in modules.items():
+        try:
+            module = den.get_submodule(name)
+        except AttributeError:
+            raise ExportError(f"layer {name!r} of the checkpoint is not a module of {cfg['_class_name']}") from None
+        if list(module.weight.shape) != entry["shape"]:
+            raise ExportError(f"layer {name!r}: checkpoint shape {entry['shape']} != model shape "
+                              f"{list(module.weight.shape)}")
+        stored = entry["stored_bits"]
+        if stored >= FLOAT_BITS:
+            continue
+        prefix = f"{name}.weight."
+        parts = {k[len(prefix):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix)]}
+        if not parts:
+            raise ExportError(f"layer {name!r}: no quantized weight tensors in {WEIGHTS_FILE}")
+        q, scale = storage.decode(parts, stored, tuple(entry["shape"]))
+        if dequantize:
+            w = (q.reshape(q.shape[0], -1).float() * scale.reshape(-1, 1)).reshape(q.shape)
+            set_module_tensor_to_device(den, f"{name}.weight", "cpu", value=w.to(dtype))
+        else:
+            bias = module.bias
+            qmod = _quanto_module(module, q, scale, stored, dtype)
+            if bias is not None:
+                qmod.bias = nn.Parameter(tensors.pop(f"{name}.bias").to(dtype), requires_grad=False)
+            qmod.name = name
+            _set_module(den, name, qmod)
+    for key, t in tensors.items():
+        if key.startswith("__buffer__."):
+            set_module_tensor_to_device(den, key[len("__buffer__."):], "cpu", value=t)
+        else:
+            set_module_tensor_to_device(den, key, "cpu", value=t.to(dtype))
+    left = [n for n, p in den.named_parameters() if p.device.type == "meta"]
+    if left:
+        raise ExportError(f"parameter {left[0]!r} is missing from {folder / WEIGHTS_FILE}")
+    if (folder / BOS_FILE).exists():
+        for name, row in load_file(str(folder / BOS_FILE)).items():
+            den.get_submodule(name).register_forward_hook(_bos_hook(row))
+    den.eval().requires_grad_(False)
+    den.mpsearch_quantization = qinfo
+    if not dequantize:
+        _outside_inference_mode(den)
+    return den
+
+
+def _outside_inference_mode(module: nn.Module) -> None:
+    """optimum-quanto's autograd functions fail under `torch.inference_mode` (diffusers pipelines use it):
+    run the module's forward under `no_grad` instead, which is what inference mode would save anyway."""
+    forward = module.forward
+
+    def wrapped(*args, **kwargs):
+        with torch.inference_mode(False), torch.no_grad():
+            return forward(*args, **kwargs)
+
+    module.forward = wrapped
+
+
+def load_quantized(path: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None,
+                   dequantize: bool = False):
+    """Load a checkpoint written by `export` as a working diffusers pipeline.
+
+    Quantized layers become optimum-quanto `QLinear` / `QConv2d` modules holding the integer codes
+    (qint2 / qint4 / qint8 containers: 3-bit codes in qint4, 5/6-bit in qint8), dequantized on the fly;
+    `dequantize=True` gives plain float modules instead. `dtype` defaults to float32 on CPU.
+    """
+    import diffusers
+
+    path = Path(path)
+    index = json.loads((path / "model_index.json").read_text())
+    den_name = next((n for n in ("unet", "transformer", "prior") if (path / n / QMAP_FILE).exists()), None)
+    if den_name is None:
+        raise ExportError(f"{path} holds no {QMAP_FILE} under a unet/ or transformer/ folder")
+    dtype = dtype or (torch.float32 if device == "cpu" else torch.float16)
+    den = load_denoiser(path / den_name, dtype=dtype, dequantize=dequantize)
+    cls = getattr(diffusers, index["_class_name"])
+    pipe = cls.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype, **{den_name: den})
+    pipe.mpsearch_plan = Plan.load(path / "plan.json") if (path / "plan.json").exists() else None
+    return pipe.to(device)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,11 @@ def check_plan(plan: Plan, inv: Inventory) -> Plan:
             f"plan was made for model {plan.model!r} (fingerprint {plan.fingerprint}), not for {inv.model!r} "
             f"(fingerprint {inv.fingerprint}): same layer names, different shapes or config"
         )
-    if not isinstance(get_format(plan.format).to_dict(), dict):  # pragma: no cover - validate() checked it
-        raise PlanError(f"unknown format {plan.format!r}")
+    for i, o in enumerate(plan.step_overrides):
+        for name, bits in o["layers"].items():
+            if "w_bits" in bits:
+                raise PlanError(f"step_overrides[{i}]: layer {name!r} changes w_bits per step; a checkpoint "
+                                "holds one weight per layer (only a_bits may vary over steps)")
     return plan
 
 
@@ -176,12 +180,18 @@ def fake_quantize(
     cfg: WeightQuantConfig | None = None,
     bos: bool = True,
     round_float: bool = True,
+    calib: Any = None,
+    progressive: bool = False,
 ) -> FakeQuant:
     """Replace the denoiser's weights by exactly what the plan's checkpoint would hold.
 
     Quantized layers get `fake_quant_weight` values at their nominal bits; every other parameter is
     rounded to fp16 (`round_float`), as the checkpoint stores it. BOS-aware K/V (`bos`) substitutes the
-    full-precision BOS row. Activations are left in float (weight-only simulation).
+    full-precision BOS row. Activation bits (`a_bits < 16`, and per-step `step_overrides`, PCR's
+    activation relaxing) run through the profiler's quantizers (`mpsearch.quant.quantize_pipeline`:
+    split shortcuts, BOS-aware, ranges calibrated on `calib`, a `mpsearch.calibration.Reference`, with
+    full-precision weights as the profiler does; `progressive` = PCR per-step ranges). Per-step
+    activation bits apply when sampling with the reference's number of steps.
     """
     plan = _plan_of(plan)
     _, den = find_denoiser(pipe)
@@ -189,6 +199,15 @@ def fake_quantize(
     check_plan(plan, inv)
     cfg = cfg or weight_config(plan.format)
     fq = FakeQuant(pipe, plan)
+    acts = activation_bits(plan)
+    if acts:
+        from mpsearch.quant import Candidates, quantize_pipeline
+
+        if calib is None:
+            raise ValueError("the plan quantizes activations: pass calib= (mpsearch.calibration.reference(pipe, prompts))")
+        fq.session = quantize_pipeline(pipe, Candidates(weight=(), act=tuple(sorted(acts))), calib=calib,
+                                       progressive=progressive, weight_cfg=cfg)
+        fq.session.apply({n: (None, b.a_bits) for n, b in plan.layers.items()}, plan.step_overrides)
     rows = bos_rows(pipe, [n for n in bos_layers(den, pipe) if _quantized(plan, n)]) if bos else {}
     with torch.no_grad():
         for pname, p in den.named_parameters():
@@ -206,9 +225,19 @@ def fake_quantize(
     return fq
 
 
+def activation_bits(plan: Plan) -> set[int]:
+    """Activation widths below 16 that the plan uses anywhere (layers or step overrides)."""
+    bits = {b.a_bits for b in plan.layers.values()}
+    bits |= {v["a_bits"] for o in plan.step_overrides for v in o["layers"].values() if "a_bits" in v}
+    return {b for b in bits if b < FLOAT_BITS}
+
+
 def _quantized(plan: Plan, name: str) -> bool:
+    """Whether a layer is quantized at any step (weights, activations, or a per-step override)."""
     b = plan.layers.get(name)
-    return b is not None and (b.w_bits < FLOAT_BITS or b.a_bits < FLOAT_BITS)
+    if b is not None and (b.w_bits < FLOAT_BITS or b.a_bits < FLOAT_BITS):
+        return True
+    return any(o["layers"].get(name, {}).get("a_bits", FLOAT_BITS) < FLOAT_BITS for o in plan.step_overrides)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -510,6 +539,9 @@ def load_quantized(path: str | Path, *, device: str = "cpu", dtype: torch.dtype 
     dtype = dtype or (torch.float32 if device == "cpu" else torch.float16)
     den = load_denoiser(path / den_name, dtype=dtype, dequantize=dequantize)
     cls = getattr(diffusers, index["_class_name"])
-    pipe = cls.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype, **{den_name: den})
+    with warnings.catch_warnings():  # diffusers 0.42 renames torch_dtype to dtype; older ones lack dtype
+        warnings.simplefilter("ignore", FutureWarning)
+        pipe = cls.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype, **{den_name: den})
+    pipe.set_progress_bar_config(disable=True)
     pipe.mpsearch_plan = Plan.load(path / "plan.json") if (path / "plan.json").exists() else None
     return pipe.to(device)

@@ -9,8 +9,8 @@ quantization map, never stored), so a layer costs exactly what `cost.layer_bytes
 - `packed`: `<layer>.weight._packed`, a dense little-endian bitstream of `s = b` bits per code
   (`mpsearch.packing`), for every width 2..8, because no backend stores 3, 5 or 6 bits densely.
 - `quanto`: optimum-quanto's own containers and tensor names. qint2/qint4 (`WeightQBitsTensor`):
-  `<layer>.weight._data._data`, uint8 packed along dim 0 by quanto's `pack_weights` (4 or 2 codes per
-  byte); qint8 (`WeightQBytesTensor`): `<layer>.weight._data`, int8 codes. 3-bit layers go to qint4,
+  `<layer>.weight._data._data`, uint8, quanto's `pack_weights` (2 or 4 codes per byte) applied to the
+  flattened codes, so an output-channel count that is not a multiple of 4 costs no padding row; qint8 (`WeightQBytesTensor`): `<layer>.weight._data`, int8 codes. 3-bit layers go to qint4,
   5/6-bit layers to qint8.
 
 A new storage is a class with `encode` / `decode` registered under a format name.
@@ -18,6 +18,7 @@ A new storage is a class with `encode` / `decode` registered under a format name
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -79,9 +80,7 @@ class PackedStorage(Storage):
         return {"_packed": pack_bits(codes, stored_bits), "_scale": self._scale(scale, tuple(q.shape))}
 
     def decode(self, tensors, stored_bits, shape):
-        n = 1
-        for d in shape:
-            n *= d
+        n = math.prod(shape)
         packed = tensors["_packed"]
         if packed.numel() != packed_nbytes(n, stored_bits):
             raise ValueError(f"{packed.numel()} packed bytes, expected {packed_nbytes(n, stored_bits)}")
@@ -103,12 +102,16 @@ class QuantoStorage(Storage):
         if stored_bits == 8:
             return {"_data": q.to(torch.int8).contiguous(), "_scale": self._scale(scale, shape)}
         codes = (q.to(torch.int32) + zero_point(stored_bits)).to(torch.uint8)
-        return {"_data._data": pack_weights(codes, stored_bits), "_scale": self._scale(scale, shape)}
+        return {"_data._data": pack_weights(codes.reshape(-1), stored_bits), "_scale": self._scale(scale, shape)}
 
     def decode(self, tensors, stored_bits, shape):
         if stored_bits == 8:
             return tensors["_data"].reshape(shape), tensors["_scale"].float()
         import optimum.quanto  # noqa: F401  (registers torch.ops.quanto)
 
-        codes = torch.ops.quanto.unpack(tensors["_data._data"], stored_bits)[: shape[0]].to(torch.int16) - zero_point(stored_bits)
+        n = math.prod(shape)
+        packed = tensors["_data._data"]
+        if packed.numel() != packed_nbytes(n, stored_bits):
+            raise ValueError(f"{packed.numel()} packed bytes, expected {packed_nbytes(n, stored_bits)}")
+        codes = torch.ops.quanto.unpack(packed, stored_bits)[:n].to(torch.int16) - zero_point(stored_bits)
         return codes.to(torch.int8).reshape(shape), tensors["_scale"].float()

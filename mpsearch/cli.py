@@ -251,5 +251,9 @@ def solve(
         console.print(f"pareto front: {len(front)} points → {csv}, {png}")
 
 
+from mpsearch.cli_export import register as _register_export  # noqa: E402
+
+_register_export(app)
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,129 @@
+"""`mpsearch export` and `mpsearch evaluate`: registered on the main app by `register(app)`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err = Console(stderr=True)
+
+PlanOpt = Annotated[Path, typer.Option("--plan", "-p", help="plan.json written by `mpsearch solve`.", exists=True,
+                                       dir_okay=False)]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Hub id, local folder, single file or "
+                                                 "'demo' (default): the model the plan was made for.")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _bytes_table(e: dict) -> Table:
+    t = Table(title=f"denoiser bytes, format {e['format']!r}")
+    t.add_column("")
+    t.add_column("bytes", justify="right")
+    t.add_column("", justify="right")
+    fp16 = e["fp16_bytes"]
+    rows = [("fp16", fp16), ("predicted (cost model)", e["predicted_bytes"]), ("written tensors", e["tensor_bytes"]),
+            ("safetensors header", e["header_bytes"]), ("file", e["file_bytes"]), ("BOS rows file", e["bos_bytes"])]
+    if e.get("budget_bytes"):
+        rows.append((f"budget {e['budget']}", e["budget_bytes"]))
+    for name, n in rows:
+        t.add_row(name, f"{n:,}", f"{n / fp16:.1%} of fp16" if n > 10_000 or name == "fp16" else "")
+    return t
+
+
+def export_cmd(
+    plan: PlanOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint folder to write.")],
+    model: ModelOpt = None,
+    no_components: Annotated[bool, typer.Option("--denoiser-only", help="Write only the denoiser, not the "
+                                                "pipeline's other components.")] = False,
+    no_bos: Annotated[bool, typer.Option("--no-bos", help="Do not precompute BOS K/V rows.")] = False,
+) -> None:
+    """Write a plan's packed low-bit checkpoint; its denoiser bytes equal the cost model's prediction."""
+    from mpsearch.export import ExportError, export
+    from mpsearch.model import ModelError
+    from mpsearch.plan import Plan, PlanError
+
+    try:
+        p = Plan.load(plan)
+        result = export(p, out, model=model, bos=not no_bos, components=not no_components)
+    except ExportError as e:
+        _fail(str(e), 1)
+    except (PlanError, ModelError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    e = result.to_dict()
+    console.print(_bytes_table(e))
+    console.print(f"{e['quantized_layers']}/{e['layers']} layers quantized; written == predicted: "
+                  f"[bold]{e['matches_prediction']}[/]   → {out}  (load with mpsearch.load_quantized)")
+
+
+def evaluate_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (report.md + PNGs + results.json).")],
+    plan: Annotated[list[Path] | None, typer.Option("--plan", "-p", help="Plan(s) to evaluate (repeatable; "
+                                                       "the first gets the baselines).")] = None,
+    quantized: Annotated[Path | None, typer.Option("--quantized", "-q", help="A folder written by `mpsearch "
+                                                      "export`: evaluate the checkpoint itself.")] = None,
+    model: ModelOpt = None,
+    calib_prompts: Annotated[Path | None, typer.Option(help="Calibration-domain prompts, one per line.")] = None,
+    heldout_prompts: Annotated[Path | None, typer.Option(help="Held-out prompts, one per line.")] = None,
+    n_prompts: Annotated[int, typer.Option(help="Prompts per split when none are given (demo model).")] = 8,
+    steps: Annotated[int | None, typer.Option(help="Sampling steps (default: the demo's).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Guidance scale (default: the demo's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the first image (image i uses seed + i).")] = 0,
+    checkpoint: Annotated[bool, typer.Option("--checkpoint/--no-checkpoint", help="Also export the plan, "
+                                             "reload and generate: bytes on disk and peak memory.")] = True,
+    baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Uniform W8, W4, nearest "
+                                            "uniform and random-at-equal-bytes baselines.")] = True,
+    plugin: Annotated[list[str] | None, typer.Option(help="Python file or module registering metrics.")] = None,
+) -> None:
+    """Generate with FP, the plan and baselines; write a Markdown report with images and plots."""
+    from mpsearch.calibration import read_prompts
+    from mpsearch.evaluate import evaluate
+    from mpsearch.export import ExportError
+    from mpsearch.metrics import load_plugin
+    from mpsearch.model import ModelError
+    from mpsearch.plan import PlanError
+    from mpsearch.report import write_report
+
+    if not plan and quantized is None:
+        _fail("pass --plan PLAN.json and/or --quantized DIR")
+    for p in plugin or []:
+        load_plugin(p)
+    prompts = None
+    if calib_prompts or heldout_prompts:
+        prompts = {"calib": read_prompts(calib_prompts) if calib_prompts else [],
+                   "heldout": read_prompts(heldout_prompts) if heldout_prompts else []}
+    try:
+        ev = evaluate(list(plan or []), model=model, quantized=quantized, prompts=prompts, n_prompts=n_prompts,
+                      seed=seed, steps=steps, guidance=guidance, with_baselines=baselines,
+                      checkpoint=(out / "checkpoint") if checkpoint and quantized is None else False,
+                      progress=lambda m: err.print(f"[dim]{m}[/]"))
+    except (ExportError, PlanError, ModelError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    report = write_report(ev, out)
+    rows = ev.rows()
+    cols = [c for c in ("adherence", "ssim", "pixel_mse", "sqnr") if any(r.get(c) is not None for r in rows)]
+    t = Table(title=f"{ev.inventory.model}: evaluation")
+    for c in ("candidate", "split", "bytes", "bits", *cols):
+        t.add_column(c, justify="left" if c in ("candidate", "split") else "right")
+    for r in rows:
+        t.add_row(r["name"], r["split"], f"{r['bytes']:,}", f"{r['mean_w_bits']:.2f}",
+                  *("–" if r.get(c) is None else f"{r[c]:.4g}" for c in cols))
+    console.print(t)
+    if ev.export:
+        console.print(_bytes_table(ev.export))
+    for stage, m in ev.memory.items():
+        console.print(f"peak RSS while {stage}: {m['rss_peak'] / 1e6:,.1f} MB (+{m['rss_delta'] / 1e6:,.1f} MB)")
+    console.print(f"report: {report}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export_cmd)
+    app.command("evaluate")(evaluate_cmd)

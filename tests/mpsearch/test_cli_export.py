@@ -1,0 +1,50 @@
+"""`mpsearch export` / `mpsearch evaluate` on a saved tiny pipeline."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from mpsearch.cli import app
+from mpsearch.model import inventory
+from mpsearch.plan import LayerBits, Plan
+
+runner = CliRunner()
+
+
+def test_export_and_evaluate_commands(tiny_pipe, tmp_path):
+    model = tmp_path / "model"
+    tiny_pipe.save_pretrained(model)
+    inv = inventory(tiny_pipe)
+    plan = Plan.uniform(inv, 4, fmt="quanto", budget="40%")
+    plan.save(tmp_path / "plan.json")
+
+    res = runner.invoke(app, ["export", "--plan", str(tmp_path / "plan.json"), "--model", str(model),
+                              "--out", str(tmp_path / "q")])
+    assert res.exit_code == 0, res.output
+    assert "written == predicted: True" in res.output
+    e = json.loads((tmp_path / "q" / "export.json").read_text())
+    assert e["tensor_bytes"] == e["predicted_bytes"] <= e["budget_bytes"]
+
+    res = runner.invoke(app, ["evaluate", "--quantized", str(tmp_path / "q"), "--model", str(model), "--out",
+                              str(tmp_path / "rep"), "--no-baselines", "--steps", "2", "--calib-prompts",
+                              str(_prompts(tmp_path))])
+    assert res.exit_code == 0, res.output
+    assert "peak RSS" in res.output
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "| checkpoint | calib |" in text and "| plan | calib |" in text
+
+    other = dict(plan.layers)
+    other["mid_block.attentions.7.proj_out"] = LayerBits(4)
+    Plan(other, fingerprint=inv.fingerprint).save(tmp_path / "bad.json")
+    res = runner.invoke(app, ["export", "--plan", str(tmp_path / "bad.json"), "--model", str(model),
+                              "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2
+    assert "mid_block.attentions.7.proj_out" in res.output
+
+
+def _prompts(tmp_path):
+    p = tmp_path / "prompts.txt"
+    p.write_text("a red circle at the top left\n# comment\na blue square in the center\n")
+    return p

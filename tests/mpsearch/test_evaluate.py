@@ -1,0 +1,73 @@
+"""Evaluation and report on the tiny pipeline: baselines, metrics per split, checkpoint bytes and memory."""
+
+from __future__ import annotations
+
+import json
+
+from mpsearch.cost import model_bytes
+from mpsearch.evaluate import PeakRSS, baselines, evaluate, nearest_uniform_bits, random_plan
+from mpsearch.model import inventory
+from mpsearch.plan import LayerBits, Plan
+from mpsearch.report import write_report
+
+PROMPTS = {"calib": ["a red circle at the top left", "a blue square in the center"],
+           "heldout": ["a green triangle at the bottom right"]}
+
+
+def six_bit_plan(inv) -> Plan:
+    plan = Plan({l.name: LayerBits(8 if l.group == "content" else 4) for l in inv.layers}, model=inv.model,
+                fingerprint=inv.fingerprint, format="packed", budget="60%")
+    plan.predict(inv)
+    return plan
+
+
+def test_baselines_are_at_the_right_bytes(tiny_pipe):
+    inv = inventory(tiny_pipe)
+    plan = six_bit_plan(inv)
+    target = model_bytes(inv, plan.w_bits(), "packed")
+    rnd = random_plan(inv, plan, seed=1)
+    got = model_bytes(inv, rnd.w_bits(), "packed")
+    assert got <= target and got > 0.97 * target
+    assert rnd.w_bits() != random_plan(inv, plan, seed=2).w_bits()
+    near = nearest_uniform_bits(inv, plan)
+    dist = {b: abs(model_bytes(inv, dict.fromkeys(inv.names, b), "packed") - target) for b in (2, 3, 4, 5, 6, 8)}
+    assert dist[near] == min(dist.values())
+    assert set(baselines(inv, plan)) == {"uniform-w8", "uniform-w4", f"uniform-w{near}", "random"}
+
+
+def test_peak_rss_sees_an_allocation():
+    import numpy as np
+
+    with PeakRSS() as m:
+        a = np.ones(60_000_000 // 8)  # 60 MB, touched
+        a += 1
+        del a
+    assert m.delta > 30e6
+
+
+def test_evaluate_and_report(tiny_pipe, tmp_path):
+    inv = inventory(tiny_pipe)
+    plan = six_bit_plan(inv)
+    ev = evaluate(plan, model=tiny_pipe, prompts=PROMPTS, steps=2, guidance=3.0, checkpoint=tmp_path / "ckpt")
+    rows = ev.rows()
+    names = {r["name"] for r in rows}
+    assert {"fp", "plan", "uniform-w8", "uniform-w4", "random", "checkpoint"} <= names
+    by = {(r["name"], r["split"]): r for r in rows}
+    assert by[("fp", "calib")]["ssim"] == 1.0 and by[("fp", "calib")]["pixel_mse"] == 0.0
+    assert by[("uniform-w8", "calib")]["ssim"] > by[("uniform-w4", "calib")]["ssim"]
+    assert "sqnr" in by[("plan", "calib")] and "sqnr" not in by[("plan", "heldout")]
+    # the reloaded checkpoint generates what the simulation generated, and weighs what was predicted
+    ck = next(c for c in ev.candidates if c.kind == "checkpoint")
+    assert ck.extra["max_pixel_diff_vs_simulation"] <= 1
+    assert ev.export["tensor_bytes"] == ev.export["predicted_bytes"] == plan.predicted["bytes"]
+    assert ev.memory["load"]["rss_peak"] >= ev.memory["load"]["rss_before"] > 0
+
+    report = write_report(ev, tmp_path / "report")
+    text = report.read_text()
+    for f in ("grid.png", "pareto.png", "bitmap.png", "results.json"):
+        assert (tmp_path / "report" / f).stat().st_size > 1000 or f == "results.json"
+        assert f in text or f == "results.json"
+    assert "| uniform-w4 | heldout |" in text
+    assert f"{plan.predicted['bytes']:,}" in text
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert results["export"]["matches_prediction"] is True

@@ -254,6 +254,9 @@ def solve(
 from mpsearch.cli_export import register as _register_export  # noqa: E402
 
 _register_export(app)
+from mpsearch.cli_profile import register as _register_profile  # noqa: E402
+
+_register_profile(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

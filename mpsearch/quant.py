@@ -289,10 +289,10 @@ class _LayerQuant:
             return self.module._mpsearch_orig_forward(x)
         w_bits, a_bits = sess._config(self.name)
         slots = sess._slot_cfg.get(self.name) if sess._slot_cfg else None
-        if slots and sess._n_slots == 1:
-            (_, w_bits, a_bits, steps) = slots[0]
+        if slots and sess._n_slots == 1:  # one slot: the whole batch, no full-precision pass needed
+            _, wb, ab, steps = slots[0]
             if steps is None or sess._step in steps:
-                return self.run(x, w_bits, a_bits)
+                return self._finish(x, self.run(x, wb, ab))
             slots = None
         y = self.run(x, w_bits, a_bits)
         if slots:
@@ -307,8 +307,12 @@ class _LayerQuant:
                     y[sl] = self.run(x[sl], wb, ab)
                 finally:
                     sess._row_steps = row_steps
+        return self._finish(x, y)
+
+    def _finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        sess = self.session
         if sess._fisher is not None:
-            y = y + sess._fisher_anchor
+            y = y + sess._fisher_anchor  # makes y part of the graph so its gradient can be read
             xd = x.detach()
             y.register_hook(lambda g, xd=xd: sess._fisher(self, xd, g))
         return y

@@ -1,0 +1,92 @@
+"""`mpsearch profile` and `mpsearch merge`: registered on the main typer app by `register(app)`."""
+
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(s) for s in text.replace(" ", "").split(",") if s)
+    except ValueError:
+        raise typer.BadParameter(f"{what}: expected comma-separated integers, got {text!r}") from None
+
+
+def register(app: typer.Typer) -> None:
+    from mpsearch.cli import ModelOpt, console, fail
+
+    @app.command()
+    def profile(
+        model: ModelOpt = None,
+        bits: Annotated[str | None, typer.Option(help="Weight candidates, e.g. 2,3,4,5,6,8 (default).")] = None,
+        act_bits: Annotated[str | None, typer.Option(help="Activation candidates (default 4,6,8,16; 16 = FP).")] = None,
+        tensors: Annotated[str, typer.Option(help="weight,act (default both).")] = "weight,act",
+        metrics: Annotated[str | None, typer.Option(
+            help="Registered metric names (default sqnr,mse,ssim, plus adherence on the demo).")] = None,
+        prompts: Annotated[Path | None, typer.Option(help="Calibration prompts, one per line "
+                                                       "(default: the demo's scene sampler).")] = None,
+        n_prompts: Annotated[int, typer.Option(help="Demo prompts to sample when --prompts is not given.")] = 8,
+        seed: Annotated[int, typer.Option(help="First seed; prompt i uses seed + i.")] = 0,
+        steps: Annotated[int | None, typer.Option(help="Sampling steps (demo: its own setting).")] = None,
+        guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
+        step_groups: Annotated[str, typer.Option(help="auto | N (TMPQ-DM quadratic grouping into N).")] = "auto",
+        mode: Annotated[str, typer.Option(help="exact | batched (slot batching, same numbers) | fisher (proxy).")] = "exact",
+        slots: Annotated[int, typer.Option(help="Perturbations per batched forward (--mode batched).")] = 8,
+        out: Annotated[Path, typer.Option("--out", "-o", help="Profile folder (resumed when it exists).")] = Path("profiles/demo"),
+        shard: Annotated[str | None, typer.Option(help="i/n: measure every n-th evaluation from the i-th.")] = None,
+        all_metrics: Annotated[bool, typer.Option("--all-metrics", help="Every layer on every metric.")] = False,
+        layers: Annotated[str | None, typer.Option(help="Regex: profile only matching layers.")] = None,
+        bos_aware: Annotated[bool, typer.Option(help="MixDQ BOS-aware cross-attention K/V.")] = True,
+        split_shortcut: Annotated[bool, typer.Option(help="Q-Diffusion split-shortcut activation ranges.")] = True,
+        progressive: Annotated[bool, typer.Option(help="PCR progressive (per-step) activation calibration.")] = False,
+        plugin: Annotated[list[str] | None, typer.Option(help="Python file or module registering metrics (repeatable).")] = None,
+        csv: Annotated[Path | None, typer.Option(help="Also write the profile as CSV here.")] = None,
+        device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    ) -> None:
+        """Measure each layer's sensitivity (one layer quantized at a time) and store it under --out."""
+        import time
+
+        from mpsearch.metrics import load_plugin
+        from mpsearch.model import ModelError
+        from mpsearch.profile_store import ProfileError
+        from mpsearch.profiler import profile as run_profile
+
+        for p in plugin or []:
+            load_plugin(p)
+        t0 = time.perf_counter()
+        try:
+            prof = run_profile(
+                model, out=out, bits=_ints(bits, "--bits"), act_bits=_ints(act_bits, "--act-bits"),
+                tensors=[t.strip() for t in tensors.split(",")],
+                metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
+                prompts=prompts, n_prompts=n_prompts, seed=seed, steps=steps, guidance=guidance,
+                step_groups=int(step_groups) if step_groups.isdigit() else step_groups, mode=mode, slots=slots,
+                shard=shard, all_metrics=all_metrics, layers=layers, bos_aware=bos_aware,
+                split_shortcut=split_shortcut, progressive=progressive, device=device, progress=True,
+                log=lambda msg: console.print(f"[dim]{msg}[/]"),
+            )  # fmt: skip
+        except (ModelError, ProfileError, ValueError, KeyError, FileNotFoundError) as e:
+            fail(str(e).strip("'\""))
+        console.print(f"{out}: {len(prof)} measurements ({time.perf_counter() - t0:.0f} s), metrics "
+                      f"{', '.join(prof.metrics)}, step groups {prof.step_groups}")  # fmt: skip
+        if csv:
+            console.print(f"CSV → {prof.to_csv(csv)}")
+
+    @app.command()
+    def merge(
+        shards: Annotated[list[Path], typer.Argument(help="Shard folders written with --shard i/n.")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Merged profile folder (new).")] = Path("profiles/merged"),
+    ) -> None:
+        """Join profile shards of the same model and settings into one profile."""
+        from mpsearch.profile_store import ProfileError
+        from mpsearch.profile_store import merge as run_merge
+
+        try:
+            prof = run_merge(out, shards)
+        except ProfileError as e:
+            fail(str(e))
+        console.print(f"{out}: {len(prof)} measurements from {len(shards)} shards")

@@ -1,0 +1,248 @@
+"""A profile on disk: `meta.json` + `measurements.jsonl`, append-only, resumable, shardable, mergeable.
+
+Each line of `measurements.jsonl` is one measurement, written and flushed (fsync) as soon as it is made:
+
+    {"layer": "conv_in", "tensor": "weight", "bits": 4, "metric": "sqnr", "step_group": 0,
+     "value": 31.2, "degradation": 0.000758}
+
+`value` is the metric's raw number (SQNR in dB, SSIM, fraction right; null when infinite) and
+`degradation` is ≥ 0, lower is better (see `mpsearch.metrics`). A line cut short by a crash is detected
+on the next open, dropped and measured again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+SCHEMA = "mpsearch.profile/1"
+COLUMNS = ["layer", "tensor", "bits", "metric", "step_group", "value", "degradation"]
+KEY = ("layer", "tensor", "bits", "metric", "step_group")
+# Settings a resumed or merged profile must share exactly; candidates, tensors and metrics may grow.
+FIXED = ("fingerprint", "sampling", "quant", "mode", "step_groups", "all_metrics")
+
+
+class ProfileError(ValueError):
+    """A profile folder cannot be used as asked (other model, other settings, malformed file)."""
+
+
+def _dumps(row: dict) -> str:
+    row = dict(row)
+    if row.get("value") is not None and not math.isfinite(row["value"]):
+        row["value"] = None
+    return json.dumps(row, separators=(",", ":"))
+
+
+def read_measurements(path: Path, *, repair: bool = False) -> list[dict]:
+    """Rows of a measurements file. A torn last line (no newline, or not JSON) is ignored, and cut off
+    the file when `repair`; a malformed line elsewhere is an error naming it."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    rows, good_end, lines = [], 0, data.split(b"\n")
+    for i, line in enumerate(lines):
+        last = i == len(lines) - 1
+        if not line.strip():
+            if not last:
+                good_end += len(line) + 1
+            continue
+        try:
+            if last:
+                raise ValueError("no newline")
+            row = json.loads(line)
+        except ValueError:
+            if last or i == len(lines) - 2 and not lines[-1]:
+                break  # torn tail: redo it
+            raise ProfileError(f"{path}:{i + 1}: not a JSON measurement: {line[:80]!r}") from None
+        rows.append(row)
+        good_end += len(line) + 1
+    if repair and good_end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+    return rows
+
+
+def check_compatible(old: dict, new: dict, where: str) -> None:
+    """Refuse to mix measurements of another model or other settings, naming what differs."""
+    if old.get("schema") != SCHEMA:
+        raise ProfileError(f"{where}: schema {old.get('schema')!r}, expected {SCHEMA!r}")
+    if old.get("fingerprint") != new.get("fingerprint"):
+        raise ProfileError(
+            f"{where} was measured on another model or other weights (fingerprint {old.get('fingerprint')} "
+            f"!= {new.get('fingerprint')}); choose another --out or delete that folder"
+        )
+    for key in FIXED[1:]:
+        if old.get(key) != new.get(key):
+            raise ProfileError(
+                f"{where} was measured with other {key!r} settings: {json.dumps(old.get(key))[:200]} != "
+                f"{json.dumps(new.get(key))[:200]}; choose another --out to measure with the new ones"
+            )
+    for name, m in new.get("metrics", {}).items():
+        o = old.get("metrics", {}).get(name)
+        if o is not None and o != m:
+            raise ProfileError(f"{where}: metric {name!r} was measured as {o}, now {m} (changed version?)")
+
+
+def union_meta(old: dict, new: dict) -> dict:
+    """`new`, with candidates, tensors and metrics widened to include `old`'s."""
+    out = dict(new)
+    out["candidates"] = {
+        k: sorted(set(old["candidates"].get(k, [])) | set(new["candidates"].get(k, []))) for k in ("weight", "act")
+    }
+    out["tensors"] = [t for t in ("weight", "act") if t in old.get("tensors", []) or t in new.get("tensors", [])]
+    out["metrics"] = {**old.get("metrics", {}), **new.get("metrics", {})}
+    out["baseline"] = {**old.get("baseline", {}), **new.get("baseline", {})}
+    return out
+
+
+class Store:
+    """Open (create or resume) a profile folder for appending measurements."""
+
+    def __init__(self, root: str | Path, meta: dict):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.meta_path, self.path = self.root / "meta.json", self.root / "measurements.jsonl"
+        if self.meta_path.exists():
+            old = json.loads(self.meta_path.read_text())
+            check_compatible(old, meta, str(self.root))
+            meta = union_meta(old, meta)
+        self.meta = meta
+        _write_json(self.meta_path, meta)
+        rows = read_measurements(self.path, repair=True)
+        self.done = {tuple(r[k] for k in KEY) for r in rows}
+        self._f = open(self.path, "a")
+
+    def append(self, rows: list[dict]) -> None:
+        """Write rows (skipping any already stored) and force them to disk before returning."""
+        new = [r for r in rows if tuple(r[k] for k in KEY) not in self.done]
+        if not new:
+            return
+        self._f.write("".join(_dumps(r) + "\n" for r in new))
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self.done.update(tuple(r[k] for k in KEY) for r in new)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def profile(self) -> Profile:
+        """Everything stored so far."""
+        return Profile.load(self.root)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _sort(df: pd.DataFrame, layers: list[str]) -> pd.DataFrame:
+    order = {n: i for i, n in enumerate(layers)}
+    key = df["layer"].map(lambda n: order.get(n, len(order)))
+    df = df.assign(_o=key, _t=df["tensor"].map({"weight": 0, "act": 1}))
+    df = df.sort_values(["_o", "_t", "bits", "step_group", "metric"], kind="stable").drop(columns=["_o", "_t"])
+    return df.reset_index(drop=True)
+
+
+class Profile:
+    """A measured profile: `.df` (long table, columns `layer, tensor, bits, metric, step_group, value,
+    degradation`), `.meta` (fingerprint, candidates, metrics and kinds, step groups, sampling settings).
+
+    >>> p = Profile.load("profiles/demo")
+    >>> p.table("sqnr", "weight")            # layers × bits, degradation summed over step groups
+    """
+
+    def __init__(self, meta: dict, df: pd.DataFrame, path: Path | None = None):
+        self.meta, self.path = meta, path
+        self.df = _sort(df.reindex(columns=COLUMNS), meta.get("layers", []))
+        self.df["bits"] = self.df["bits"].astype(int)
+        self.df["step_group"] = self.df["step_group"].astype(int)
+        self.df["value"] = self.df["value"].astype(float)
+        self.df["degradation"] = self.df["degradation"].astype(float)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Profile:
+        path = Path(path)
+        if not (path / "meta.json").is_file():
+            raise ProfileError(f"{path}: no meta.json (not a profile folder)")
+        meta = json.loads((path / "meta.json").read_text())
+        if meta.get("schema") != SCHEMA:
+            raise ProfileError(f"{path}/meta.json: schema {meta.get('schema')!r}, expected {SCHEMA!r}")
+        rows = read_measurements(path / "measurements.jsonl")
+        return cls(meta, pd.DataFrame(rows, columns=COLUMNS), path)
+
+    @property
+    def metrics(self) -> dict[str, dict]:
+        return self.meta.get("metrics", {})
+
+    @property
+    def step_groups(self) -> list[list[int]]:
+        return self.meta.get("step_groups", [[]])
+
+    def table(self, metric: str, tensor: str = "weight", step_group: int | None = None) -> pd.DataFrame:
+        """Degradation as layers × bits for one metric and tensor; one step group, or summed over them
+        (the degradation of quantizing the layer at every step, under additivity)."""
+        df = self.df[(self.df.metric == metric) & (self.df.tensor == tensor)]
+        if step_group is not None:
+            df = df[df.step_group == step_group]
+        t = df.pivot_table(index="layer", columns="bits", values="degradation", aggfunc="sum", sort=False)
+        return t
+
+    def to_csv(self, path: str | Path) -> Path:
+        path = Path(path)
+        self.df.to_csv(path, index=False)
+        return path
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    def __repr__(self) -> str:
+        return f"Profile({self.meta.get('model')!r}, {len(self.df)} measurements, metrics {list(self.metrics)})"
+
+
+def merge(out: str | Path, shards: list[str | Path]) -> Profile:
+    """Join shard folders (same model and settings) into one profile at `out`. Duplicate measurements
+    must agree exactly; missing units are reported by `Profile` consumers, not invented."""
+    if not shards:
+        raise ProfileError("merge: no shard folders given")
+    metas, rows = [], {}
+    for s in shards:
+        p = Path(s)
+        if not (p / "meta.json").is_file():
+            raise ProfileError(f"{p}: no meta.json (not a profile folder)")
+        m = json.loads((p / "meta.json").read_text())
+        if metas:
+            check_compatible(metas[0], m, str(p))
+        metas.append(m)
+        for r in read_measurements(p / "measurements.jsonl"):
+            k = tuple(r[c] for c in KEY)
+            if k in rows and (rows[k]["degradation"] != r["degradation"]):
+                raise ProfileError(f"{p}: measurement {k} disagrees with another shard")
+            rows[k] = r
+    meta = metas[0]
+    for m in metas[1:]:
+        meta = union_meta(meta, m)
+    meta = {**meta, "shard": None, "merged_from": [str(s) for s in shards]}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "measurements.jsonl").exists():
+        raise ProfileError(f"{out} already holds measurements; merge into a new folder")
+    prof = Profile(meta, pd.DataFrame(list(rows.values()), columns=COLUMNS))
+    _write_json(out / "meta.json", meta)
+    with open(out / "measurements.jsonl", "w") as f:
+        for r in prof.df.to_dict("records"):
+            r = {k: (int(v) if k in ("bits", "step_group") else v) for k, v in r.items()}
+            f.write(_dumps(r) + "\n")
+    prof.path = out
+    return prof

@@ -14,8 +14,9 @@ stored in fp16 and substituted at run time, in the simulation and in the loaded 
 
 Checkpoint folder: the pipeline's other components as diffusers saves them, `model_index.json`,
 `plan.json`, `export.json` (bytes) and, under the denoiser's folder, `config.json`,
-`mpsearch_quantized.safetensors` (every denoiser parameter), `quantization_map.json` (per module:
-qtype, nominal/stored bits, activation bits, shape, code offset) and `bos.safetensors`.
+`mpsearch_quantized.safetensors` (every denoiser parameter; by default one tensor per dtype with the
+offsets in the map, see `export(layout=)`), `quantization_map.json` (per module: qtype, nominal/stored
+bits, activation bits, shape, code offset) and `bos.safetensors`.
 """
 
 from __future__ import annotations
@@ -333,11 +334,16 @@ def export(
     cfg: WeightQuantConfig | None = None,
     bos: bool = True,
     components: bool = True,
+    layout: str = "blobs",
 ) -> ExportResult:
     """Write the plan's packed checkpoint to `out` and return its byte accounting.
 
     `model`: a pipeline, or anything `load_pipeline` accepts (None = demo). `components`: also save
     the pipeline's other components so that `load_quantized(out)` returns a whole pipeline. Raises
+    `layout`: "blobs" concatenates the tensors of each dtype into one safetensors tensor (offsets in
+    quantization_map.json), so the file is the predicted bytes plus a header of a few hundred bytes;
+    "tensors" writes one named tensor per parameter part (readable with any safetensors tool, but the
+    header grows by ~130 bytes per tensor: several % of a small model). Raises
     `PlanError` (naming the layer) for a plan made for another model and `ExportError` when the bytes
     written differ from the cost model's prediction or exceed a byte budget.
     """
@@ -360,7 +366,14 @@ def export(
     tensor_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
     meta = {"schema": SCHEMA, "format": fmt.name, "fingerprint": inv.fingerprint, "component": den_name}
     path = folder / WEIGHTS_FILE
-    save_file({**tensors, **buffers}, str(path), metadata=meta)
+    if layout not in ("blobs", "tensors"):
+        raise ValueError(f"layout must be 'blobs' or 'tensors', not {layout!r}")
+    index = None
+    if layout == "blobs":
+        blobs, index = to_blobs({**tensors, **buffers})
+        save_file(blobs, str(path), metadata={**meta, "layout": layout})
+    else:
+        save_file({**tensors, **buffers}, str(path), metadata={**meta, "layout": layout})
 
     rows = bos_rows(pipe, [n for n in bos_layers(den, pipe) if _quantized(plan, n)]) if bos else {}
     bos_bytes = 0
@@ -373,7 +386,8 @@ def export(
     (folder / QMAP_FILE).write_text(json.dumps({
         "schema": SCHEMA, "format": fmt.to_dict(), "fingerprint": inv.fingerprint, "model": inv.model,
         "component": den_name, "denoiser_class": type(den).__name__, "quantizer": asdict(cfg or weight_config(fmt)),
-        "float_dtype": "float16", "bos_layers": sorted(rows), "modules": qmap,
+        "float_dtype": "float16", "bos_layers": sorted(rows), "layout": layout, "modules": qmap,
+        **({"blobs": index} if index is not None else {}),
     }, indent=1))
     den.save_config(folder)
     plan.save(out / "plan.json")
@@ -394,6 +408,33 @@ def export(
     if result.budget_bytes is not None and tensor_bytes > result.budget_bytes:
         raise ExportError(f"wrote {tensor_bytes:,} bytes, over the budget {plan.budget} = {result.budget_bytes:,} bytes")
     return result
+
+
+def to_blobs(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, list]]:
+    """Concatenate tensors per dtype: `({"blob.<dtype>": 1-D tensor}, {name: [dtype, offset, shape]})`.
+
+    The blobs hold exactly the tensors' bytes (no padding): byte equality with the cost model survives.
+    """
+    groups: dict[str, list[torch.Tensor]] = {}
+    index: dict[str, list] = {}
+    offsets: dict[str, int] = {}
+    for name, t in tensors.items():
+        dt = str(t.dtype).removeprefix("torch.")
+        index[name] = [dt, offsets.get(dt, 0), list(t.shape)]
+        offsets[dt] = offsets.get(dt, 0) + t.numel()
+        groups.setdefault(dt, []).append(t.reshape(-1))
+    return {f"blob.{dt}": torch.cat(ts) for dt, ts in groups.items()}, index
+
+
+def from_blobs(blobs: dict[str, torch.Tensor], index: dict[str, list]) -> dict[str, torch.Tensor]:
+    """Inverse of `to_blobs` (views into the blobs, no copies)."""
+    out = {}
+    for name, (dt, offset, shape) in index.items():
+        n = 1
+        for d in shape:
+            n *= d
+        out[name] = blobs[f"blob.{dt}"][offset : offset + n].reshape(shape)
+    return out
 
 
 def _save_components(pipe: Any, den_name: str, out: Path) -> None:
@@ -463,6 +504,8 @@ def load_denoiser(folder: str | Path, *, dtype: torch.dtype = torch.float32, deq
         raise ExportError(f"{folder}: the denoiser built from config.json has fingerprint {fingerprint(den)}, "
                           f"the checkpoint was written for {qinfo['fingerprint']}")
     tensors = load_file(str(folder / WEIGHTS_FILE))
+    if qinfo.get("layout") == "blobs":
+        tensors = from_blobs(tensors, qinfo["blobs"])
     storage = get_storage(qinfo["format"]["name"])
     modules = qinfo["modules"]
     for name, entry in modules.items():

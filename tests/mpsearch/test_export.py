@@ -74,12 +74,12 @@ def test_storage_decodes_the_quantizer_integers(fmt, bits):
     assert torch.equal((q2.float() * scale2).reshape(w.shape), fake_quant_weight(w, bits))
 
 
-@pytest.mark.parametrize("fmt", ["packed", "quanto"])
-def test_roundtrip_equals_fake_quant_and_bytes_equal_prediction(tiny_pipe, tmp_path, fmt):
+@pytest.mark.parametrize("fmt,layout", [("packed", "blobs"), ("quanto", "blobs"), ("packed", "tensors")])
+def test_roundtrip_equals_fake_quant_and_bytes_equal_prediction(tiny_pipe, tmp_path, fmt, layout):
     pipe = tiny_pipe
     inv = inventory(pipe)
     plan = mixed_plan(inv, fmt)
-    result = export(plan, tmp_path / "q", model=pipe)
+    result = export(plan, tmp_path / "q", model=pipe, layout=layout)
 
     # bytes: tensors written == cost model, exactly; the file adds only the safetensors header
     predicted = model_bytes(inv, plan.w_bits(), fmt)
@@ -89,6 +89,8 @@ def test_roundtrip_equals_fake_quant_and_bytes_equal_prediction(tiny_pipe, tmp_p
     assert written == predicted == result.tensor_bytes == result.predicted_bytes
     assert path.stat().st_size == written + safetensors_header_bytes(path) == result.file_bytes
     assert json.loads((tmp_path / "q" / "export.json").read_text())["matches_prediction"]
+    if layout == "blobs":  # one tensor per dtype: the file is the prediction plus a tiny header
+        assert path.stat().st_size <= 1.005 * predicted
 
     # reload: quanto modules holding the codes; images equal the fake-quant simulation
     qpipe = load_quantized(tmp_path / "q")

@@ -18,6 +18,13 @@ _LAZY = {
     "Layer": "mpsearch.model",
     "Budget": "mpsearch.budget",
     "Plan": "mpsearch.plan",
+    "solve": "mpsearch.search",
+    "search": "mpsearch.search",
+    "export": "mpsearch.export",
+    "load_quantized": "mpsearch.export",
+    "fake_quantize": "mpsearch.export",
+    "evaluate": "mpsearch.evaluate",
+    "generate": "mpsearch.generate",
 }
 
 

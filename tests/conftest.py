@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny diffusers pipelines built from config dicts (no downloads, a few MB of RAM)."""
+"""Shared fixtures: tiny diffusers pipelines built from config dicts (no downloads, a few MB of RAM).
+
+`tests/__init__.py` makes pytest put the repository root (not `tests/`) on sys.path for this file, so
+`tests/mpsearch/` can never shadow the `mpsearch` package. Scripts import `tests.conftest`.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import torch
 def build_tiny_pipeline(seed: int = 0):
     """A StableDiffusionPipeline small enough for unit tests: UNet (32, 64) with cross-attention dim 32,
     a 2-layer CLIP text encoder over the demo's word-level vocabulary, a 2-level VAE (16 px images from
-    8x8 latents... 4x4 per block) and DDIM with trailing spacing."""
+    8x8 latents) and DDIM with trailing spacing."""
     import tempfile
     from pathlib import Path
 

@@ -1,0 +1,209 @@
+"""Profiler: batched == exact, fisher ranks like exact, resume after SIGKILL, torn lines, shards, custom metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from mpsearch import calibration as cal
+from mpsearch.metrics import METRICS, register_metric, sqnr
+from mpsearch.profile_store import Profile, ProfileError, merge
+from mpsearch.profiler import profile
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPTS = cal.demo_prompts(2)
+# small but complete: 2 prompts, 4 steps in 2 step groups, output and image metrics
+SMALL = dict(prompts=PROMPTS, steps=4, step_groups=2, bits=(2, 8), act_bits=(4, 16), metrics=["sqnr", "ssim"])
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_pipe_factory):
+    return tiny_pipe_factory()
+
+
+def _frame(p: Profile) -> pd.DataFrame:
+    return p.df.reset_index(drop=True)
+
+
+def test_profile_rows_and_meta(pipe, tmp_path):
+    prof = profile(pipe, out=tmp_path / "p", layers=r"^(conv_in|down_blocks\.0\.attentions\.0\.transformer_blocks\.0\.attn2\.to_k)$", **SMALL)
+    df = prof.df
+    assert list(df.columns) == ["layer", "tensor", "bits", "metric", "step_group", "value", "degradation"]
+    # quality layer on the quality metric, content layer on the content metric (MixDQ's decoupling)
+    assert set(df[df.layer == "conv_in"].metric) == {"sqnr"}
+    assert set(df[df.layer.str.endswith("attn2.to_k")].metric) == {"ssim"}
+    assert len(df) == 2 * 3 * 2  # 2 layers × (weight 2 and 8, act 4) × 2 step groups
+    assert (df.degradation >= 0).all()
+    sq = df[df.metric == "sqnr"]
+    assert ((10 ** (-sq.value / 10) - sq.degradation).abs() < 1e-9 * sq.degradation.abs().max()).all()
+    meta = json.loads((tmp_path / "p" / "meta.json").read_text())
+    assert meta["metrics"]["sqnr"]["kind"] == "quality" and meta["metrics"]["ssim"]["kind"] == "content"
+    assert meta["step_groups"] == [[0], [1, 2, 3]]  # TMPQ-DM, 2 groups: t in [800, 1000) and [0, 800)
+    assert meta["sampling"]["steps"] == 4 and meta["sampling"]["prompts_hash"] == cal.prompts_hash(PROMPTS)
+    assert meta["candidates"] == {"weight": [2, 8], "act": [4, 16]}
+    loaded = Profile.load(tmp_path / "p")
+    pd.testing.assert_frame_equal(loaded.df, df)
+    csv = loaded.to_csv(tmp_path / "p.csv")
+    assert len(pd.read_csv(csv)) == len(df)
+    # the 2-bit weight hurts more than the 8-bit one
+    t = loaded.table("sqnr", "weight")
+    assert t.loc["conv_in", 2] > t.loc["conv_in", 8] > 0
+
+
+def test_batched_equals_exact(pipe):
+    kw = dict(SMALL, out=None, all_metrics=True, layers=r"^(conv_in|up_blocks\.0\.resnets\.0\.conv_shortcut|mid_block\.attentions\.0\.transformer_blocks\.0\.attn2\.to_v)$")
+    exact = profile(pipe, mode="exact", **kw).df
+    batched = profile(pipe, mode="batched", slots=4, **kw).df
+    assert len(exact) == len(batched) == 3 * 3 * 2 * 2  # layers × (w2, w8, a4) × groups × metrics
+    pd.testing.assert_frame_equal(exact, batched, rtol=1e-6, atol=0)
+
+
+def test_fisher_ranks_like_exact(pipe):
+    kw = dict(prompts=PROMPTS, steps=4, bits=(2, 4, 8), act_bits=(4, 8, 16), out=None, layers=r"^down_blocks\.0")
+    exact = profile(pipe, metrics=["sqnr"], all_metrics=True, **kw).df
+    fisher = profile(pipe, mode="fisher", **kw).df
+    assert set(fisher.metric) == {"fisher"}
+    m = exact.merge(fisher, on=["layer", "tensor", "bits", "step_group"])
+    assert len(m) == len(exact)
+    rho = m.degradation_x.rank().corr(m.degradation_y.rank())
+    assert rho > 0.8, rho
+
+
+_SCRIPT = """
+import sys, time
+from tests.conftest import build_tiny_pipeline
+from mpsearch.calibration import demo_prompts
+from mpsearch.metrics import register_metric, sqnr
+from mpsearch.profiler import profile
+
+@register_metric("slow_sqnr", kind="quality", stage="output")
+def slow_sqnr(reference, candidate):
+    time.sleep(0.05)  # so the kill lands mid-run
+    return sqnr(reference, candidate)
+
+profile(build_tiny_pipeline(), out=sys.argv[1], prompts=demo_prompts(2), steps=4, step_groups=2,
+        bits=(2, 4, 8), act_bits=(4, 16), metrics=["slow_sqnr"], layers=sys.argv[2])
+"""
+KILL_LAYERS = r"^(down_blocks\.0\.resnets|conv_in)"
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def test_sigkill_then_resume_equals_uninterrupted(pipe, tmp_path):
+    out = tmp_path / "killed"
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", _SCRIPT, str(out), KILL_LAYERS], cwd=ROOT, env=env)
+    try:
+        deadline = time.time() + 120
+        while _lines(out / "measurements.jsonl") < 10 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    partial = _lines(out / "measurements.jsonl")
+
+    @register_metric("slow_sqnr", kind="quality", stage="output", replace=True)
+    def fast_sqnr(reference, candidate):
+        return sqnr(reference, candidate)
+
+    try:
+        kw = dict(prompts=PROMPTS, steps=4, step_groups=2, bits=(2, 4, 8), act_bits=(4, 16), metrics=["slow_sqnr"],
+                  layers=KILL_LAYERS)  # fmt: skip
+        full = profile(pipe, out=tmp_path / "full", **kw)
+        assert 10 <= partial < len(full)
+        resumed = profile(pipe, out=out, **kw)
+    finally:
+        METRICS.pop("slow_sqnr", None)
+    pd.testing.assert_frame_equal(_frame(resumed), _frame(full))
+    keys = ["layer", "tensor", "bits", "metric", "step_group"]
+    raw = pd.read_json(out / "measurements.jsonl", lines=True)
+    assert not raw.duplicated(keys).any()  # nothing measured twice
+
+
+def test_torn_last_line_is_redone(pipe, tmp_path):
+    kw = dict(SMALL, layers=r"^conv_(in|out)$")
+    full = profile(pipe, out=tmp_path / "p", **kw)
+    path = tmp_path / "p" / "measurements.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-2]) + lines[-2][:17])  # drop the last row, tear the one before
+    assert len(Profile.load(tmp_path / "p")) == len(full) - 2
+    again = profile(pipe, out=tmp_path / "p", **kw)
+    pd.testing.assert_frame_equal(_frame(again), _frame(full))
+    assert _lines(path) == len(full)
+
+
+def test_shards_merge_to_one_run(pipe, tmp_path):
+    kw = dict(SMALL, layers=r"^(conv_in|down_blocks\.0\.attentions\.0\.transformer_blocks\.0\.attn2\.to_q)$")
+    whole = profile(pipe, out=tmp_path / "whole", **kw)
+    parts = [profile(pipe, out=tmp_path / f"s{i}", shard=f"{i}/2", **kw) for i in range(2)]
+    assert sum(len(p) for p in parts) == len(whole) and all(len(p) for p in parts)
+    merged = merge(tmp_path / "merged", [tmp_path / f"s{i}" for i in range(2)])
+    pd.testing.assert_frame_equal(_frame(Profile.load(tmp_path / "merged")), _frame(whole))
+    assert merged.meta["shard"] is None
+    with pytest.raises(ProfileError, match="already holds"):
+        merge(tmp_path / "merged", [tmp_path / "s0"])
+
+
+def test_other_model_is_refused(pipe, tiny_pipe_factory, tmp_path):
+    kw = dict(SMALL, layers=r"^conv_in$")
+    profile(pipe, out=tmp_path / "p", **kw)
+    other = tiny_pipe_factory(seed=1)
+    with pytest.raises(ProfileError, match="fingerprint"):
+        profile(other, out=tmp_path / "p", **kw)
+    with pytest.raises(ProfileError, match="sampling"):
+        profile(pipe, out=tmp_path / "p", **dict(kw, steps=8))
+
+
+def test_custom_metric_is_profiled_and_stored(pipe, tmp_path):
+    @register_metric("mean_shift", kind="content", stage="image", version="2", replace=True)
+    def mean_shift(reference: torch.Tensor, candidate: torch.Tensor, prompts):
+        assert len(prompts) == len(reference)
+        d = float((candidate.mean() - reference.mean()).abs())
+        return -d, d
+
+    try:
+        kw = dict(SMALL, metrics=["sqnr", "mean_shift"], layers=r"^(conv_in|mid_block\.attentions\.0\.transformer_blocks\.0\.ff\.net\.2)$")
+        prof = profile(pipe, out=tmp_path / "p", **kw)
+        rows = prof.df[prof.df.metric == "mean_shift"]
+        assert set(rows.layer) == {"mid_block.attentions.0.transformer_blocks.0.ff.net.2"}  # a content layer
+        assert len(rows) == 3 * 2 and (rows.degradation >= 0).all() and (rows.value == -rows.degradation).all()
+        meta = Profile.load(tmp_path / "p").meta
+        assert meta["metrics"]["mean_shift"] == {"kind": "content", "stage": "image", "version": "2"}
+    finally:
+        METRICS.pop("mean_shift", None)
+
+
+def test_cli_profile_and_merge(pipe, tmp_path):
+    from typer.testing import CliRunner
+
+    from mpsearch.cli import app
+
+    model = tmp_path / "model"
+    pipe.save_pretrained(model)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    runner = CliRunner()
+    common = ["--model", str(model), "--prompts", str(prompts), "--steps", "4", "--bits", "2,8", "--act-bits", "8,16",
+              "--metrics", "sqnr", "--layers", "^conv_(in|out)$"]  # fmt: skip
+    for i in range(2):
+        r = runner.invoke(app, ["profile", *common, "--out", str(tmp_path / f"s{i}"), "--shard", f"{i}/2"])
+        assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert len(Profile.load(tmp_path / "m")) == 2 * 3 * 1
+    r = runner.invoke(app, ["profile", *common, "--mode", "nope", "--out", str(tmp_path / "x")])
+    assert r.exit_code != 0 and "mode" in r.output

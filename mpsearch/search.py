@@ -42,6 +42,24 @@ def load_profile(profile: Any) -> tuple[pd.DataFrame, dict[str, Any], Inventory]
     return df, meta, inv
 
 
+def group_metrics(df: pd.DataFrame, meta: dict[str, Any]) -> dict[str, str]:
+    """MixDQ's pairing of layer groups with metrics: the profile's first quality and content metric."""
+    from mpsearch.metrics import get_metric
+
+    measured = list(dict.fromkeys(df["metric"]))
+    kinds = {m: (meta.get("metrics") or {}).get(m, {}).get("kind") if isinstance(meta.get("metrics"), dict) else None
+             for m in measured}
+    kinds = {m: k or get_metric(m).kind for m, k in kinds.items()}
+    out = {}
+    for group in ("quality", "content"):
+        names = [m for m in measured if kinds[m] == group]
+        if not names:
+            raise ValueError(f"the profile has no {group} metric; MixDQ pairs quality layers with a quality "
+                             "metric and content layers with a content metric")
+        out[group] = "sqnr" if "sqnr" in names else "ssim" if "ssim" in names else names[0]
+    return out
+
+
 def solve(
     profile: Any,
     budget: Budget | str,
@@ -62,7 +80,15 @@ def solve(
     """
     budget = Budget.parse(budget)
     df, meta, inv = load_profile(profile)
-    step_problem = build_problem(inv, df, budget, fmt=fmt, space=space)
+    if solver == "mixdq":
+        if budget.kind != "bits":
+            raise ValueError(f"MixDQ's procedure targets a mean weight bit-width: use e.g. --budget 4bits, not {budget}")
+        space = SearchSpace(**{**(space or SearchSpace()).__dict__, "weight_only": True})
+        # MixDQ allocates with the band ±0.02 bits around the target itself, not under a ceiling
+        step_problem = build_problem(inv, df, None, fmt=fmt, space=space)
+        options = {"target": budget.value, "group_metric": group_metrics(df, meta), "backend": backend, **options}
+    else:
+        step_problem = build_problem(inv, df, budget, fmt=fmt, space=space)
     fn = get_solver(solver)
     kwargs: dict[str, Any] = dict(options)
     if solver == "ilp":
@@ -90,3 +116,59 @@ def search(model: Any = None, budget: Budget | str = "4bits", *, profile_dir: st
 
     result = run_profile(model, out=profile_dir, **(profile_options or {}))
     return solve(result, budget, **solve_options)
+
+
+def pareto_front(
+    profile: Any,
+    lo: Budget | str,
+    hi: Budget | str,
+    n: int = 20,
+    *,
+    backend: str = "cpsat",
+    fmt: str | None = None,
+    space: SearchSpace | None = None,
+) -> pd.DataFrame:
+    """Optimal predicted loss at `n` budgets from `lo` to `hi` (same kind), dominated points removed.
+
+    Returns one row per front point: budget (resource units), bytes, mean_w_bits, bitops, loss, status.
+    """
+    import numpy as np
+
+    from solvers.pareto import pareto_front as front
+
+    lo, hi = Budget.parse(lo), Budget.parse(hi)
+    if lo.resource != hi.resource:
+        raise ValueError(f"pareto range {lo}..{hi} mixes budget kinds")
+    df, _, inv = load_profile(profile)
+    sp = build_problem(inv, df, hi, fmt=fmt, space=space)
+    budgets = np.linspace(lo.resolve(inv, fmt), hi.resolve(inv, fmt), n)
+    result = front(sp.problem, "budget", budgets=budgets, backend=backend)
+    rows = []
+    for sol in result.points:
+        plan = solution_to_plan(sol, inv, fmt=fmt)
+        rows.append({"budget": sol.constraint_totals["budget"], "bytes": plan.predicted["bytes"],
+                     "mean_w_bits": plan.predicted["mean_w_bits"], "bitops": plan.predicted["bitops"],
+                     "loss": sol.objective, "status": sol.status})
+    out = pd.DataFrame(rows)
+    out.attrs.update(time_s=result.time_s, solves=result.solves, resource=lo.resource)
+    return out
+
+
+def plot_front(front: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Predicted loss vs bytes of a front (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(front["bytes"] / 1e6, front["loss"], "o-")
+    ax.set_xlabel("denoiser bytes (MB)")
+    ax.set_ylabel("predicted loss (normalised)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

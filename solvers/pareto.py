@@ -95,7 +95,7 @@ def pareto_front(problem: Problem, constraint: str | None = None, n_points: int 
                       key=lambda s: (s.constraint_totals[con.name], s.objective))
     points, best = [], np.inf
     for s in feasible:
-        if s.objective < best - 1e-12 * max(1.0, abs(best)):
+        if not points or s.objective < best - 1e-12 * max(1.0, abs(best)):
             points.append(s)
             best = s.objective
     return ParetoFront(con.name, con.resource, budgets, tuple(results), tuple(points),

@@ -108,3 +108,30 @@ def test_step_groups_are_kept_for_the_timestep_search(inv):
     sp = build_problem(inv, df, "30%")
     assert sp.step_losses["sqnr"].shape[0] == 3
     np.testing.assert_allclose(sp.problem.losses["sqnr"], sp.step_losses["sqnr"].sum(axis=0))
+
+
+def test_pareto_front_is_monotone_and_within_budgets(inv):
+    from mpsearch.search import pareto_front
+
+    df = synthetic_profile(inv)
+    front = pareto_front((df, inv), "20%", "50%", 8, space=SearchSpace(weight_only=True))
+    assert len(front) >= 2
+    assert (front["bytes"].diff().dropna() > 0).all()
+    assert (front["loss"].diff().dropna() < 0).all()
+    assert front["bytes"].max() <= Budget.parse("50%").resolve(inv)
+
+
+def test_mixdq_mode_keeps_its_band(inv):
+    df = synthetic_profile(inv)
+    plan = solve((df, inv), "4bits", solver="mixdq", backend="cbc")
+    assert abs(plan.predicted["mean_w_bits"] - 4) <= 0.3 + 0.02  # B swept over [T-0.3, T] ± 0.02
+    with pytest.raises(ValueError, match="mean weight bit-width"):
+        solve((df, inv), "30%", solver="mixdq")
+
+
+def test_evolution_respects_the_budget(inv):
+    df = synthetic_profile(inv, step_groups=2)
+    plan = solve((df, inv), "25%bitops", solver="evolution", seed=0)
+    assert plan.predicted["bitops"] <= Budget.parse("25%bitops").resolve(inv) * (1 + 1e-9)
+    again = solve((df, inv), "25%bitops", solver="evolution", seed=0)
+    assert again.to_dict()["layers"] == plan.to_dict()["layers"]

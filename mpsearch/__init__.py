@@ -18,12 +18,12 @@ _LAZY = {
     "Layer": "mpsearch.model",
     "Budget": "mpsearch.budget",
     "Plan": "mpsearch.plan",
-    "solve": "mpsearch.search",
-    "search": "mpsearch.search",
-    "export": "mpsearch.export",
-    "load_quantized": "mpsearch.export",
-    "fake_quantize": "mpsearch.export",
-    "evaluate": "mpsearch.evaluate",
+    "solve": "mpsearch.planner",
+    "search": "mpsearch.planner",
+    "export": "mpsearch.exporter",
+    "load_quantized": "mpsearch.exporter",
+    "fake_quantize": "mpsearch.exporter",
+    "evaluate": "mpsearch.evaluation",
     "generate": "mpsearch.generate",
 }
 

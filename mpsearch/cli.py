@@ -207,8 +207,8 @@ def solve(
     """Find the per-layer bits that minimise the profiled degradation under a budget; write a plan."""
     from mpsearch.budget import Budget, BudgetError
     from mpsearch.problem import SearchSpace
-    from mpsearch.search import BudgetInfeasible, load_profile, pareto_front
-    from mpsearch.search import solve as run
+    from mpsearch.planner import BudgetInfeasible, load_profile, pareto_front
+    from mpsearch.planner import solve as run
 
     def bits(text):
         try:
@@ -245,7 +245,7 @@ def solve(
         csv = out.with_suffix(".pareto.csv")
         front.to_csv(csv, index=False)
         png = out.with_suffix(".pareto.png")
-        from mpsearch.search import plot_front
+        from mpsearch.planner import plot_front
 
         plot_front(front, png, title=f"{inv.model}: predicted loss vs size")
         console.print(f"pareto front: {len(front)} points → {csv}, {png}")

@@ -47,7 +47,7 @@ def export_cmd(
     no_bos: Annotated[bool, typer.Option("--no-bos", help="Do not precompute BOS K/V rows.")] = False,
 ) -> None:
     """Write a plan's packed low-bit checkpoint; its denoiser bytes equal the cost model's prediction."""
-    from mpsearch.export import ExportError, export
+    from mpsearch.exporter import ExportError, export
     from mpsearch.model import ModelError
     from mpsearch.plan import Plan, PlanError
 
@@ -85,8 +85,8 @@ def evaluate_cmd(
 ) -> None:
     """Generate with FP, the plan and baselines; write a Markdown report with images and plots."""
     from mpsearch.calibration import read_prompts
-    from mpsearch.evaluate import evaluate
-    from mpsearch.export import ExportError
+    from mpsearch.evaluation import evaluate
+    from mpsearch.exporter import ExportError
     from mpsearch.metrics import load_plugin
     from mpsearch.model import ModelError
     from mpsearch.plan import PlanError

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mpsearch.cost import FLOAT_BITS
-from mpsearch.evaluate import Evaluation
+from mpsearch.evaluation import Evaluation
 from mpsearch.model import Inventory
 from mpsearch.plan import Plan
 

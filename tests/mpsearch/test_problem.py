@@ -8,7 +8,7 @@ from mpsearch.budget import Budget
 from mpsearch.cost import fixed_bytes, layer_bytes, model_bytes
 from mpsearch.model import inventory
 from mpsearch.problem import SearchSpace, build_problem
-from mpsearch.search import BudgetInfeasible, solve
+from mpsearch.planner import BudgetInfeasible, solve
 
 W_BITS, A_BITS = (2, 4, 8), (4, 8)
 
@@ -111,7 +111,7 @@ def test_step_groups_are_kept_for_the_timestep_search(inv):
 
 
 def test_pareto_front_is_monotone_and_within_budgets(inv):
-    from mpsearch.search import pareto_front
+    from mpsearch.planner import pareto_front
 
     df = synthetic_profile(inv)
     front = pareto_front((df, inv), "20%", "50%", 8, space=SearchSpace(weight_only=True))

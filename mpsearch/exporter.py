@@ -268,7 +268,7 @@ class ExportResult:
         return self.tensor_bytes == self.predicted_bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": "mpsearch.export/1", **asdict(self), "matches_prediction": self.matches}
+        return {"schema": "mpsearch.exporter/1", **asdict(self), "matches_prediction": self.matches}
 
 
 def safetensors_header_bytes(path: str | Path) -> int:

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 from mpsearch.cost import model_bytes
-from mpsearch.export import (
+from mpsearch.exporter import (
     WEIGHTS_FILE,
     ExportError,
     export,
@@ -60,7 +60,7 @@ def test_pack_layout_is_little_endian_bitstream():
 @pytest.mark.parametrize("fmt", ["packed", "quanto"])
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
 def test_storage_decodes_the_quantizer_integers(fmt, bits):
-    from mpsearch.export import weight_config
+    from mpsearch.exporter import weight_config
     from mpsearch.quant import quantize_weight
 
     storage = get_storage(fmt)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from mpsearch.cost import model_bytes
-from mpsearch.evaluate import PeakRSS, baselines, evaluate, nearest_uniform_bits, random_plan
+from mpsearch.evaluation import PeakRSS, baselines, evaluate, nearest_uniform_bits, random_plan
 from mpsearch.model import inventory
 from mpsearch.plan import LayerBits, Plan
 from mpsearch.report import write_report

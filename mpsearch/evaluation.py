@@ -5,7 +5,7 @@
     write_report(ev, "report/")                      # mpsearch.report: Markdown, grid, Pareto, bit map
 
 Every candidate (the plan(s), uniform W8, uniform W4, the uniform width nearest the plan's bytes, a
-random allocation at equal bytes) is simulated with `mpsearch.export.fake_quantize` (the checkpoint's
+random allocation at equal bytes) is simulated with `mpsearch.exporter.fake_quantize` (the checkpoint's
 exact weights, the profiler's activation quantizers) and sampled with the same seeds as the FP model.
 Image metrics (every registered `image` metric: SSIM, adherence, user plug-ins) compare with the FP
 images of the same prompts and seeds, plus pixel MSE; output metrics (SQNR, MSE) compare denoiser
@@ -259,7 +259,7 @@ def evaluate(
     peak RSS while loading and while generating, pixel difference to the simulation).
     """
     from mpsearch.calibration import demo_settings, reference
-    from mpsearch.export import ExportError, export, fake_quantize, load_quantized
+    from mpsearch.exporter import ExportError, export, fake_quantize, load_quantized
 
     log = progress or (lambda msg: None)
     plans = [plans] if not isinstance(plans, (list, tuple)) else list(plans)

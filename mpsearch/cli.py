@@ -206,9 +206,9 @@ def solve(
 ) -> None:
     """Find the per-layer bits that minimise the profiled degradation under a budget; write a plan."""
     from mpsearch.budget import Budget, BudgetError
-    from mpsearch.problem import SearchSpace
     from mpsearch.planner import BudgetInfeasible, load_profile, pareto_front
     from mpsearch.planner import solve as run
+    from mpsearch.problem import SearchSpace
 
     def bits(text):
         try:
@@ -257,6 +257,29 @@ _register_export(app)
 from mpsearch.cli_profile import register as _register_profile  # noqa: E402
 
 _register_profile(app)
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("runs/demo"),
+    budget: Annotated[list[str] | None, typer.Option("--budget", "-b", help="Budgets to solve (repeatable); "
+                                                     "the first is exported and gets the baselines.")] = None,
+    n_prompts: Annotated[int, typer.Option(help="Prompts per split (in-domain and held-out).")] = 16,
+) -> None:
+    """The whole job on the bundled demo model: solve, export, evaluate; writes OUT/report.md."""
+    import time
+
+    from mpsearch.cli_export import show_evaluation
+    from mpsearch.demo import BUDGETS, run_demo
+
+    t0 = time.perf_counter()
+    try:
+        ev, report = run_demo(out, budgets=budget or BUDGETS, n_prompts=n_prompts,
+                              log=lambda m: err.print(f"[dim]{m}[/]"))
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    show_evaluation(ev, report)
+    console.print(f"demo finished in {time.perf_counter() - t0:.0f} s (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})")
+
 
 if __name__ == "__main__":  # pragma: no cover
     app()

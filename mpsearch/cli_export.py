@@ -107,7 +107,11 @@ def evaluate_cmd(
                       progress=lambda m: err.print(f"[dim]{m}[/]"))
     except (ExportError, PlanError, ModelError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
-    report = write_report(ev, out)
+    show_evaluation(ev, write_report(ev, out))
+
+
+def show_evaluation(ev, report: Path) -> None:
+    """The evaluation table, bytes table and peak memory on the console."""
     rows = ev.rows()
     cols = [c for c in ("adherence", "ssim", "pixel_mse", "sqnr") if any(r.get(c) is not None for r in rows)]
     t = Table(title=f"{ev.inventory.model}: evaluation")

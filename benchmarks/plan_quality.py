@@ -107,7 +107,7 @@ def main() -> None:
     def f3(v):
         return "–" if v is None else f"{v:.3f}"
 
-    lines = [f"# Plan quality on the demo model\n", f"`{out['command']}` ({elapsed:.0f} s on 2 CPU cores, "
+    lines = ["# Plan quality on the demo model\n", f"`{out['command']}` ({elapsed:.0f} s on 2 CPU cores, "
              f"OMP_WAIT_POLICY=PASSIVE; {ev.settings['steps']} steps, guidance {ev.settings['guidance']}, "
              f"{args.n_prompts} prompts per split, same seeds for every row)\n",
              "Adherence = all three attributes right (demo detector), in-domain / held-out combinations. "

@@ -15,6 +15,7 @@ cpsat: OR-Tools CP-SAT, which needs integers. Rows are scaled by 2^p when that m
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,7 +52,7 @@ def available_backends() -> list[str]:
 
 
 def _row_scale(A: np.ndarray) -> np.ndarray:
-    m = np.abs(A).reshape(A.shape[0], -1).max(axis=1, initial=0.0)
+    m = np.abs(A).max(axis=(1, 2), initial=0.0)
     return np.where(m > 0, 1.0 / np.where(m > 0, m, 1.0), 1.0)
 
 
@@ -69,8 +70,8 @@ def _cbc(obj, A, lo, hi, valid, *, hint=None, time_limit=None, gap=1e-9, threads
     uu, kk = np.nonzero(valid)
     s_obj = _obj_scale(obj, valid)
     s_row = _row_scale(A)
-    xs = [pulp.LpVariable(f"x{n}", cat=pulp.LpBinary) for n in range(len(uu))]
     prob = pulp.LpProblem("mckp", pulp.LpMinimize)
+    xs = [prob.add_variable(f"x{n}", cat=pulp.LpBinary) for n in range(len(uu))]
     prob += pulp.LpAffineExpression(zip(xs, (obj[uu, kk] * s_obj).tolist(), strict=True))
     starts = np.searchsorted(uu, np.arange(U + 1))
     for u in range(U):
@@ -87,8 +88,11 @@ def _cbc(obj, A, lo, hi, valid, *, hint=None, time_limit=None, gap=1e-9, threads
     if hint is not None:
         for n, (u, k) in enumerate(zip(uu, kk, strict=True)):
             xs[n].setInitialValue(1 if hint[u] == k else 0)
-    cmd = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=gap, gapAbs=0.0, threads=threads,
-                            warmStart=hint is not None)
+    with warnings.catch_warnings():
+        # PuLP 3.x warns that the bundled CBC moves to an extra in 4.0; it is what 3.x ships.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        cmd = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=gap, gapAbs=0.0, threads=threads,
+                                warmStart=hint is not None)
     prob.solve(cmd)
     values = np.array([x.varValue if x.varValue is not None else 0.0 for x in xs])
     sol = prob.sol_status

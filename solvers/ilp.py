@@ -102,7 +102,7 @@ def solve_units(m: UnitModel, *, backend: str = "cbc", time_limit: float | None 
         covers_all = delta >= spread
         if res.choice is None:
             if res.status == "infeasible" and not covers_all:
-                delta = max(4 * delta, 1e-9 * (abs(bound.lower) + 1.0)) if delta > 0 else 1e-6
+                delta = spread if delta >= spread / 16 else max(4 * delta, spread / 256)
                 continue
             break
         z = m.objective(res.choice)

@@ -108,7 +108,7 @@ def lp_bound(m: UnitModel) -> Bound | None:
         row = solver.Constraint(1, 1)
         for x in xs[starts[u]:starts[u + 1]]:
             row.SetCoefficient(x, 1)
-    scale = np.abs(m.A).reshape(len(m.names), -1).max(axis=1, initial=0.0)
+    scale = np.abs(m.A).max(axis=(1, 2), initial=0.0)
     scale = np.where(scale > 0, scale, 1.0)
     inf = solver.infinity()
     rows = []

@@ -207,6 +207,7 @@ class Problem:
         set_(self, "constraints", self._check_constraints())
         set_(self, "ties", self._check_ties())
         set_(self, "fixed", self._check_fixed())
+        self._check_tied_fixed()
 
     # -- validation ---------------------------------------------------------------------------------
     def _label(self, i: int) -> str:
@@ -272,6 +273,29 @@ class Problem:
                                  f"options {self.keys[i]}")
             out[i] = key
         return out
+
+    def _check_tied_fixed(self) -> None:
+        """Merged tie groups (ties chain transitively) need a common key that agrees with any fixed item."""
+        root = list(range(len(self.keys)))
+
+        def find(i: int) -> int:
+            while root[i] != i:
+                root[i] = root[root[i]]
+                i = root[i]
+            return i
+
+        for g in self.ties:
+            for i in g[1:]:
+                root[find(i)] = find(g[0])
+        merged: dict[int, list[int]] = {}
+        for i in {i for g in self.ties for i in g}:
+            merged.setdefault(find(i), []).append(i)
+        for members in merged.values():
+            common = set(self.keys[members[0]]).intersection(*(self.keys[i] for i in members[1:]))
+            pins = {self.fixed[i] for i in members if i in self.fixed}
+            if len(pins) > 1 or not common or (pins and not pins <= common):
+                raise ValueError(f"tied items {sorted(members)} cannot agree on a key "
+                                 f"(common keys {common or '{}'}, fixed to {pins or '-'})")
 
     # -- derived quantities -------------------------------------------------------------------------
     @classmethod

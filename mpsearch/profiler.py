@@ -109,7 +109,10 @@ class Profiler:
     def _forward_rows(self, rows: torch.Tensor, repeat: int) -> torch.Tensor:
         """Denoiser outputs for `rows`, tiled `repeat` times: [repeat, len(rows), ...]."""
         chunk = max(1, self.max_batch // repeat)
-        outs = [self.ref.forward(self.denoiser, rows[i : i + chunk], repeat) for i in range(0, len(rows), chunk)]
+        outs = []
+        for i in range(0, len(rows), chunk):
+            self.session.new_batch()  # every chunk starts from full-precision inputs
+            outs.append(self.ref.forward(self.denoiser, rows[i : i + chunk], repeat))
         outs = [o.view(repeat, -1, *o.shape[1:]) for o in outs]
         return torch.cat(outs, 1)
 

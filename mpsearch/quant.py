@@ -7,6 +7,7 @@ returns their dequantized float tensor, so simulation and export agree bit for b
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -288,25 +289,18 @@ class _LayerQuant:
             self.observe(x[:, 1:] if self.bos and x.dim() == 3 and x.shape[1] > 1 else x, sess._collect_step)
             return self.module._mpsearch_orig_forward(x)
         w_bits, a_bits = sess._config(self.name)
-        slots = sess._slot_cfg.get(self.name) if sess._slot_cfg else None
-        if slots and sess._n_slots == 1:  # one slot: the whole batch, no full-precision pass needed
-            _, wb, ab, steps = slots[0]
-            if steps is None or sess._step in steps:
-                return self._finish(x, self.run(x, wb, ab))
-            slots = None
-        y = self.run(x, w_bits, a_bits)
-        if slots:
-            rows = x.shape[0] // sess._n_slots
-            row_steps = sess._row_steps
-            for s, wb, ab, steps in slots:
-                if steps is not None and sess._step not in steps:
-                    continue
-                sl = slice(s * rows, (s + 1) * rows)
-                sess._row_steps = row_steps[sl] if row_steps is not None and row_steps.dim() else row_steps
-                try:
-                    y[sl] = self.run(x[sl], wb, ab)
-                finally:
-                    sess._row_steps = row_steps
+        if sess._n_slots == 1 or sess._in_sub:
+            slots = sess._slot_cfg.get(self.name) if sess._slot_cfg and not sess._in_sub else None
+            if slots:  # one slot: the whole batch runs with its configuration
+                _, wb, ab, steps = slots[0]
+                if steps is None or sess._step in steps:
+                    w_bits, a_bits = wb, ab
+            return self._finish(x, self.run(x, w_bits, a_bits))
+        here = {s: (wb, ab) for s, wb, ab, steps in sess._slot_cfg.get(self.name, ())
+                if steps is None or sess._step in steps}  # fmt: skip
+        y = sess._partitioned(
+            lambda cfg, xs: self.run(xs, *(cfg or (w_bits, a_bits))), (x,), {}, here,
+        )
         return self._finish(x, y)
 
     def _finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -363,6 +357,10 @@ class QuantSession:
         self._step_plans: dict[int, dict[str, tuple[int | None, int | None]]] = {}
         self._slot_cfg: dict[str, list] = {}
         self._n_slots = 1
+        self._diverged: set[int] = set()  # slots whose rows differ from full precision by now
+        self._in_sub = False
+        self._inside: dict[str, bool] = {}
+        self._containers: dict[str, torch.nn.Module] = {}
         self._step: int | None = None
         self._row_steps: torch.Tensor | None = None
         self._collect = None
@@ -422,10 +420,11 @@ class QuantSession:
 
     def remove(self) -> None:
         """Restore the original module forwards and drop the hooks; the session is unusable afterwards."""
-        for st in self.layers.values():
-            if "forward" in vars(st.module):
-                del st.module.forward
-            vars(st.module).pop("_mpsearch_orig_forward", None)
+        for m in [st.module for st in self.layers.values()] + list(self._containers.values()):
+            if "forward" in vars(m):
+                del m.forward
+            vars(m).pop("_mpsearch_orig_forward", None)
+        self._containers = {}
         self._hook.remove()
         self.layers = {}
 
@@ -486,8 +485,58 @@ class QuantSession:
     def slots(self, configs: list[tuple[str, int | None, int | None, set[int] | None]]):
         """Context: slot `s` of the batch (rows `[s·R, (s+1)·R)`, `R = batch / len(configs)`) runs with
         layer `configs[s][0]` at `(w_bits, a_bits)` (during the steps given, or always); every other
-        layer and slot stays at the session's configuration."""
+        layer and slot stays at the session's configuration.
+
+        Rows of slots that have not diverged yet (no perturbed layer has run for them) are identical,
+        so blocks and layers compute them once and copy them (`_partitioned`); every computed row sees
+        the same batch shapes of row-wise ops as the one-at-a-time loop, so the numbers are the same."""
         return _Slots(self, configs)
+
+    def new_batch(self) -> None:
+        """Slot rows are identical again (a fresh denoiser input, not the next step of a trajectory)."""
+        self._diverged = set()
+
+    def _patch_containers(self) -> None:
+        import re
+
+        if self._containers:
+            return
+        for name, m in self.denoiser.named_modules():
+            if re.search(CONTAINER_PATTERN, name):
+                m._mpsearch_orig_forward = m.forward
+                m.forward = functools.partial(_container_forward, self, name, m)
+                self._containers[name] = m
+
+    def _partitioned(self, fn, args: tuple, kwargs: dict, here: dict[int, tuple]):
+        """Run row-wise `fn(cfg, *args, **kwargs)` on an S-slot batch: non-diverged slots once (base config,
+        cfg None), diverged slots together, and each slot in `here` alone with its own cfg."""
+        S = self._n_slots
+        B = _batch_size(args, kwargs)
+        R = B // S
+        div = self._diverged
+        same = [s for s in range(S) if s not in div and s not in here]
+        if not here and not same:
+            return fn(None, *args, **kwargs)
+        parts: list[tuple[list[int], tuple | None]] = []
+        if same:
+            parts.append(([same[0]], None))
+        rest = sorted(div - set(here))
+        if rest:
+            parts.append((rest, None))
+        parts += [([s], cfg) for s, cfg in sorted(here.items())]
+        outs = []
+        rs = self._row_steps
+        for slots, cfg in parts:
+            idx = torch.cat([torch.arange(s * R, (s + 1) * R) for s in slots])
+            sub_a, sub_k = _take(args, idx, B), _take(kwargs, idx, B)
+            self._row_steps = rs[idx] if rs is not None and rs.dim() else rs
+            saved, self._in_sub = self._in_sub, True
+            try:
+                outs.append(fn(cfg, *sub_a, **sub_k))
+            finally:
+                self._row_steps, self._in_sub = rs, saved
+        self._diverged = div | set(here)
+        return _assemble(outs, parts, same, S, R)
 
 
 def _as_pair(bits, partial: bool = False):
@@ -500,21 +549,80 @@ def _as_pair(bits, partial: bool = False):
     return w, a
 
 
+# Row-wise blocks whose identical slot rows are computed once (UNet blocks, DiT blocks, time embedding).
+CONTAINER_PATTERN = (
+    r"^((down|up)_blocks\.\d+\.(resnets|attentions|downsamplers|upsamplers)\.\d+|mid_block\.(resnets|attentions)\.\d+"
+    r"|transformer_blocks\.\d+|time_embedding)$"
+)
+
+
+def _batch_size(args, kwargs) -> int:
+    for v in (*args, *kwargs.values()):
+        if isinstance(v, torch.Tensor) and v.dim() > 0:
+            return v.shape[0]
+        if isinstance(v, (tuple, list)) and v:
+            n = _batch_size(tuple(v), {})
+            if n:
+                return n
+    return 0
+
+
+def _take(obj, idx: torch.Tensor, B: int):
+    """Rows `idx` of every batch-first tensor (first dim == B) in nested args."""
+    if isinstance(obj, torch.Tensor):
+        return obj.index_select(0, idx.to(obj.device)) if obj.dim() > 0 and obj.shape[0] == B else obj
+    if isinstance(obj, dict):
+        return {k: _take(v, idx, B) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_take(v, idx, B) for v in obj)
+    return obj
+
+
+def _assemble(outs: list, parts: list, same: list[int], S: int, R: int):
+    first = outs[0]
+    if isinstance(first, torch.Tensor):
+        if first.dim() == 0 or first.shape[0] != len(parts[0][0]) * R:
+            return first  # not batch-first: identical for every slot
+        full = first.new_empty((S * R, *first.shape[1:]))
+        view = full.view(S, R, *first.shape[1:])
+        for (slots, _), out in zip(parts, outs, strict=True):
+            view[slots] = out.view(len(slots), R, *out.shape[1:])
+        if len(same) > 1:
+            view[same[1:]] = first.view(1, R, *first.shape[1:])  # parts[0] is the representative
+        return full
+    if isinstance(first, (tuple, list)):
+        return type(first)(_assemble([o[i] for o in outs], parts, same, S, R) for i in range(len(first)))
+    if isinstance(first, dict):  # diffusers BaseOutput is a dict subclass
+        return type(first)(**{k: _assemble([o[k] for o in outs], parts, same, S, R) for k in first})
+    return first
+
+
+def _container_forward(session: QuantSession, name: str, module: torch.nn.Module, *args, **kwargs):
+    orig = module._mpsearch_orig_forward
+    if session._n_slots == 1 or session._in_sub or session._inside.get(name, True) or session._fisher is not None:
+        return orig(*args, **kwargs)
+    return session._partitioned(lambda cfg, *a, **k: orig(*a, **k), args, kwargs, {})
+
+
 class _Slots:
     def __init__(self, session: QuantSession, configs):
         self.session, self.configs = session, configs
 
     def __enter__(self):
+        sess = self.session
         cfg: dict[str, list] = {}
         for s, (name, w, a, steps) in enumerate(self.configs):
-            if name not in self.session.layers:
+            if name not in sess.layers:
                 raise KeyError(f"unknown layer {name!r}")
             cfg.setdefault(name, []).append((s, w, a, steps))
-        self.session._slot_cfg, self.session._n_slots = cfg, len(self.configs)
-        return self.session
+        sess._slot_cfg, sess._n_slots, sess._diverged = cfg, len(self.configs), set()
+        if len(self.configs) > 1:
+            sess._patch_containers()
+        sess._inside = {c: any(n.startswith(c + ".") for n in cfg) for c in sess._containers}
+        return sess
 
     def __exit__(self, *exc):
-        self.session._slot_cfg, self.session._n_slots = {}, 1
+        self.session._slot_cfg, self.session._n_slots, self.session._diverged = {}, 1, set()
 
 
 def quantize_pipeline(

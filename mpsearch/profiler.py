@@ -104,14 +104,16 @@ class Profiler:
         self.max_batch = max_batch
         self.restart = cal.restartable(pipe)
         self._fp_out: dict[int, torch.Tensor] = {}
+        self._prefix_cache: dict = {}  # block outputs on full-precision rows, reused across slot batches
 
     # ---- output stage
-    def _forward_rows(self, rows: torch.Tensor, repeat: int) -> torch.Tensor:
+    def _forward_rows(self, rows: torch.Tensor, repeat: int, key=None) -> torch.Tensor:
         """Denoiser outputs for `rows`, tiled `repeat` times: [repeat, len(rows), ...]."""
         chunk = max(1, self.max_batch // repeat)
         outs = []
         for i in range(0, len(rows), chunk):
             self.session.new_batch()  # every chunk starts from full-precision inputs
+            self.session._cache_key = (key, i, chunk) if key is not None else None
             outs.append(self.ref.forward(self.denoiser, rows[i : i + chunk], repeat))
         outs = [o.view(repeat, -1, *o.shape[1:]) for o in outs]
         return torch.cat(outs, 1)
@@ -125,8 +127,13 @@ class Profiler:
     def _outputs(self, units: list[Unit]) -> list[torch.Tensor]:
         g = units[0].group
         rows = self.ref.rows_of(self.groups[g])
-        with torch.no_grad(), self.session.slots([u.config(None) for u in units]):
-            out = self._forward_rows(rows, len(units))
+        sess = self.session
+        with torch.no_grad(), sess.slots([u.config(None) for u in units]):
+            sess._cache = self._prefix_cache if len(units) > 1 and not sess._plan else None
+            try:
+                out = self._forward_rows(rows, len(units), key=g)
+            finally:
+                sess._cache, sess._cache_key = None, None
         return [o.cpu() for o in out]
 
     # ---- image stage

@@ -359,6 +359,10 @@ class QuantSession:
         self._n_slots = 1
         self._diverged: set[int] = set()  # slots whose rows differ from full precision by now
         self._in_sub = False
+        self._cache: dict | None = None  # prefix cache of block outputs on full-precision rows (profiler)
+        self._cache_key = None
+        self._cache_bytes = 0
+        self.cache_limit = 2 * 1024**3
         self._inside: dict[str, bool] = {}
         self._containers: dict[str, torch.nn.Module] = {}
         self._step: int | None = None
@@ -507,9 +511,11 @@ class QuantSession:
                 m.forward = functools.partial(_container_forward, self, name, m)
                 self._containers[name] = m
 
-    def _partitioned(self, fn, args: tuple, kwargs: dict, here: dict[int, tuple]):
+    def _partitioned(self, fn, args: tuple, kwargs: dict, here: dict[int, tuple], cache_name: str | None = None):
         """Run row-wise `fn(cfg, *args, **kwargs)` on an S-slot batch: non-diverged slots once (base config,
-        cfg None), diverged slots together, and each slot in `here` alone with its own cfg."""
+        cfg None), diverged slots together, and each slot in `here` alone with its own cfg. With a prefix
+        cache set by the profiler (`_cache`, `_cache_key`: the same full-precision input rows), the
+        non-diverged rows of block `cache_name` are computed once per input and reused by later batches."""
         S = self._n_slots
         B = _batch_size(args, kwargs)
         R = B // S
@@ -526,7 +532,12 @@ class QuantSession:
         parts += [([s], cfg) for s, cfg in sorted(here.items())]
         outs = []
         rs = self._row_steps
-        for slots, cfg in parts:
+        for k, (slots, cfg) in enumerate(parts):
+            key = (cache_name, self._cache_key)
+            cached = k == 0 and same and cache_name and self._cache is not None and self._cache_key is not None
+            if cached and key in self._cache:
+                outs.append(self._cache[key])
+                continue
             idx = torch.cat([torch.arange(s * R, (s + 1) * R) for s in slots])
             sub_a, sub_k = _take(args, idx, B), _take(kwargs, idx, B)
             self._row_steps = rs[idx] if rs is not None and rs.dim() else rs
@@ -535,6 +546,9 @@ class QuantSession:
                 outs.append(fn(cfg, *sub_a, **sub_k))
             finally:
                 self._row_steps, self._in_sub = rs, saved
+            if cached and self._cache_bytes < self.cache_limit:
+                self._cache[key] = outs[-1]
+                self._cache_bytes += _nbytes(outs[-1])
         self._diverged = div | set(here)
         return _assemble(outs, parts, same, S, R)
 
@@ -564,6 +578,16 @@ def _batch_size(args, kwargs) -> int:
             n = _batch_size(tuple(v), {})
             if n:
                 return n
+    return 0
+
+
+def _nbytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (tuple, list)):
+        return sum(_nbytes(v) for v in obj)
     return 0
 
 
@@ -601,7 +625,7 @@ def _container_forward(session: QuantSession, name: str, module: torch.nn.Module
     orig = module._mpsearch_orig_forward
     if session._n_slots == 1 or session._in_sub or session._inside.get(name, True) or session._fisher is not None:
         return orig(*args, **kwargs)
-    return session._partitioned(lambda cfg, *a, **k: orig(*a, **k), args, kwargs, {})
+    return session._partitioned(lambda cfg, *a, **k: orig(*a, **k), args, kwargs, {}, cache_name=name)
 
 
 class _Slots:

@@ -17,7 +17,7 @@ Built in:
 | `sqnr` | quality | output | SQNR in dB, `10·log10(Σy² / Σ(ŷ−y)²)` | relative noise power `10^(−SQNR/10)` |
 | `mse` | quality | output | mean squared error | the same |
 | `ssim` | content | image | mean SSIM (7×7 window, data range 1) | `1 − SSIM` |
-| `adherence` | content | image | fraction of images whose shape, colour and position the demo detector reads right | `1 − fraction` |
+| `adherence` | content | image | fraction of images whose shape, colour and position the demo detector reads right | fraction lost vs the FP images, `max(0, FP − value)` |
 """
 
 from __future__ import annotations
@@ -136,12 +136,17 @@ def ssim(reference: torch.Tensor, candidate: torch.Tensor):
     return value, max(0.0, 1.0 - value)
 
 
-@register_metric("adherence", kind="content", stage="image")
-def adherence(reference: torch.Tensor, candidate: torch.Tensor, prompts: list[str]):
-    """Prompt adherence read by the demo model's detector: fraction of images with shape, colour and
-    position all right. Only for the demo model's captions."""
+def _adherence(images: torch.Tensor, prompts: list[str]) -> float:
     from mpsearch.zoo.detector import adherence as score
 
-    images = [(im.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8) for im in candidate]
-    value, _ = score(images, prompts)
-    return value, 1.0 - value
+    arrays = [(im.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8) for im in images]
+    return score(arrays, prompts)[0]
+
+
+@register_metric("adherence", kind="content", stage="image", version="2")
+def adherence(reference: torch.Tensor, candidate: torch.Tensor, prompts: list[str]):
+    """Prompt adherence read by the demo model's detector: value = fraction of images with shape, colour
+    and position all right; degradation = the fraction lost against the full-precision images
+    (`max(0, FP − candidate)`), so an unquantized layer costs 0 like every other metric. Demo captions only."""
+    value = _adherence(candidate, prompts)
+    return value, max(0.0, _adherence(reference, prompts) - value)

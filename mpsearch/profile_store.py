@@ -97,6 +97,7 @@ def union_meta(old: dict, new: dict) -> dict:
     out["tensors"] = [t for t in ("weight", "act") if t in old.get("tensors", []) or t in new.get("tensors", [])]
     out["metrics"] = {**old.get("metrics", {}), **new.get("metrics", {})}
     out["baseline"] = {**old.get("baseline", {}), **new.get("baseline", {})}
+    out["created"] = old.get("created", new.get("created"))
     return out
 
 
@@ -158,6 +159,13 @@ def _sort(df: pd.DataFrame, layers: list[str]) -> pd.DataFrame:
 class Profile:
     """A measured profile: `.df` (long table, columns `layer, tensor, bits, metric, step_group, value,
     degradation`), `.meta` (fingerprint, candidates, metrics and kinds, step groups, sampling settings).
+
+    `tensor` is 'weight' | 'act' (the layer's input activation); `step_group` indexes
+    `meta["step_groups"]` (lists of sampling-step indices); `value` is the raw metric (SQNR dB, MSE,
+    SSIM, fraction right); `degradation` ≥ 0, lower is better, 0 for full precision (SQNR → noise power
+    10^(-SQNR/10), MSE → MSE, SSIM → 1 - SSIM, adherence → fraction lost vs FP, fisher → estimated noise
+    power). 16-bit rows are not stored (degradation 0). With several step groups, the degradation of a
+    layer quantized at every step is approximated by the sum over groups (additivity).
 
     >>> p = Profile.load("profiles/demo")
     >>> p.table("sqnr", "weight")            # layers × bits, degradation summed over step groups

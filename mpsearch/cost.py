@@ -17,6 +17,7 @@ from mpsearch.model import Inventory, Layer
 FLOAT_BITS = 16
 WEIGHT_BITS = (2, 3, 4, 5, 6, 8, 16)
 ACT_BITS = (4, 6, 8, 16)
+PRUNED = 0  # w_bits/a_bits of a layer removed with its pruned unit (mpsearch.pruning): 0 bytes, 0 BitOPs
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ def get_format(fmt: str | WeightFormat | None) -> WeightFormat:
 def layer_bytes(layer: Layer, w_bits: int, fmt: str | WeightFormat | None = None) -> int:
     """Bytes of one layer at `w_bits` nominal weight bits (packed weights + scales + zeros + bias)."""
     f = get_format(fmt)
+    if w_bits == PRUNED:
+        return 0
     bias = layer.bias * f.float_bytes
     stored = f.stored_bits(w_bits)
     if stored >= FLOAT_BITS:
@@ -121,10 +124,13 @@ def layer_bitops(layer: Layer, w_bits: int, a_bits: int) -> int:
     return layer.macs * w_bits * a_bits
 
 
-def model_bytes(inv: Inventory, w_bits: dict[str, int], fmt: str | WeightFormat | None = None) -> int:
-    """Total denoiser bytes for a per-layer weight-bit assignment (layers not named stay at 16 bits)."""
+def model_bytes(inv: Inventory, w_bits: dict[str, int], fmt: str | WeightFormat | None = None,
+                pruned_fixed_params: int = 0) -> int:
+    """Total denoiser bytes for a per-layer weight-bit assignment (layers not named stay at 16 bits).
+
+    `pruned_fixed_params`: unquantized parameters (norms) that left with pruned units."""
     f = get_format(fmt)
-    return fixed_bytes(inv, f) + sum(layer_bytes(l, w_bits.get(l.name, FLOAT_BITS), f) for l in inv.layers)
+    return (inv.fixed_params - pruned_fixed_params) * f.float_bytes + sum(layer_bytes(l, w_bits.get(l.name, FLOAT_BITS), f) for l in inv.layers)
 
 
 def mean_bits(inv: Inventory, w_bits: dict[str, int]) -> float:

@@ -7,6 +7,11 @@
 
 `Plan.load` checks the file and names the line and field of any problem; `Plan.validate(inventory)`
 checks it against a model: unknown, missing or unsupported layers are errors that name the layer.
+
+Pruned units (LAPTOP-Diff layer pruning, `mpsearch.pruning`): `pruned_units` names the removed blocks
+(module names); every layer under one of them is written `{"pruned": true}` (in memory
+`LayerBits(0, 0)`, `cost.PRUNED`: 0 bytes, 0 BitOPs) and no other layer may be. `pruned_fixed_params`
+counts the unquantized parameters (norms) that left with those units, so `predicted.bytes` stays exact.
 """
 
 from __future__ import annotations
@@ -17,7 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mpsearch.cost import ACT_BITS, FLOAT_BITS, WEIGHT_BITS, get_format, mean_bits, model_bitops, model_bytes
+from mpsearch.cost import (
+    ACT_BITS,
+    FLOAT_BITS,
+    PRUNED,
+    WEIGHT_BITS,
+    get_format,
+    mean_bits,
+    model_bitops,
+    model_bytes,
+)
 from mpsearch.model import Inventory
 
 SCHEMA = "mpsearch.plan/1"
@@ -32,8 +46,17 @@ class LayerBits:
     w_bits: int = FLOAT_BITS
     a_bits: int = FLOAT_BITS
 
-    def to_dict(self) -> dict[str, int]:
-        return {"w_bits": self.w_bits, "a_bits": self.a_bits}
+    @property
+    def pruned(self) -> bool:
+        return self.w_bits == PRUNED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pruned": True} if self.pruned else {"w_bits": self.w_bits, "a_bits": self.a_bits}
+
+
+def under(layer: str, units: list[str]) -> bool:
+    """Whether `layer` lies inside one of the module names `units`."""
+    return any(layer.startswith(u + ".") for u in units)
 
 
 @dataclass
@@ -46,6 +69,7 @@ class Plan:
     step_overrides: list[dict[str, Any]] = field(default_factory=list)
     kept_timesteps: list[int] | None = None
     pruned_units: list[str] = field(default_factory=list)
+    pruned_fixed_params: int = 0
     predicted: dict[str, Any] = field(default_factory=dict)
     solver: dict[str, Any] = field(default_factory=dict)
 
@@ -65,7 +89,7 @@ class Plan:
         wb = self.w_bits()
         self.predicted = {
             **{k: v for k, v in self.predicted.items() if k in ("loss", "losses")},
-            "bytes": model_bytes(inv, wb, self.format),
+            "bytes": model_bytes(inv, wb, self.format, self.pruned_fixed_params),
             "mean_w_bits": round(mean_bits(inv, wb), 4),
             "bitops": model_bitops(inv, {n: (b.w_bits, b.a_bits) for n, b in self.layers.items()}),
         }
@@ -83,6 +107,7 @@ class Plan:
             "solver": self.solver,
             "kept_timesteps": self.kept_timesteps,
             "pruned_units": self.pruned_units,
+            "pruned_fixed_params": self.pruned_fixed_params,
             "step_overrides": self.step_overrides,
             "layers": {n: b.to_dict() for n, b in self.layers.items()},
         }
@@ -121,7 +146,17 @@ class Plan:
         if not isinstance(raw, dict) or not raw:
             raise fail("layers", "must be a non-empty object {layer name: {w_bits, a_bits}}")
         layers = {}
+        pruned_units = d.get("pruned_units") or []
+        if not (isinstance(pruned_units, list) and all(isinstance(u, str) and u for u in pruned_units)):
+            raise fail("pruned_units", "must be a list of module names")
         for name, bits in raw.items():
+            if bits == {"pruned": True}:
+                if not under(name, pruned_units):
+                    raise fail(f"layers[{name!r}]", "is pruned but lies in no unit of pruned_units", name)
+                layers[name] = LayerBits(PRUNED, PRUNED)
+                continue
+            if under(name, pruned_units):
+                raise fail(f"layers[{name!r}]", "lies in a pruned unit: write {\"pruned\": true}", name)
             if not isinstance(bits, dict) or set(bits) - {"w_bits", "a_bits"}:
                 raise fail(f"layers[{name!r}]", "must be {\"w_bits\": int, \"a_bits\": int}", name)
             lb = LayerBits(bits.get("w_bits", FLOAT_BITS), bits.get("a_bits", FLOAT_BITS))
@@ -150,7 +185,8 @@ class Plan:
             budget=d.get("budget"),
             step_overrides=overrides,
             kept_timesteps=kept,
-            pruned_units=list(d.get("pruned_units") or []),
+            pruned_units=list(pruned_units),
+            pruned_fixed_params=_count(d.get("pruned_fixed_params", 0), fail),
             predicted=dict(d.get("predicted") or {}),
             solver=dict(d.get("solver") or {}),
         )
@@ -172,7 +208,14 @@ class Plan:
             raise PlanError(f"layer {missing[0]!r} of {inv.model!r} has no bits in the plan"
                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
         fmt = get_format(self.format)
+        for unit in self.pruned_units:
+            if not any(under(n, [unit]) for n in inv.names):
+                raise PlanError(f"pruned unit {unit!r} holds no quantizable layer of {inv.model!r}")
         for name, b in self.layers.items():
+            if b.pruned != under(name, self.pruned_units):
+                raise PlanError(f"layer {name!r}: pruned must be exactly the layers of pruned_units")
+            if b.pruned:
+                continue
             try:
                 fmt.stored_bits(b.w_bits)
             except ValueError as e:
@@ -182,6 +225,12 @@ class Plan:
                 if name not in inv:
                     raise PlanError(f"step_overrides[{i}]: layer {name!r} is not a quantizable layer of {inv.model!r}")
         return self
+
+
+def _count(value: Any, fail) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise fail("pruned_fixed_params", f"{value!r} is not a count of parameters ≥ 0")
+    return value
 
 
 def _line_of(text: str, key: str) -> int:

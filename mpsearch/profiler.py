@@ -256,6 +256,7 @@ def profile(
     slots: int = 8,
     shard: str | tuple[int, int] | None = None,
     all_metrics: bool = False,
+    prune: bool = False,
     layers: str | Sequence[str] | None = None,
     bos_aware: bool = True,
     split_shortcut: bool = True,
@@ -277,7 +278,9 @@ def profile(
     `seed + i`). `steps`/`guidance`: sampler settings (demo: `mpsearch.zoo.DEMO_STEPS/DEMO_GUIDANCE`, else
     8 / 3.0). `step_groups`: 'auto' (1 group for ≤ 4 steps, else TMPQ-DM's quadratic grouping into 4), a
     number of groups, or explicit lists of step indices. `mode`: exact | batched | fisher. `shard`: 'i/n'.
-    `layers`: a regex (or names) selecting layers. `out=None` keeps the results in memory only.
+    `layers`: a regex (or names) selecting layers. `prune`: also score every prunable unit
+    (`mpsearch.pruning`: LAPTOP-Diff's output loss with that unit removed; rows with `tensor="unit"`);
+    `tensors=()` with `prune` scores the units only. `out=None` keeps the results in memory only.
 
     Returns the `Profile` of everything stored at `out` (this shard's part when sharded).
     """
@@ -288,8 +291,10 @@ def profile(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     tensors = [t for t in TENSORS if t in tensors]
-    if not tensors:
+    if not tensors and not prune:
         raise ValueError("tensors: choose 'weight' and/or 'act'")
+    if prune and mode == "fisher":
+        raise ValueError("prune: unit scores are measured, not estimated; use mode exact or batched")
     demo = _is_demo(model)
     pipe = model if hasattr(model, "components") else load_pipeline(model, device=device)
     pipe.set_progress_bar_config(disable=True)
@@ -360,6 +365,11 @@ def profile(
             base = ref.images if m.stage == "image" else ref.outputs
             value, deg = m(base, base, prompts=prompts)
             meta["baseline"][m.name] = {"value": value if math.isfinite(value) else None, "degradation": deg}
+        if prune:
+            from mpsearch.pruning import find_units, unit_meta
+
+            units = find_units(pipe, inv)
+            meta["units"] = unit_meta(units)
         store = Store(out_path, meta) if out_path is not None else _MemoryStore(meta)
         with store:
             if "act" in tensors:
@@ -369,6 +379,8 @@ def profile(
             else:
                 session.timesteps = list(ref.timesteps)
             prof = Profiler(pipe, ref, session, groups, max_batch=max_batch)
+            if prune:
+                _run_prune(prof, store, units, metric_objs, log)
             if mode == "fisher":
                 _run_fisher(prof, store, chosen, tensors, candidates, groups, seed, log)
             else:
@@ -382,6 +394,15 @@ def profile(
     finally:
         session.remove()
     return result
+
+
+def _run_prune(prof: Profiler, store, units, metrics, log) -> None:
+    from mpsearch.pruning import score_units
+
+    t0 = time.perf_counter()
+    for rows in score_units(prof.pipe, prof.ref, prof.groups, units, metrics, done=store.done):
+        store.append(rows)
+    log(f"pruning: {len(units)} units scored in {time.perf_counter() - t0:.1f} s")
 
 
 def _batches(units: list[Unit], size: int) -> list[list[Unit]]:

@@ -17,6 +17,11 @@ Checkpoint folder: the pipeline's other components as diffusers saves them, `mod
 `mpsearch_quantized.safetensors` (every denoiser parameter; by default one tensor per dtype with the
 offsets in the map, see `export(layout=)`), `quantization_map.json` (per module: qtype, nominal/stored
 bits, activation bits, shape, code offset) and `bos.safetensors`.
+
+Pruned units (`plan.pruned_units`, LAPTOP-Diff layer pruning) are removed for real: `fake_quantize`
+replaces them by identity stand-ins (`mpsearch.pruning`), `export` writes none of their parameters or
+buffers and lists them in `quantization_map.json`, and `load_denoiser` builds the denoiser from its
+config, swaps the same units for stand-ins, then loads: the loaded model has fewer parameters.
 """
 
 from __future__ import annotations
@@ -54,7 +59,27 @@ def weight_config(fmt: str | WeightFormat) -> WeightQuantConfig:
     return WeightQuantConfig(symmetric=f.zero_bytes == 0, group_size=f.group_size)
 
 
-def check_plan(plan: Plan, inv: Inventory) -> Plan:
+def _check_pruned(plan: Plan, inv: Inventory, den: nn.Module | None) -> None:
+    """Every pruned unit is prunable in this model and `pruned_fixed_params` is what removing them saves."""
+    if den is None:
+        return
+    from mpsearch.pruning import find_units
+
+    units = {u.name: u for u in find_units(den, inv)}
+    for name in plan.pruned_units:
+        if name not in units:
+            raise PlanError(f"pruned unit {name!r} is not a prunable unit of {inv.model!r}")
+    fixed = sum(units[n].fixed_params for n in plan.pruned_units)
+    if fixed != plan.pruned_fixed_params:
+        raise PlanError(f"pruned_fixed_params is {plan.pruned_fixed_params}, but removing {plan.pruned_units} "
+                        f"removes {fixed} unquantized parameters")
+
+
+def _in_pruned(plan: Plan, name: str) -> bool:
+    return any(name.startswith(u + ".") for u in plan.pruned_units)
+
+
+def check_plan(plan: Plan, inv: Inventory, den: nn.Module | None = None) -> Plan:
     """Refuse a plan made for another model, naming the first layer that does not match."""
     plan.validate(inv, check_fingerprint=False)  # unknown / missing layers first: they name the layer
     if plan.fingerprint and plan.fingerprint != inv.fingerprint:
@@ -62,6 +87,8 @@ def check_plan(plan: Plan, inv: Inventory) -> Plan:
             f"plan was made for model {plan.model!r} (fingerprint {plan.fingerprint}), not for {inv.model!r} "
             f"(fingerprint {inv.fingerprint}): same layer names, different shapes or config"
         )
+    if plan.pruned_units:
+        _check_pruned(plan, inv, den)
     for i, o in enumerate(plan.step_overrides):
         for name, bits in o["layers"].items():
             if "w_bits" in bits:
@@ -154,8 +181,11 @@ class FakeQuant:
     originals: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     handles: list = field(default_factory=list, repr=False)
     session: Any = field(default=None, repr=False)
+    removed: dict[str, nn.Module] = field(default_factory=dict, repr=False)  # pruned units, to put back
 
     def restore(self) -> None:
+        from mpsearch.pruning import restore_units
+
         _, den = find_denoiser(self.pipe)
         params = dict(den.named_parameters())
         for name, data in self.originals.items():
@@ -164,7 +194,8 @@ class FakeQuant:
             h.remove()
         if self.session is not None:
             self.session.remove()
-        self.originals, self.handles, self.session = {}, [], None
+        restore_units(den, self.removed)
+        self.originals, self.handles, self.session, self.removed = {}, [], None, {}
 
     def __enter__(self) -> FakeQuant:
         return self
@@ -197,9 +228,13 @@ def fake_quantize(
     plan = _plan_of(plan)
     _, den = find_denoiser(pipe)
     inv = inv or inventory(pipe)
-    check_plan(plan, inv)
+    check_plan(plan, inv, den)
     cfg = cfg or weight_config(plan.format)
     fq = FakeQuant(pipe, plan)
+    if plan.pruned_units:
+        from mpsearch.pruning import remove_units
+
+        fq.removed = remove_units(den, plan.pruned_units)
     acts = activation_bits(plan)
     if acts:
         from mpsearch.quant import Candidates, quantize_pipeline
@@ -208,7 +243,7 @@ def fake_quantize(
             raise ValueError("the plan quantizes activations: pass calib= (mpsearch.calibration.reference(pipe, prompts))")
         fq.session = quantize_pipeline(pipe, Candidates(weight=(), act=tuple(sorted(acts))), calib=calib,
                                        progressive=progressive, weight_cfg=cfg)
-        fq.session.apply({n: (None, b.a_bits) for n, b in plan.layers.items()}, plan.step_overrides)
+        fq.session.apply({n: (None, b.a_bits) for n, b in plan.layers.items() if not b.pruned}, plan.step_overrides)
     rows = bos_rows(pipe, [n for n in bos_layers(den, pipe) if _quantized(plan, n)]) if bos else {}
     with torch.no_grad():
         for pname, p in den.named_parameters():
@@ -228,7 +263,7 @@ def fake_quantize(
 
 def activation_bits(plan: Plan) -> set[int]:
     """Activation widths below 16 that the plan uses anywhere (layers or step overrides)."""
-    bits = {b.a_bits for b in plan.layers.values()}
+    bits = {b.a_bits for b in plan.layers.values() if not b.pruned}
     bits |= {v["a_bits"] for o in plan.step_overrides for v in o["layers"].values() if "a_bits" in v}
     return {b for b in bits if b < FLOAT_BITS}
 
@@ -236,6 +271,8 @@ def activation_bits(plan: Plan) -> set[int]:
 def _quantized(plan: Plan, name: str) -> bool:
     """Whether a layer is quantized at any step (weights, activations, or a per-step override)."""
     b = plan.layers.get(name)
+    if b is not None and b.pruned:
+        return False
     if b is not None and (b.w_bits < FLOAT_BITS or b.a_bits < FLOAT_BITS):
         return True
     return any(o["layers"].get(name, {}).get("a_bits", FLOAT_BITS) < FLOAT_BITS for o in plan.step_overrides)
@@ -262,6 +299,7 @@ class ExportResult:
     budget_bytes: int | None = None
     layers: int = 0
     quantized_layers: int = 0
+    pruned_units: int = 0
 
     @property
     def matches(self) -> bool:
@@ -300,6 +338,8 @@ def quantized_state(den: nn.Module, plan: Plan, inv: Inventory, cfg: WeightQuant
     layers = {l.name for l in inv.layers}
     with torch.no_grad():
         for pname, p in den.named_parameters():
+            if _in_pruned(plan, pname):
+                continue
             module, _, kind = pname.rpartition(".")
             bits = plan.layers[module].w_bits if module in layers and kind == "weight" else FLOAT_BITS
             stored = fmt.stored_bits(bits)
@@ -311,6 +351,8 @@ def quantized_state(den: nn.Module, plan: Plan, inv: Inventory, cfg: WeightQuant
                 tensors[f"{pname}.{suffix}"] = t
     for layer in inv.layers:
         b = plan.layers[layer.name]
+        if b.pruned:
+            continue
         stored = fmt.stored_bits(b.w_bits)
         qmap[layer.name] = {
             "weights": storage.qtype(stored) if stored < FLOAT_BITS else "none",
@@ -353,7 +395,7 @@ def export(
     pipe = _as_pipeline(model)
     den_name, den = find_denoiser(pipe)
     inv = inventory(pipe)
-    check_plan(plan, inv)
+    check_plan(plan, inv, den)
     fmt = get_format(plan.format)
     out = Path(out)
     folder = out / den_name
@@ -361,8 +403,9 @@ def export(
 
     tensors, qmap = quantized_state(den, plan, inv, cfg)
     params = {n for n, _ in den.named_parameters()}
-    buffers = {f"__buffer__.{n}": t.detach().contiguous() for n, t in den.state_dict().items() if n not in params}
-    predicted = model_bytes(inv, plan.w_bits(), fmt)
+    buffers = {f"__buffer__.{n}": t.detach().contiguous() for n, t in den.state_dict().items()
+               if n not in params and not _in_pruned(plan, n)}
+    predicted = model_bytes(inv, plan.w_bits(), fmt, plan.pruned_fixed_params)
     tensor_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
     meta = {"schema": SCHEMA, "format": fmt.name, "fingerprint": inv.fingerprint, "component": den_name}
     path = folder / WEIGHTS_FILE
@@ -386,7 +429,8 @@ def export(
     (folder / QMAP_FILE).write_text(json.dumps({
         "schema": SCHEMA, "format": fmt.to_dict(), "fingerprint": inv.fingerprint, "model": inv.model,
         "component": den_name, "denoiser_class": type(den).__name__, "quantizer": asdict(cfg or weight_config(fmt)),
-        "float_dtype": "float16", "bos_layers": sorted(rows), "layout": layout, "modules": qmap,
+        "float_dtype": "float16", "bos_layers": sorted(rows), "layout": layout,
+        "pruned_units": list(plan.pruned_units), "modules": qmap,
         **({"blobs": index} if index is not None else {}),
     }, indent=1))
     den.save_config(folder)
@@ -400,6 +444,7 @@ def export(
         buffer_bytes=sum(t.numel() * t.element_size() for t in buffers.values()), bos_bytes=bos_bytes,
         budget=plan.budget, budget_bytes=_budget_bytes(plan, inv), layers=len(inv),
         quantized_layers=sum(1 for v in qmap.values() if v["weights"] != "none"),
+        pruned_units=len(plan.pruned_units),
     )
     (out / "export.json").write_text(json.dumps(result.to_dict(), indent=1))
     if not result.matches:
@@ -503,6 +548,10 @@ def load_denoiser(folder: str | Path, *, dtype: torch.dtype = torch.float32, deq
     if fingerprint(den) != qinfo["fingerprint"]:
         raise ExportError(f"{folder}: the denoiser built from config.json has fingerprint {fingerprint(den)}, "
                           f"the checkpoint was written for {qinfo['fingerprint']}")
+    if qinfo.get("pruned_units"):
+        from mpsearch.pruning import remove_units
+
+        remove_units(den, qinfo["pruned_units"])
     tensors = load_file(str(folder / WEIGHTS_FILE))
     if qinfo.get("layout") == "blobs":
         tensors = from_blobs(tensors, qinfo["blobs"])

@@ -25,9 +25,9 @@ class BudgetInfeasible(ValueError):
 
 def load_profile(profile: Any) -> tuple[pd.DataFrame, dict[str, Any], Inventory]:
     """(measurements, meta, inventory) of a profile folder, a `Profile` object or `(df, inventory)`."""
-    if isinstance(profile, tuple):
-        df, inv = profile
-        return df, {}, inv
+    if isinstance(profile, tuple):  # (df, inventory) or (df, inventory, meta)
+        df, inv, *rest = profile
+        return df, dict(rest[0]) if rest else {}, inv
     if isinstance(profile, (str, Path)):
         from mpsearch.profiler import Profile
 
@@ -85,10 +85,10 @@ def solve(
             raise ValueError(f"MixDQ's procedure targets a mean weight bit-width: use e.g. --budget 4bits, not {budget}")
         space = SearchSpace(**{**(space or SearchSpace()).__dict__, "weight_only": True})
         # MixDQ allocates with the band ±0.02 bits around the target itself, not under a ceiling
-        step_problem = build_problem(inv, df, None, fmt=fmt, space=space)
+        step_problem = build_problem(inv, df, None, fmt=fmt, space=space, units=meta.get("units"))
         options = {"target": budget.value, "group_metric": group_metrics(df, meta), "backend": backend, **options}
     else:
-        step_problem = build_problem(inv, df, budget, fmt=fmt, space=space)
+        step_problem = build_problem(inv, df, budget, fmt=fmt, space=space, units=meta.get("units"))
     fn = get_solver(solver)
     kwargs: dict[str, Any] = dict(options)
     if solver == "ilp":
@@ -103,7 +103,7 @@ def solve(
     extra = {"name": solver, "profile": meta.get("name") or str(profile) if isinstance(profile, (str, Path)) else ""}
     if "kept_steps" in solution.info:
         extra["kept_steps"] = list(solution.info["kept_steps"])
-    plan = solution_to_plan(solution, inv, fmt=fmt, budget=budget, extra=extra)
+    plan = solution_to_plan(solution, inv, fmt=fmt, budget=budget, extra=extra, units=meta.get("units"))
     if plan.predicted["bytes"] and budget.resource == "bytes":
         assert plan.predicted["bytes"] <= budget.resolve(inv, fmt), "solver broke the byte budget"
     return plan
@@ -139,13 +139,13 @@ def pareto_front(
     lo, hi = Budget.parse(lo), Budget.parse(hi)
     if lo.resource != hi.resource:
         raise ValueError(f"pareto range {lo}..{hi} mixes budget kinds")
-    df, _, inv = load_profile(profile)
-    sp = build_problem(inv, df, hi, fmt=fmt, space=space)
+    df, meta, inv = load_profile(profile)
+    sp = build_problem(inv, df, hi, fmt=fmt, space=space, units=meta.get("units"))
     budgets = np.linspace(lo.resolve(inv, fmt), hi.resolve(inv, fmt), n)
     result = front(sp.problem, "budget", budgets=budgets, backend=backend)
     rows = []
     for sol in result.points:
-        plan = solution_to_plan(sol, inv, fmt=fmt)
+        plan = solution_to_plan(sol, inv, fmt=fmt, units=meta.get("units"))
         rows.append({"budget": sol.constraint_totals["budget"], "bytes": plan.predicted["bytes"],
                      "mean_w_bits": plan.predicted["mean_w_bits"], "bitops": plan.predicted["bitops"],
                      "loss": sol.objective, "status": sol.status})

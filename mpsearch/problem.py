@@ -9,12 +9,21 @@ The solver puts the metrics on one scale (see `solvers.problem`).
 
 Costs per option: `bytes` (cost model, the exporter's own accounting), `wbits` (params × w bits, for
 mean-bit budgets) and `bitops` (MACs × w × a).
+
+Layer pruning (LAPTOP-Diff, `mpsearch.pruning`): when the profile has unit rows (`tensor="unit"`) every
+layer of a prunable unit gets one more option, key `"pruned"`, costing 0 bytes, 0 wbits and 0 BitOPs.
+The unit's measured degradation is the loss of its first layer's "pruned" option (0 for the others), and
+the unit's unquantized parameters (norms, which leave with it) are charged to the first layer's other
+options (taken out of the constant offset), so bytes stay exact. "pruned" is all-or-nothing per unit:
+two rows per unit, `Σ_{others} x_pruned − (n−1)·x_first,pruned ≤ 0` and its negation, which keep every
+constraint an upper bound (the exact dominance reduction still applies), while the layers of a kept unit
+choose their bits independently.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from mpsearch.budget import Budget
-from mpsearch.cost import FLOAT_BITS, fixed_bytes, get_format, layer_bitops, layer_bytes
+from mpsearch.cost import FLOAT_BITS, PRUNED, fixed_bytes, get_format, layer_bitops, layer_bytes
 from mpsearch.model import Inventory
 from mpsearch.plan import LayerBits, Plan
 from solvers.problem import Constraint, Problem, Solution, StepProblem
@@ -45,6 +54,7 @@ class SearchSpace:
     protect_top: float = 0.0
     allow_fp: bool = True
     metric_weights: dict[str, float] = field(default_factory=dict)
+    prune: bool = True  # offer "pruned" for the units the profile scored (False: quantization only)
 
 
 def _loss_tables(df: pd.DataFrame, tensor: str, inv: Inventory, bits: Sequence[int], metrics: Sequence[str]):
@@ -82,12 +92,16 @@ def build_problem(
     fmt: str | None = None,
     space: SearchSpace | None = None,
     extra_constraints: Sequence[Constraint] = (),
+    units: Mapping[str, Any] | None = None,
 ) -> StepProblem:
     """The allocation problem for `inv` from profile rows (columns: layer, tensor, bits, metric,
     step_group, degradation). Returns a `StepProblem`: `.problem` is the flat problem (losses summed over
-    step groups) for the ILP; `.step_losses` feed the timestep search."""
+    step groups) for the ILP; `.step_losses` feed the timestep search. `units`: the profile's
+    `meta["units"]` (unit name → {"fixed_params": n, ...}), needed when it has unit rows."""
     space = space or SearchSpace()
     f = get_format(fmt)
+    unit_df = profile_df[profile_df["tensor"] == "unit"]
+    profile_df = profile_df[profile_df["tensor"] != "unit"]
     _check_profile_covers(profile_df, inv)
     metrics = sorted(profile_df["metric"].unique())
     w_cands = sorted(set(space.w_bits or profile_df.loc[profile_df.tensor == "weight", "bits"].unique()))
@@ -119,13 +133,17 @@ def build_problem(
             fixed[inv.names[i]] = (FLOAT_BITS, FLOAT_BITS)
     if fixed and (FLOAT_BITS, FLOAT_BITS) not in pairs:
         raise ValueError("protected layers need 16-bit options: do not combine --protect with allow_fp=False")
+    keys = [list(pairs) for _ in inv.layers]
     constraints = list(extra_constraints)
+    saved = 0
+    if space.prune and not unit_df.empty:
+        saved = _add_prune_options(inv, unit_df, units, groups, keys, costs, step_losses, constraints, f)
     if budget is not None:
         b = Budget.parse(budget)
-        offset = fixed_bytes(inv, f) if b.resource == "bytes" else 0.0
+        offset = fixed_bytes(inv, f) - saved if b.resource == "bytes" else 0.0
         constraints.append(Constraint(b.resource, upper=b.resolve(inv, f), offset=offset, name="budget"))
     problem = Problem(
-        keys=[pairs] * len(inv),
+        keys=keys,
         costs=costs,
         losses={m: v.sum(axis=0) for m, v in step_losses.items()},
         weights=space.metric_weights or None,
@@ -137,6 +155,63 @@ def build_problem(
     n = len(groups)
     step_groups = [(i, i + 1) for i in range(n)]
     return StepProblem(problem=problem, step_losses=step_losses, step_groups=step_groups)
+
+
+def prunable_units(inv: Inventory, units: Mapping[str, Any] | None, names: Sequence[str]) -> dict[str, dict]:
+    """`{unit: {"members": [layer indices], "fixed_params": n}}` for the scored units `names`."""
+    if units is None:
+        raise ValueError("the profile has unit (pruning) rows but no unit table: pass units= "
+                         "(the profile's meta['units'])")
+    out = {}
+    for name in names:
+        if name not in units:
+            raise ValueError(f"the profile scores unit {name!r} but its unit table does not list it")
+        info = units[name]
+        members = [i for i, n in enumerate(inv.names) if n.startswith(name + ".")]
+        if not members:
+            raise ValueError(f"unit {name!r} holds no quantizable layer of {inv.model!r}: profile and model differ")
+        out[name] = {"members": members, "fixed_params": int(info["fixed_params"] if isinstance(info, Mapping) else info)}
+    return out
+
+
+def _add_prune_options(inv, unit_df, units, groups, keys, costs, step_losses, constraints, f) -> int:
+    """Append the "pruned" option to every unit layer (see module docstring); returns the bytes of unit
+    parameters moved from the offset onto the first layers' kept options."""
+    from mpsearch.pruning import PRUNED_KEY
+
+    table = prunable_units(inv, units, list(dict.fromkeys(unit_df["layer"])))
+    taken = {}
+    for name, u in table.items():
+        for i in u["members"]:
+            if i in taken:
+                raise ValueError(f"units {taken[i]!r} and {name!r} overlap at layer {inv.names[i]!r}")
+            taken[i] = name
+    gi = {g: k for k, g in enumerate(groups)}
+    K = len(keys[0])
+    for m in list(step_losses):
+        step_losses[m] = np.concatenate([step_losses[m], np.zeros((*step_losses[m].shape[:2], 1))], axis=2)
+    for row in unit_df.itertuples(index=False):
+        if row.metric in step_losses and row.step_group in gi:
+            first = table[row.layer]["members"][0]
+            step_losses[row.metric][gi[row.step_group], first, K] = max(0.0, row.degradation)
+    saved = 0
+    for u in table.values():
+        extra = u["fixed_params"] * f.float_bytes
+        costs["bytes"][u["members"][0]] = [c + extra for c in costs["bytes"][u["members"][0]]]
+        saved += extra
+        for i in u["members"]:
+            keys[i].append(PRUNED_KEY)
+            for r in ("bytes", "wbits", "bitops"):
+                costs[r][i] = [*costs[r][i], 0]
+    for name, u in table.items():
+        first, n = u["members"][0], len(u["members"])
+        coef = [-(n - 1) if i == first else 1 for i in range(len(inv))]
+        for sign, tag in ((1, "prune"), (-1, "keep")):
+            res = f"{tag}:{name}"
+            costs[res] = [[0] * (len(keys[i]) - 1) + [sign * coef[i]] if i in u["members"] else [0] * len(keys[i])
+                          for i in range(len(inv))]
+            constraints.append(Constraint(res, upper=0, items=u["members"], name=res))
+    return saved
 
 
 def budget_error_text(solution: Solution, budget: Budget, inv: Inventory) -> str:
@@ -160,11 +235,27 @@ def solution_to_plan(
     fmt: str | None = None,
     budget: Budget | str | None = None,
     extra: dict[str, Any] | None = None,
+    units: Mapping[str, Any] | None = None,
 ) -> Plan:
+    """The plan of a solution; layers that chose "pruned" are recorded with their units (`units`: the
+    profile's unit table, as for `build_problem`)."""
     solution.raise_if_infeasible()
-    layers = {name: LayerBits(int(w), int(a)) for name, (w, a) in zip(inv.names, solution.keys, strict=True)}
+    layers = {name: LayerBits(PRUNED, PRUNED) if key == "pruned" else LayerBits(int(key[0]), int(key[1]))
+              for name, key in zip(inv.names, solution.keys, strict=True)}
+    pruned_layers = {n for n, b in layers.items() if b.pruned}
+    pruned_units, fixed = [], 0
+    if pruned_layers:
+        for name, u in prunable_units(inv, units, list(units or {})).items():
+            members = {inv.names[i] for i in u["members"]}
+            if members & pruned_layers:
+                if not members <= pruned_layers:
+                    raise ValueError(f"the solution prunes only part of unit {name!r}")
+                pruned_units.append(name)
+                fixed += u["fixed_params"]
     plan = Plan(
         layers=layers,
+        pruned_units=pruned_units,
+        pruned_fixed_params=fixed,
         model=inv.model,
         fingerprint=inv.fingerprint,
         format=get_format(fmt).name,

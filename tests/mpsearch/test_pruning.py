@@ -1,0 +1,158 @@
+"""Layer pruning: units, identity stand-ins, unit scores, tied "pruned" options, exact bytes, real removal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mpsearch import calibration as cal
+from mpsearch.exporter import export, fake_quantize, load_quantized
+from mpsearch.model import find_denoiser, inventory
+from mpsearch.plan import LayerBits, Plan, PlanError
+from mpsearch.planner import solve
+from mpsearch.problem import SearchSpace, build_problem, solution_to_plan
+from mpsearch.profiler import profile
+from mpsearch.pruning import find_units, pruned
+from solvers.ilp import solve_ilp
+
+PROMPTS = cal.demo_prompts(2)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_pipe_factory):
+    return tiny_pipe_factory()
+
+
+@pytest.fixture(scope="module")
+def scored(pipe, tmp_path_factory):
+    """A weight profile at 4 bits with every unit scored (output and image metrics)."""
+    return profile(pipe, out=tmp_path_factory.mktemp("p") / "prof", prompts=PROMPTS, steps=2, bits=(4,),
+                   tensors=("weight",), metrics=["sqnr", "ssim"], prune=True)
+
+
+def _latents(pipe, steps=2):
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    with torch.inference_mode():
+        return pipe(PROMPTS, num_inference_steps=steps, guidance_scale=3.0, generator=gens,
+                    output_type="latent").images.float()
+
+
+def test_units_of_an_sd_unet(pipe):
+    units = {u.name: u for u in find_units(pipe)}
+    # down resnet 32→32 is a unit; the 32→64 one (conv_shortcut) and up-block resnets (skip concat) are not
+    assert set(units) == {"down_blocks.0.attentions.0", "down_blocks.0.resnets.0", "mid_block.attentions.0",
+                          "mid_block.resnets.0", "mid_block.resnets.1", "up_blocks.1.attentions.0",
+                          "up_blocks.1.attentions.1"}
+    u = units["down_blocks.0.attentions.0"]
+    assert u.kind == "transformer" and "down_blocks.0.attentions.0.proj_in" in u.layers
+    _, den = find_denoiser(pipe)
+    own = sum(p.numel() for p in den.get_submodule(u.name).parameters())
+    inv = inventory(pipe)
+    assert u.fixed_params == own - sum(inv[n].params + inv[n].bias for n in u.layers) > 0
+
+
+def test_removing_a_unit_keeps_the_pipeline_working(pipe):
+    full = _latents(pipe)
+    for u in find_units(pipe):
+        with pruned(pipe, [u.name]):
+            out = _latents(pipe)
+        assert out.shape == full.shape and torch.isfinite(out).all() and not torch.equal(out, full), u.name
+    assert torch.equal(_latents(pipe), full)  # restored exactly
+
+
+def test_unit_scores_are_profile_rows(scored, pipe):
+    units = {u.name for u in find_units(pipe)}
+    rows = scored.df[scored.df.tensor == "unit"]
+    assert set(rows.layer) == units and set(rows.bits) == {0}
+    assert set(rows.metric) == {"sqnr", "ssim"} and (rows.degradation > 0).all()
+    assert set(scored.meta["units"]) == units
+
+
+def _check_all_or_nothing(plan: Plan, pipe) -> None:
+    for u in find_units(pipe):
+        states = {plan.layers[n].pruned for n in u.layers}
+        assert len(states) == 1, u.name
+        assert states == {u.name in plan.pruned_units}
+
+
+def test_tied_pruned_options_are_all_or_nothing_and_bytes_exact(scored, pipe, tmp_path):
+    inv = inventory(pipe)
+    w4 = Plan.uniform(inv, 4).predicted["bytes"]
+    plan = solve((scored.df, inv, scored.meta), f"{int(w4 * 0.8)}B")  # below uniform 4-bit: only pruning gets there
+    assert plan.pruned_units and plan.predicted["bytes"] <= int(w4 * 0.8)
+    _check_all_or_nothing(plan, pipe)
+    kept = [n for n, b in plan.layers.items() if not b.pruned]
+    assert kept and all(plan.layers[n].w_bits in (4, 16) for n in kept)
+    # round trip, and the exporter writes exactly the predicted bytes
+    back = Plan.load(plan.save(tmp_path / "plan.json")).validate(inv)
+    assert back.pruned_units == plan.pruned_units and back.layers == plan.layers
+    assert back.predict(inv)["bytes"] == plan.predicted["bytes"]
+    result = export(back, tmp_path / "q", model=pipe)
+    assert result.tensor_bytes == result.predicted_bytes == plan.predicted["bytes"]
+    # without pruning the same budget is infeasible
+    sp = build_problem(inv, scored.df, f"{int(w4 * 0.8)}B", space=SearchSpace(prune=False))
+    assert solve_ilp(sp.problem).status == "infeasible"
+
+
+def test_partial_pruning_is_never_chosen_even_when_cheaper(scored, pipe):
+    """A unit whose first layer has a huge prune loss: its other layers would love "pruned" (0 bytes,
+    0 loss) alone, but the tie forbids it; a generous budget then prunes nothing."""
+    inv = inventory(pipe)
+    units = scored.meta["units"]
+    sp = build_problem(inv, scored.df, "100%", units=units)
+    sol = solve_ilp(sp.problem)
+    plan = solution_to_plan(sol, inv, units=units)
+    assert plan.pruned_units == []
+    _check_all_or_nothing(plan, pipe)
+    viol = sp.problem.violations(np.array([sp.problem.option_index(i, "pruned") if i == 5 else 0
+                                           for i in range(len(inv))]))
+    assert viol  # one layer of a unit pruned alone breaks the tie rows
+
+
+def test_plan_schema_for_pruned_layers(pipe):
+    inv = inventory(pipe)
+    unit = find_units(pipe)[0]
+    layers = {n: LayerBits(0, 0) if n in unit.layers else LayerBits(8) for n in inv.names}
+    plan = Plan(layers, pruned_units=[unit.name], pruned_fixed_params=unit.fixed_params)
+    d = plan.to_dict()
+    assert d["layers"][unit.layers[0]] == {"pruned": True}
+    assert Plan.from_dict(d).validate(inv).layers == layers
+    bad = {**d, "pruned_units": []}
+    with pytest.raises(PlanError, match="pruned but lies in no unit"):
+        Plan.from_dict(bad)
+    other = {**d, "layers": {**d["layers"], unit.layers[0]: {"w_bits": 8, "a_bits": 16}}}
+    with pytest.raises(PlanError, match="lies in a pruned unit"):
+        Plan.from_dict(other)
+    with pytest.raises(PlanError, match="pruned_fixed_params"):
+        fake_quantize(pipe, Plan(layers, pruned_units=[unit.name], pruned_fixed_params=1))
+
+
+def test_exported_pruned_model_is_smaller_and_matches_fake_pruning(pipe, tmp_path):
+    inv = inventory(pipe)
+    units = [u for u in find_units(pipe) if u.name in ("mid_block.attentions.0", "down_blocks.0.resnets.0")]
+    names = {n for u in units for n in u.layers}
+    plan = Plan({n: LayerBits(0, 0) if n in names else LayerBits(8) for n in inv.names}, model=inv.model,
+                fingerprint=inv.fingerprint, pruned_units=[u.name for u in units],
+                pruned_fixed_params=sum(u.fixed_params for u in units))
+    plan.predict(inv)
+    result = export(plan, tmp_path / "q", model=pipe)
+    assert result.matches and result.pruned_units == 2
+    qpipe = load_quantized(tmp_path / "q", dequantize=True)
+    _, qden = find_denoiser(qpipe)
+    _, den = find_denoiser(pipe)
+    n_full = sum(p.numel() for p in den.parameters())
+    n_pruned = sum(p.numel() for p in qden.parameters())
+    assert n_full - n_pruned == sum(inv[n].params + inv[n].bias for n in names) + plan.pruned_fixed_params
+    with fake_quantize(pipe, plan):
+        sim = _latents(pipe)
+    got = _latents(qpipe)
+    assert torch.allclose(got, sim, atol=1e-5)
+    assert not torch.allclose(_latents(pipe), sim, atol=1e-3)  # the simulation was really pruned
+
+
+def test_unit_rows_without_unit_table_are_refused(scored, pipe):
+    inv = inventory(pipe)
+    with pytest.raises(ValueError, match="unit table"):
+        build_problem(inv, pd.DataFrame(scored.df), "50%")

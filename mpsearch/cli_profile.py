@@ -39,6 +39,9 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", "-o", help="Profile folder (resumed when it exists).")] = Path("profiles/demo"),
         shard: Annotated[str | None, typer.Option(help="i/n: measure every n-th evaluation from the i-th.")] = None,
         all_metrics: Annotated[bool, typer.Option("--all-metrics", help="Every layer on every metric.")] = False,
+        prune: Annotated[bool, typer.Option("--prune", help="Also score every prunable block (LAPTOP-Diff: "
+                                            "the damage of removing it), so solve can mix pruning and bits. "
+                                            "With --tensors '' only the blocks are scored.")] = False,
         layers: Annotated[str | None, typer.Option(help="Regex: profile only matching layers.")] = None,
         bos_aware: Annotated[bool, typer.Option(help="MixDQ BOS-aware cross-attention K/V.")] = True,
         split_shortcut: Annotated[bool, typer.Option(help="Q-Diffusion split-shortcut activation ranges.")] = True,
@@ -61,7 +64,7 @@ def register(app: typer.Typer) -> None:
         try:
             prof = run_profile(
                 model, out=out, bits=_ints(bits, "--bits"), act_bits=_ints(act_bits, "--act-bits"),
-                tensors=[t.strip() for t in tensors.split(",")],
+                tensors=[t.strip() for t in tensors.split(",") if t.strip()], prune=prune,
                 metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
                 prompts=prompts, n_prompts=n_prompts, seed=seed, steps=steps, guidance=guidance,
                 step_groups=int(step_groups) if step_groups.isdigit() else step_groups, mode=mode, slots=slots,

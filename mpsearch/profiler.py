@@ -268,6 +268,9 @@ def profile(
     cache: bool = True,
     progress: bool = False,
     log=None,
+    backend: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
 ) -> Profile:
     """Measure a model's per-layer sensitivity and store it at `out` (resuming what is there).
 
@@ -281,6 +284,8 @@ def profile(
     `layers`: a regex (or names) selecting layers. `prune`: also score every prunable unit
     (`mpsearch.pruning`: LAPTOP-Diff's output loss with that unit removed; rows with `tensor="unit"`);
     `tensors=()` with `prune` scores the units only. `out=None` keeps the results in memory only.
+    `backend`: where measurements run, 'local' or 'ray' (`address`: the Ray cluster, `workers`: actors;
+    see `mpsearch.distributed`); every backend stores the same rows.
 
     Returns the `Profile` of everything stored at `out` (this shard's part when sharded).
     """
@@ -290,6 +295,9 @@ def profile(
     weight_cfg, act_cfg = weight_cfg or WeightQuantConfig(), act_cfg or ActQuantConfig()
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    from mpsearch.distributed import Job, get_backend
+
+    run_units = get_backend(backend, address=address, workers=workers)  # checked before any expensive work
     tensors = [t for t in TENSORS if t in tensors]
     if not tensors and not prune:
         raise ValueError("tensors: choose 'weight' and/or 'act'")
@@ -389,7 +397,7 @@ def profile(
                 todo = [u for u in units if any((u.layer, u.tensor, u.bits, m, u.group) not in store.done
                                                 for m in u.metrics)]  # fmt: skip
                 log(f"{len(units)} evaluations in this shard, {len(units) - len(todo)} already stored")
-                _run_units(prof, store, todo, 1 if mode == "exact" else slots, progress)
+                run_units(Job(prof, store, todo, 1 if mode == "exact" else slots, model, progress, log))
             result = store.profile()
     finally:
         session.remove()

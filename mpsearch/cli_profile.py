@@ -49,6 +49,11 @@ def register(app: typer.Typer) -> None:
         plugin: Annotated[list[str] | None, typer.Option(help="Python file or module registering metrics (repeatable).")] = None,
         csv: Annotated[Path | None, typer.Option(help="Also write the profile as CSV here.")] = None,
         device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+        backend: Annotated[str, typer.Option(help="local | ray (measurements spread over Ray actors, "
+                                                  "one model replica each; pip install 'mpsearch[ray]').")] = "local",
+        address: Annotated[str | None, typer.Option(help="Ray cluster to join, e.g. auto or ray://head:10001 "
+                                                         "(default: RAY_ADDRESS, else a local one).")] = None,
+        workers: Annotated[int | None, typer.Option(help="Ray actors (default: the cluster's GPUs, else CPUs).")] = None,
     ) -> None:
         """Measure each layer's sensitivity (one layer quantized at a time) and store it under --out."""
         import time
@@ -70,9 +75,9 @@ def register(app: typer.Typer) -> None:
                 step_groups=int(step_groups) if step_groups.isdigit() else step_groups, mode=mode, slots=slots,
                 shard=shard, all_metrics=all_metrics, layers=layers, bos_aware=bos_aware,
                 split_shortcut=split_shortcut, progressive=progressive, device=device, progress=True,
-                log=lambda msg: console.print(f"[dim]{msg}[/]"),
+                log=lambda msg: console.print(f"[dim]{msg}[/]"), backend=backend, address=address, workers=workers,
             )  # fmt: skip
-        except (ModelError, ProfileError, ValueError, KeyError, FileNotFoundError) as e:
+        except (ModelError, ProfileError, ValueError, KeyError, FileNotFoundError, ImportError) as e:
             fail(str(e).strip("'\""))
         console.print(f"{out}: {len(prof)} measurements ({time.perf_counter() - t0:.0f} s), metrics "
                       f"{', '.join(prof.metrics)}, step groups {prof.step_groups}")  # fmt: skip

@@ -11,8 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from mpsearch import calibration as cal
+from mpsearch.cli import app
 from mpsearch.distributed import RAY_HINT, get_backend
 from mpsearch.metrics import METRICS, register_metric, sqnr
 from mpsearch.profile_store import Profile
@@ -72,9 +74,16 @@ def test_ray_profile_equals_local(ray_cluster, pipe, local, tmp_path):
     _equal(prof, local)
     raw = _stored(tmp_path / "p")
     assert len(raw) == len(local) == 4 * 3 * 2 and not raw.duplicated(KEYS).any()
-    again = profile(pipe, out=tmp_path / "p", backend="ray", workers=2, **KW)  # resumes: nothing left to do
+    # resumed through the CLI (the same model from its folder): everything is stored, nothing is redone
+    pipe.save_pretrained(tmp_path / "model")
+    (tmp_path / "prompts.txt").write_text("\n".join(KW["prompts"]) + "\n")
+    args = ["profile", "--model", str(tmp_path / "model"), "--prompts", str(tmp_path / "prompts.txt"), "--steps", "4",
+            "--step-groups", "2", "--bits", "2,8", "--act-bits", "4,16", "--metrics", "sqnr,ssim", "--layers",
+            KW["layers"], "--out", str(tmp_path / "p"), "--backend", "ray", "--workers", "2"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "0 evaluations" not in r.output and f"{len(raw)} already stored" in r.output
     assert len(_stored(tmp_path / "p")) == len(raw)
-    _equal(again, local)
 
 
 def test_actor_killed_mid_task_still_gives_the_full_profile(ray_cluster, pipe, local, tmp_path):
@@ -105,7 +114,10 @@ def test_actor_killed_mid_task_still_gives_the_full_profile(ray_cluster, pipe, l
     assert len(raw) == len(local) and not raw.duplicated(KEYS).any()
 
 
-def test_backend_options_are_checked(monkeypatch):
+def test_backend_options_are_checked(monkeypatch, tmp_path):
+    r = CliRunner().invoke(app, ["profile", "--workers", "2", "--out", str(tmp_path / "p")])
+    assert r.exit_code != 0 and "need --backend ray" in r.output
+
     with pytest.raises(ValueError, match="backend must be one of"):
         get_backend("slurm")
     with pytest.raises(ValueError, match="need --backend ray"):

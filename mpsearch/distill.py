@@ -1,0 +1,173 @@
+"""Recover a pruned and/or quantized denoiser by feature distillation (LAPTOP-Diff §5).
+
+    result = distill("plan.json", out="runs/recovered", steps=300)   # demo model, CPU, about a minute
+    # then: mpsearch evaluate --plan plan.json --model runs/recovered
+
+Student: the plan applied to a copy of the denoiser, its pruned units replaced by identity and every
+quantized layer's weight passed through the plan's weight quantizer in the forward pass with a
+straight-through estimator (quantization-aware fine-tuning of the float weights; activation quantizers
+are not in the loop). Teacher: the full-precision denoiser. Loss on the teacher's own sampling
+trajectories for `n_prompts` calibration prompts (noisy latents at every sampling step, both
+classifier-free-guidance halves):
+
+    L = ‖ε_s − ε_t‖² / ‖ε_t‖²  +  Σ_l ‖F_s^l − F_t^l‖² / ‖F_t^l‖²
+
+over the outputs F^l of every down, mid and up block (LAPTOP-Diff's normalised feature distillation:
+each term divided by the teacher feature's squared norm, so every block counts alike; the output term is
+normalised the same way). The result is written as a whole pipeline whose denoiser holds the fine-tuned
+float weights (pruned units keep their original weights, unused): applying the plan to it
+(`fake_quantize`, `export`, `mpsearch evaluate --model DIR`) gives exactly the trained student.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from mpsearch.model import find_denoiser, inventory, load_pipeline
+from mpsearch.plan import Plan
+
+
+class _SteQuant(nn.Module):
+    """Weight parametrization: forward = the checkpoint's quantized weight, backward = identity (STE)."""
+
+    def __init__(self, bits: int, cfg):
+        super().__init__()
+        self.bits, self.cfg = bits, cfg
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        from mpsearch.quant import fake_quant_weight
+
+        return w + (fake_quant_weight(w.detach(), self.bits, self.cfg) - w).detach()
+
+
+@dataclass
+class DistillResult:
+    out: str | None
+    steps: int
+    seconds: float
+    loss_first: float  # mean loss of the first 10 % of steps
+    loss_last: float  # mean loss of the last 10 % of steps
+    history: list[float] = field(default_factory=list, repr=False)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": "mpsearch.distill/1", **asdict(self)}
+
+
+def _block_outputs(den: nn.Module) -> tuple[dict[str, torch.Tensor], list]:
+    feats: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def fn(module, args, output):
+            feats[name] = output[0] if isinstance(output, tuple) else output
+        return fn
+
+    blocks = [(f"down_blocks.{i}", b) for i, b in enumerate(den.down_blocks)] + \
+             [("mid_block", den.mid_block)] + [(f"up_blocks.{i}", b) for i, b in enumerate(den.up_blocks)]
+    return feats, [b.register_forward_hook(hook(n)) for n, b in blocks if b is not None]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).pow(2).sum() / b.pow(2).sum().clamp_min(1e-12)
+
+
+def distill(
+    plan: Plan | str | Path,
+    *,
+    model: Any = None,
+    out: str | Path | None = None,
+    steps: int = 300,
+    batch: int = 32,
+    lr: float = 2e-4,
+    n_prompts: int = 32,
+    seed: int = 0,
+    sample_steps: int | None = None,
+    guidance: float | None = None,
+    log=None,
+):
+    """Fine-tune the plan's student against the FP teacher, in place; returns `(pipeline, DistillResult)`.
+
+    `model`: the model the plan was made for (pipeline or anything `load_pipeline` takes; None = demo).
+    The returned pipeline holds the fine-tuned float weights (apply the plan to use it); `out` also saves
+    it there with `plan.json` and `distill.json`. Prompts are the demo's scene sampler (`seed + 1000`,
+    other than the profiler's calibration prompts) or, for other models, the calibration fallbacks.
+    """
+    from mpsearch import calibration as cal
+    from mpsearch.exporter import check_plan, weight_config
+    from mpsearch.pruning import remove_units, restore_units
+
+    log = log or (lambda msg: None)
+    plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+    pipe = model if hasattr(model, "components") else load_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    _, den = find_denoiser(pipe)
+    inv = inventory(pipe)
+    check_plan(plan, inv, den)
+    d_steps, d_guidance = cal.demo_settings()
+    sample_steps, guidance = sample_steps or d_steps, d_guidance if guidance is None else guidance
+    prompts = cal.demo_prompts(n_prompts, seed + 1000)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    ref = cal.reference(pipe, prompts, seeds=[seed + 1000 + i for i in range(len(prompts))], steps=sample_steps,
+                        guidance=guidance)
+    log(f"teacher trajectories: {len(prompts)} prompts × {sample_steps} steps in {time.perf_counter() - t0:.1f} s")
+
+    teacher = copy.deepcopy(den).eval().requires_grad_(False)
+    cfg = weight_config(plan.format)
+    removed = remove_units(den, plan.pruned_units)
+    quantized = [n for n, b in plan.layers.items() if not b.pruned and b.w_bits < 16]
+    order = {n: list(den.get_submodule(n)._parameters) for n in quantized}
+    for name in quantized:
+        parametrize.register_parametrization(den.get_submodule(name), "weight", _SteQuant(plan.layers[name].w_bits, cfg))
+    den.train().requires_grad_(True)
+    params = [p for p in den.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    f_s, h_s = _block_outputs(den)
+    f_t, h_t = _block_outputs(teacher)
+    gen = torch.Generator().manual_seed(seed)
+    history = []
+    try:
+        for _ in range(steps):
+            rows = torch.randint(0, ref.n_rows, (batch,), generator=gen)
+            kw = ref.inputs(rows)
+            with torch.no_grad():
+                y_t = teacher(**kw, return_dict=False)[0]
+            y_s = den(**kw, return_dict=False)[0]
+            loss = _rel(y_s, y_t) + sum(_rel(f_s[k], f_t[k]) for k in f_t if k in f_s)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            history.append(float(loss))
+    finally:
+        for h in h_s + h_t:
+            h.remove()
+        for name in quantized:
+            module = den.get_submodule(name)
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+            # parameter order is part of the model's fingerprint: put `weight` back before `bias`
+            module._parameters = {k: module._parameters[k] for k in order[name]}
+        restore_units(den, removed)
+        den.eval().requires_grad_(False)
+    k = max(1, steps // 10)
+    result = DistillResult(
+        out=str(out) if out is not None else None, steps=steps, seconds=round(time.perf_counter() - t0, 1),
+        loss_first=sum(history[:k]) / k, loss_last=sum(history[-k:]) / k, history=[round(v, 6) for v in history],
+        settings={"batch": batch, "lr": lr, "n_prompts": n_prompts, "seed": seed, "sample_steps": sample_steps,
+                  "guidance": guidance, "pruned_units": plan.pruned_units, "quantized_layers": len(quantized)},
+    )
+    log(f"distilled {steps} steps in {result.seconds} s: loss {result.loss_first:.4f} → {result.loss_last:.4f}")
+    if out is not None:
+        out = Path(out)
+        pipe.save_pretrained(out)
+        plan.save(out / "plan.json")
+        (out / "distill.json").write_text(json.dumps(result.to_dict(), indent=1))
+    return pipe, result

@@ -257,6 +257,9 @@ _register_export(app)
 from mpsearch.cli_profile import register as _register_profile  # noqa: E402
 
 _register_profile(app)
+from mpsearch.cli_distill import register as _register_distill  # noqa: E402
+
+_register_distill(app)
 
 @app.command()
 def demo(

@@ -146,7 +146,7 @@ def distill(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            history.append(float(loss))
+            history.append(loss.item())
     finally:
         for h in h_s + h_t:
             h.remove()

@@ -1,0 +1,259 @@
+"""Layer pruning on the demo model: quantization only vs pruning + quantization at equal bytes, before and
+after distillation, and LAPTOP-Diff's additivity check.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/pruning.py [--n-prompts 24] [--distill-steps 150]
+
+Profile: the shipped layer profile (`profiles/demo`) plus the unit scores of `profiles/demo-prune`
+(`mpsearch profile --prune --tensors ''`). At each byte budget (the bytes of uniform 2.5 / 3 / 4-bit
+weights, and one below uniform 2-bit that only pruning can meet), weight-only plans:
+
+- `quant`: the ILP without the pruning option;
+- `joint`: the ILP with the pruning option (it prunes only where its additive loss model says so);
+- `prune-k`: the k units with the lowest single-unit score removed (LAPTOP-Diff's one-shot selection),
+  the ILP choosing the other layers' bits in the bytes left.
+
+Each plan is sampled (fake quantization + pruning, same seeds as FP) on in-domain and held-out prompts:
+full-prompt adherence (demo detector) and SSIM against the FP images; then distilled (`mpsearch.distill`,
+LAPTOP-Diff normalised feature KD, STE quantizers) and sampled again. Additivity: for random sets of
+2-4 units, the denoiser-output MSE of removing the set vs the sum of the single-unit MSEs, on the
+profile's calibration reference (Pearson and Spearman correlation).
+Writes benchmarks/results/pruning.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def load_problem_inputs(base: Path, units: Path):
+    import pandas as pd
+
+    from mpsearch.model import inventory
+    from mpsearch.profile_store import Profile
+
+    layer_prof, unit_prof = Profile.load(base), Profile.load(units)
+    inv = inventory(None)
+    df = pd.concat([layer_prof.df, unit_prof.df[unit_prof.df.tensor == "unit"]], ignore_index=True)
+    meta = {**layer_prof.meta, "units": unit_prof.meta["units"]}
+    return df, meta, inv, unit_prof
+
+
+def plans_at(df, meta, inv, budget_bytes: int, ks=(1, 2, 3)) -> dict:
+    from mpsearch.planner import BudgetInfeasible, solve
+    from mpsearch.problem import SearchSpace, build_problem, solution_to_plan
+    from solvers.ilp import solve_ilp
+
+    budget = f"{budget_bytes}B"
+    out = {}
+    for name, prune in (("quant", False), ("joint", True)):
+        try:
+            out[name] = solve((df, inv, meta), budget, space=SearchSpace(weight_only=True, prune=prune))
+        except BudgetInfeasible as e:
+            out[name] = str(e)
+    units = df[(df.tensor == "unit") & (df.metric == "mse")].groupby("layer")["degradation"].sum().sort_values()
+    sp = build_problem(inv, df, budget, space=SearchSpace(weight_only=True), units=meta["units"])
+    for k in ks:
+        forced = list(units.index[:k])
+        fixed = {n: "pruned" for n in inv.names if any(n.startswith(u + ".") for u in forced)}
+        sol = solve_ilp(sp.problem.replace(fixed=fixed))
+        out[f"prune-{k}"] = (solution_to_plan(sol, inv, budget=budget, units=meta["units"])
+                             if sol.status != "infeasible" else "infeasible")
+    return out
+
+
+def sample_metrics(pipe, plan, prompts, fp_images, seed, steps, guidance) -> tuple[dict, dict]:
+    from mpsearch.evaluation import _generate, image_metrics
+    from mpsearch.exporter import fake_quantize
+
+    images, metrics = {}, {}
+    with fake_quantize(pipe, plan):
+        for split, ps in prompts.items():
+            images[split] = _generate(pipe, ps, seed, steps, guidance)
+    for split, ps in prompts.items():
+        m = image_metrics(fp_images[split], images[split], ps, ["adherence", "ssim"])
+        metrics[split] = {"adherence": m.get("adherence"), "ssim": m.get("ssim")}
+    return metrics, images
+
+
+def additivity(pipe, ref, units, n_sets: int, seed: int) -> dict:
+    import numpy as np
+    import torch
+    from scipy.stats import pearsonr, spearmanr
+
+    from mpsearch.model import find_denoiser
+    from mpsearch.pruning import pruned
+
+    _, den = find_denoiser(pipe)
+    rows = torch.arange(ref.n_rows)
+    fp = ref.outputs.flatten(0, 1)
+
+    def mse(names):
+        with torch.no_grad(), pruned(pipe, names):
+            return float((ref.forward(den, rows) - fp).pow(2).mean())
+
+    single = {u: mse([u]) for u in units}
+    rng = random.Random(seed)
+    sets = []
+    seen = set()
+    while len(sets) < n_sets:
+        s = tuple(sorted(rng.sample(units, rng.randint(2, min(4, len(units))))))
+        if s not in seen:
+            seen.add(s)
+            sets.append({"units": list(s), "sum_single": sum(single[u] for u in s), "measured": mse(list(s))})
+    a = np.array([s["sum_single"] for s in sets])
+    b = np.array([s["measured"] for s in sets])
+    return {"single_mse": single, "sets": sets, "pearson": float(pearsonr(a, b)[0]),
+            "spearman": float(spearmanr(a, b)[0]), "mean_ratio_measured_over_sum": float(np.mean(b / a))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n-prompts", type=int, default=24, help="prompts per split")
+    ap.add_argument("--profile", default=str(ROOT / "profiles" / "demo"))
+    ap.add_argument("--units", default=str(ROOT / "profiles" / "demo-prune"))
+    ap.add_argument("--distill-steps", type=int, default=150)
+    ap.add_argument("--sets", type=int, default=40, help="random unit sets for the additivity check")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--budgets", default="1.8,2.5,3", help="budgets as uniform-bit equivalents (bytes)")
+    ap.add_argument("--prune-k", default="1,2", help="numbers of lowest-scoring units to force out")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_flush_denormal(True)
+    from mpsearch import calibration as cal
+    from mpsearch.distill import distill
+    from mpsearch.evaluation import _generate, default_prompts
+    from mpsearch.model import load_pipeline
+    from mpsearch.plan import Plan
+
+    t0 = time.perf_counter()
+    df, meta, inv, unit_prof = load_problem_inputs(Path(args.profile), Path(args.units))
+    pipe = load_pipeline(None)
+    steps, guidance = cal.demo_settings()
+    prompts = default_prompts(pipe, args.n_prompts)
+    fp_images = {s: _generate(pipe, ps, args.seed, steps, guidance) for s, ps in prompts.items()}
+    from mpsearch.evaluation import image_metrics
+
+    fp_adh = {s: image_metrics(fp_images[s], fp_images[s], ps, ["adherence"])["adherence"] for s, ps in prompts.items()}
+    print(f"FP adherence {fp_adh}", flush=True)
+
+    ref_file = next((Path(args.units) / "cache").glob("reference-*.safetensors"), None)
+    ref = cal.Reference.load(ref_file) if ref_file else cal.reference(
+        pipe, unit_prof.meta["sampling"]["prompts"], seeds=unit_prof.meta["sampling"]["seeds"], steps=steps,
+        guidance=guidance)
+    add = additivity(pipe, ref, list(meta["units"]), args.sets, args.seed)
+    print(f"additivity: pearson {add['pearson']:.3f} spearman {add['spearman']:.3f}", flush=True)
+
+    def uniform_bytes(b: float) -> int:
+        if b < 2:
+            return int(Plan.uniform(inv, 2).predicted["bytes"] * b / 2)
+        lo = int(b)
+        blo, bhi = Plan.uniform(inv, lo).predicted["bytes"], Plan.uniform(inv, lo + 1).predicted["bytes"]
+        return int(blo + (b - lo) * (bhi - blo))
+
+    rows = []
+    for b in [float(x) for x in args.budgets.split(",")]:
+        budget = uniform_bytes(b)
+        ks = tuple(int(k) for k in args.prune_k.split(",") if k)
+        for method, plan in plans_at(df, meta, inv, budget, ks).items():
+            row = {"budget_bits_equiv": b, "budget_bytes": budget, "method": method}
+            if isinstance(plan, str):
+                rows.append({**row, "status": "infeasible", "note": plan[:160]})
+                print(f"{b} {method}: infeasible", flush=True)
+                continue
+            row.update(status="ok", bytes=plan.predicted["bytes"], mean_w_bits=plan.predicted["mean_w_bits"],
+                       pruned_units=plan.pruned_units, predicted_loss=round(plan.predicted.get("loss", 0.0), 6))
+            if method == "joint" and not plan.pruned_units and any(
+                    r["method"] == "quant" and r["budget_bytes"] == budget and r["status"] == "ok" for r in rows):
+                row["note"] = "same plan as quant (no unit pruned)"
+                rows.append(row)
+                print(f"{b} {method}: same as quant", flush=True)
+                continue
+            row["before"], _ = sample_metrics(pipe, plan, prompts, fp_images, args.seed, steps, guidance)
+            if args.distill_steps:
+                student = load_pipeline(None)
+                _, res = distill(plan, model=student, steps=args.distill_steps, seed=args.seed)
+                row["after"], _ = sample_metrics(student, plan, prompts, fp_images, args.seed, steps, guidance)
+                row["distill"] = {"seconds": res.seconds, "loss_first": round(res.loss_first, 5),
+                                  "loss_last": round(res.loss_last, 5)}
+                del student
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "pruned_units"}), flush=True)
+
+    elapsed = time.perf_counter() - t0
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {"schema": "mpsearch.bench.pruning/1", "n_prompts": args.n_prompts, "seed": args.seed,
+           "distill_steps": args.distill_steps, "fp_adherence": fp_adh, "additivity": add, "rows": rows,
+           "units": meta["units"], "seconds": round(elapsed, 1),
+           "torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    (RESULTS / "pruning.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / "pruning.md").write_text(markdown(out))
+    print(f"done in {elapsed:.0f} s → {RESULTS / 'pruning.md'}")
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def markdown(r: dict) -> str:
+    lines = [
+        "# Layer pruning + quantization on the demo model",
+        "",
+        f"{r['n_prompts']} prompts per split (in-domain `calib`, held-out `heldout`), seed {r['seed']}, "
+        f"weight-only plans, distillation {r['distill_steps']} steps. FP adherence: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in r["fp_adherence"].items())
+        + f". Total {r['seconds']:.0f} s on CPU ({r['torch_threads']} threads).",
+        "",
+        "Budgets are bytes, written as the uniform weight width of the same size (1.8 = 90 % of uniform "
+        "2-bit: only pruning reaches it). `quant` = ILP without pruning, `joint` = ILP with the pruning "
+        "option, `prune-k` = the k lowest-scoring units removed (LAPTOP-Diff one-shot), ILP bits for the rest.",
+        "",
+        "| budget | method | bytes | mean w bits | pruned | adherence calib | adherence heldout | SSIM calib "
+        "| SSIM heldout | after KD: adh. calib | adh. heldout | SSIM calib | SSIM heldout |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in r["rows"]:
+        if row["status"] != "ok":
+            lines.append(f"| {row['budget_bits_equiv']:g} | {row['method']} | – | – | infeasible | | | | | | | | |")
+            continue
+        pr = ", ".join(u.replace("_blocks.", "").replace("attentions.", "attn").replace("resnets.", "res")
+                       for u in row["pruned_units"]) or "–"
+        if "before" not in row:
+            lines.append(f"| {row['budget_bits_equiv']:g} | {row['method']} | {row['bytes']:,} | "
+                         f"{row['mean_w_bits']:.2f} | {pr} | (= quant) | | | | | | | |")
+            continue
+        b, a = row["before"], row.get("after", {})
+        cells = [_fmt(b.get(s, {}).get(m)) for m in ("adherence", "ssim") for s in ("calib", "heldout")]
+        cells += [_fmt(a.get(s, {}).get(m)) for m in ("adherence", "ssim") for s in ("calib", "heldout")]
+        lines.append(f"| {row['budget_bits_equiv']:g} | {row['method']} | {row['bytes']:,} | "
+                     f"{row['mean_w_bits']:.2f} | {pr} | " + " | ".join(cells) + " |")
+    add = r["additivity"]
+    lines += [
+        "",
+        "## Additivity (LAPTOP-Diff)",
+        "",
+        f"{len(add['sets'])} random sets of 2-4 units: denoiser-output MSE of removing the set vs the sum of "
+        f"the single-unit MSEs, on the profile's calibration reference: **Pearson {add['pearson']:.3f}, "
+        f"Spearman {add['spearman']:.3f}**; measured / sum = {add['mean_ratio_measured_over_sum']:.2f} on average.",
+        "",
+        "| unit | single-unit output MSE |",
+        "|---|---:|",
+        *[f"| {u} | {v:.5f} |" for u, v in sorted(add["single_mse"].items(), key=lambda kv: kv[1])],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -83,11 +83,16 @@ def solve(
     if solver == "mixdq":
         if budget.kind != "bits":
             raise ValueError(f"MixDQ's procedure targets a mean weight bit-width: use e.g. --budget 4bits, not {budget}")
-        space = SearchSpace(**{**(space or SearchSpace()).__dict__, "weight_only": True})
+        # MixDQ's procedure allocates bits only: the pruning option (unit rows) is left out
+        space = SearchSpace(**{**(space or SearchSpace()).__dict__, "weight_only": True, "prune": False})
         # MixDQ allocates with the band ±0.02 bits around the target itself, not under a ceiling
         step_problem = build_problem(inv, df, None, fmt=fmt, space=space, units=meta.get("units"))
         options = {"target": budget.value, "group_metric": group_metrics(df, meta), "backend": backend, **options}
     else:
+        if solver != "ilp" and (space or SearchSpace()).prune and (df["tensor"] == "unit").any():
+            raise ValueError(f"the profile scores prunable units, and only the ilp solver searches pruning "
+                             f"(all-or-nothing per unit) so far, not {solver!r}: use the ilp solver, or "
+                             "SearchSpace(prune=False) for bits only")
         step_problem = build_problem(inv, df, budget, fmt=fmt, space=space, units=meta.get("units"))
     fn = get_solver(solver)
     kwargs: dict[str, Any] = dict(options)

@@ -15,6 +15,7 @@ from mpsearch.planner import solve
 from mpsearch.problem import SearchSpace, build_problem, solution_to_plan
 from mpsearch.profiler import profile
 from mpsearch.pruning import find_units, pruned
+from solvers.evolution import EvolutionConfig
 from solvers.ilp import solve_ilp
 
 PROMPTS = cal.demo_prompts(2)
@@ -156,3 +157,12 @@ def test_unit_rows_without_unit_table_are_refused(scored, pipe):
     inv = inventory(pipe)
     with pytest.raises(ValueError, match="unit table"):
         build_problem(inv, pd.DataFrame(scored.df), "50%")
+
+
+def test_solvers_without_pruning_support_say_so(scored, pipe):
+    inv = inventory(pipe)
+    with pytest.raises(ValueError, match="only the ilp solver searches pruning"):
+        solve((scored.df, inv, scored.meta), "50%", solver="evolution")
+    plan = solve((scored.df, inv, scored.meta), "50%", solver="evolution", space=SearchSpace(prune=False),
+                 config=EvolutionConfig(epochs=2))
+    assert plan.pruned_units == []

@@ -1,7 +1,6 @@
 """`mpsearch distill`: registered on the main typer app by `register(app)`."""
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: typer reads the option types at run time
 from pathlib import Path
 from typing import Annotated
 

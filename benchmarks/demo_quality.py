@@ -74,7 +74,7 @@ QUANT_PLANS = {
 
 def score(pipe, prompts, *, steps, guidance, seed) -> dict:
     t = time.perf_counter()
-    images = generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance)
+    images = generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance, batch_size=64)
     secs = time.perf_counter() - t
     full, per = detector.adherence(images, prompts)
     return {"full": full, **per, "n": len(prompts), "seconds": round(secs, 2), "_images": images}
@@ -87,7 +87,7 @@ def _pct(x: float) -> str:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=DEMO_PATH)
-    ap.add_argument("--n", type=int, default=152, help="in-domain prompts (2 per training combination)")
+    ap.add_argument("--n", type=int, default=96, help="in-domain prompts")
     ap.add_argument("--n-heldout", type=int, default=98, help="held-out prompts (7 per combination)")
     ap.add_argument("--sweep-n", type=int, default=90, help="prompts for the 4-step guidance sweep")
     ap.add_argument("--seed", type=int, default=0)

@@ -181,6 +181,8 @@ def print_plan_summary(plan, inv, budget=None) -> None:
         line += f" ≤ budget {human_bytes(budget.resolve(inv, plan.format))}"
     line += f"   mean weight bits {p['mean_w_bits']:.3f}   BitOPs {p['bitops']:.3e}"
     console.print(line)
+    if plan.pruned_units:
+        console.print(f"pruned units ({len(plan.pruned_units)}; their layers show as W0/A0): {', '.join(plan.pruned_units)}")
     s = plan.solver
     gap = f", gap {s['gap']:.2g}" if s.get("gap") else ""
     console.print(f"loss {p.get('loss', float('nan')):.5g}   solver {s.get('name', '?')}/{s.get('backend') or '-'}: "

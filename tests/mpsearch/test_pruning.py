@@ -69,6 +69,10 @@ def test_unit_scores_are_profile_rows(scored, pipe):
     assert set(rows.layer) == units and set(rows.bits) == {0}
     assert set(rows.metric) == {"sqnr", "ssim"} and (rows.degradation > 0).all()
     assert set(scored.meta["units"]) == units
+    again = profile(pipe, out=scored.path, prompts=PROMPTS, steps=2, bits=(4,), tensors=("weight",),
+                    metrics=["sqnr", "ssim"], prune=True)  # resume: every unit row is already stored
+    assert len(again.df) == len(scored.df)
+    assert (scored.path / "measurements.jsonl").read_text().count('"tensor":"unit"') == len(rows)
 
 
 def _check_all_or_nothing(plan: Plan, pipe) -> None:

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         ok = all(
             detector.detect(fp[s]["_images"][i])[k] == v for k, v in scenes.parse_caption(p)._asdict().items()
         )
-        labels.append(("" if s == "in-domain" else "[held-out] ") + p[2:] + (" ✓" if ok else " ✗"))
+        labels.append(("" if s == "in-domain" else "[held-out] ") + p[2:] + ("" if ok else " [WRONG]"))
     image_grid(imgs, rows=-(-len(imgs) // 8), cols=8, labels=labels, tile=112).save(
         args.images / "demo_grid.png"
     )

@@ -10,9 +10,10 @@ DEFAULT = {"steps": 20, "guidance": 5.0}
 def sampling_defaults(model: Any = None) -> dict[str, Any]:
     """`{"steps", "guidance"}` for the demo (its tuned few-step setting), bundled configs, or any model."""
     if model is None or str(model) == "demo":
-        from mpsearch import zoo
+        from mpsearch.calibration import demo_settings
 
-        return {"steps": getattr(zoo, "DEMO_STEPS", 8), "guidance": getattr(zoo, "DEMO_GUIDANCE", 3.0)}
+        steps, guidance = demo_settings()
+        return {"steps": steps, "guidance": guidance}
     from mpsearch.model import bundled_config, bundled_configs
 
     if str(model) in bundled_configs():

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 DEMO_PATH = Path(__file__).resolve().parent / "demo"
 # The sampling setting every command uses on the demo model (profile, evaluate, generate, demo): few
-# steps, as MixDQ targets; at 8 steps / guidance 3 the FP model is as adherent as at 20 steps.
+# steps, as MixDQ targets (the FP adherence at this setting is in benchmarks/results/plan_quality.md).
 DEMO_STEPS = 8
 DEMO_GUIDANCE = 3.0
 

@@ -227,7 +227,8 @@ def markdown(r: dict) -> str:
         if row["status"] != "ok":
             lines.append(f"| {row['budget_bits_equiv']:g} | {row['method']} | – | – | infeasible | | | | | | | | |")
             continue
-        pr = ", ".join(u.replace("_blocks.", "").replace("attentions.", "attn").replace("resnets.", "res")
+        pr = ", ".join(u.replace("_blocks.", "").replace("mid_block.", "mid.").replace("attentions.", "attn")
+                       .replace("resnets.", "res")
                        for u in row["pruned_units"]) or "–"
         if "before" not in row:
             lines.append(f"| {row['budget_bits_equiv']:g} | {row['method']} | {row['bytes']:,} | "

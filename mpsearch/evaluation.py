@@ -295,7 +295,8 @@ def evaluate(
     cands: list[Candidate] = []
     for name, kind, plan in todo:
         wb = plan.w_bits() if plan else dict.fromkeys(inv.names, FLOAT_BITS)
-        c = Candidate(name, kind, plan, model_bytes(inv, wb, fmt if plan is None else plan.format), mean_bits(inv, wb))
+        c = Candidate(name, kind, plan, model_bytes(inv, wb, fmt if plan is None else plan.format,
+                                                    plan.pruned_fixed_params if plan else 0), mean_bits(inv, wb))
         log(f"{name}: {c.bytes:,} bytes, {c.mean_bits:.2f} mean bits")
         t0 = time.perf_counter()
         if plan is None:

@@ -349,7 +349,11 @@ def _model_name(model: Any) -> str:
     if isinstance(model, (str, Path)):
         return str(model)
     path = getattr(getattr(model, "config", None), "_name_or_path", None)
-    return str(path) if path else type(model).__name__
+    if path:
+        from mpsearch.zoo import DEMO_PATH
+
+        return "demo" if Path(str(path)).resolve() == DEMO_PATH else str(path)
+    return type(model).__name__
 
 
 def inventory(

@@ -38,3 +38,38 @@ def test_inspect_json_and_group_override():
 def test_inspect_bad_input_is_a_clear_error():
     result = runner.invoke(app, ["inspect", "--model", "sd15", "--group", "nonsense"])
     assert result.exit_code == 2 and "REGEX=content" in result.output
+
+
+def test_generate_writes_an_image_and_a_grid(tmp_path):
+    from PIL import Image
+
+    one = tmp_path / "one.png"
+    result = runner.invoke(app, ["generate", "-p", "a red circle at the top left", "-o", str(one), "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert Image.open(one).size == (32, 32)
+    grid = tmp_path / "grid.png"
+    result = runner.invoke(app, ["generate", "-p", "a red circle at the top left", "-p", "a blue square in the center",
+                                 "-o", str(grid), "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert Image.open(grid).size[0] > 2 * 32
+    assert runner.invoke(app, ["generate", "-o", str(grid)]).exit_code == 2
+
+
+def test_solve_with_the_shipped_profile(tmp_path):
+    from mpsearch.plan import Plan
+
+    out = tmp_path / "plan.json"
+    result = runner.invoke(app, ["solve", "--budget", "3bits", "-o", str(out), "--pareto", "2.5bits:4bits:4"])
+    assert result.exit_code == 0, result.output
+    assert "mean of 3 weight bits" in result.output and "optimal" in result.output
+    plan = Plan.load(out)
+    assert plan.predicted["mean_w_bits"] <= 3.0
+    assert out.with_suffix(".pareto.csv").is_file() and out.with_suffix(".pareto.png").is_file()
+
+
+def test_solve_infeasible_budget_names_the_smallest():
+    result = runner.invoke(app, ["solve", "--budget", "100kB", "-o", "/tmp/never.json"])
+    assert result.exit_code == 2
+    assert "infeasible" in result.output and "smallest" in result.output
+    result = runner.invoke(app, ["solve", "--budget", "lots"])
+    assert result.exit_code == 2 and "accepted budgets" in result.output

@@ -379,6 +379,8 @@ def profile(
             units = find_units(pipe, inv)
             meta["units"] = unit_meta(units)
         store = Store(out_path, meta) if out_path is not None else _MemoryStore(meta)
+        if out_path is not None:  # so `solve` needs no model: profile on a GPU box, solve on a laptop
+            inv.save(Path(out_path) / "inventory.json")
         with store:
             if "act" in tensors:
                 t0 = time.perf_counter()

@@ -194,7 +194,7 @@ def solve(
     budget: Annotated[str, typer.Option("--budget", "-b", help="4GB, 4GiB, 500MB, 4.5bits, 30%, 2Tbitops, 25%bitops.")],
     profile: Annotated[Path, typer.Option("--profile", "-p", help="Profile folder from `mpsearch profile`.")] = Path("profiles/demo"),
     solver: Annotated[str, typer.Option(help="ilp | mixdq | evolution")] = "ilp",
-    backend: Annotated[str, typer.Option(help="ILP backend: cbc | cpsat | scip")] = "cbc",
+    backend: Annotated[str | None, typer.Option(help="ILP backend: cbc | cpsat | scip (default: cbc; scip for MixDQ mode)")] = None,
     fmt: Annotated[str, typer.Option("--format", help="Weight storage format: packed | quanto")] = "packed",
     protect: Annotated[list[str] | None, typer.Option(help="REGEX of layers kept at 16 bits (repeatable).")] = None,
     protect_top: Annotated[float, typer.Option(help="Fraction of most sensitive layers kept at 16 bits (MixDQ: 0.01).")] = 0.0,
@@ -241,7 +241,8 @@ def solve(
     if pareto:
         try:
             lo, hi, n = pareto.split(":")
-            front = pareto_front(profile, Budget.parse(lo), Budget.parse(hi), int(n), backend=backend, fmt=fmt, space=space)
+            front = pareto_front(profile, Budget.parse(lo), Budget.parse(hi), int(n), backend=backend or "cpsat",
+                                 fmt=fmt, space=space)
         except (ValueError, BudgetError) as e:
             fail(f"--pareto {pareto!r}: {e}")
         csv = out.with_suffix(".pareto.csv")

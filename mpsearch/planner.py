@@ -65,7 +65,7 @@ def solve(
     budget: Budget | str,
     *,
     solver: str = "ilp",
-    backend: str = "cbc",
+    backend: str | None = None,
     fmt: str | None = None,
     space: SearchSpace | None = None,
     time_limit: float | None = None,
@@ -87,7 +87,9 @@ def solve(
         space = SearchSpace(**{**(space or SearchSpace()).__dict__, "weight_only": True, "prune": False})
         # MixDQ allocates with the band ±0.02 bits around the target itself, not under a ceiling
         step_problem = build_problem(inv, df, None, fmt=fmt, space=space, units=meta.get("units"))
-        options = {"target": budget.value, "group_metric": group_metrics(df, meta), "backend": backend, **options}
+        # MixDQ solves ~200 small group ILPs per sweep: in-process SCIP (as MixDQ does) by default
+        options = {"target": budget.value, "group_metric": group_metrics(df, meta), "backend": backend or "scip",
+                   **options}
     else:
         if solver != "ilp" and (space or SearchSpace()).prune and (df["tensor"] == "unit").any():
             raise ValueError(f"the profile scores prunable units, and only the ilp solver searches pruning "
@@ -97,7 +99,7 @@ def solve(
     fn = get_solver(solver)
     kwargs: dict[str, Any] = dict(options)
     if solver == "ilp":
-        kwargs.update(backend=backend, time_limit=time_limit)
+        kwargs.update(backend=backend or "cbc", time_limit=time_limit)
     target = step_problem if solver == "evolution" else step_problem.problem
     try:
         solution = fn(target, **kwargs)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from solver_strategies import small_problems
+from tests.solvers.solver_strategies import small_problems
 
 from solvers import Constraint, InfeasibleBudget, Problem, smallest_feasible, solve_ilp
 from solvers.bruteforce import solve_bruteforce

@@ -17,7 +17,6 @@ dependencies) before any expensive work, and `backend(job)` measures `job.units`
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 import time
 from collections import deque
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mpsearch.profiler import Profiler, Unit, _batches, _run_units
+from mpsearch.progress import unit_bar
 
 BACKENDS: dict[str, type] = {}
 RAY_HINT = "the ray backend needs Ray: pip install 'mpsearch[ray]'"
@@ -136,7 +136,7 @@ class RayBackend:
         attempts = [0] * len(tasks)
         in_flight: dict[Any, tuple[Any, int]] = {}
         depth = 2  # tasks queued per actor, so it never waits on the driver
-        with _bar(len(job.units), job.progress) as advance:
+        with unit_bar(len(job.units), job.progress, "profiling (ray)") as advance:
             while pending or in_flight:
                 for a in actors:
                     while pending and sum(1 for x, _ in in_flight.values() if x is a) < depth:
@@ -260,26 +260,4 @@ def _load_calibration(sess, state: dict) -> None:
     sess.timesteps, sess.progressive = state["timesteps"], state["progressive"]
     for name, (rng, step_range) in state["ranges"].items():
         sess.layers[name].range, sess.layers[name].step_range = rng, dict(step_range)
-
-
-@contextlib.contextmanager
-def _bar(total: int, show: bool):
-    """`advance(n, unit)`: a rich progress bar when `show`, else nothing."""
-    if not show:
-        yield lambda n, unit: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("•"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task("profiling (ray)", total=total)
-        yield lambda n, u: bar.update(task, advance=n, description=f"ray {u.stage} g{u.group} {u.layer[-40:]}")
 

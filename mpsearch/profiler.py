@@ -426,28 +426,12 @@ def _batches(units: list[Unit], size: int) -> list[list[Unit]]:
 
 
 def _run_units(prof: Profiler, store, todo: list[Unit], size: int, progress: bool) -> None:
-    batches = _batches(todo, size)
-    if not progress:
-        for b in batches:
-            store.append(prof.evaluate(b))
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from mpsearch.progress import unit_bar
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("•"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task("profiling", total=len(todo))
-        for b in batches:
-            bar.update(task, description=f"{b[0].stage} g{b[0].group} {b[0].layer[-40:]}")
+    with unit_bar(len(todo), progress) as advance:
+        for b in _batches(todo, size):
             store.append(prof.evaluate(b))
-            bar.advance(task, len(b))
+            advance(len(b), b[0])
 
 
 def _run_fisher(prof: Profiler, store, layers, tensors, candidates, groups, seed, log) -> None:

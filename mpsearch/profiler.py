@@ -80,10 +80,13 @@ def _is_demo(model) -> bool:
 
 def plan_units(layers, groups: list[list[int]], candidates: Candidates, tensors: Sequence[str],
                metrics: Sequence[Metric], all_metrics: bool) -> list[Unit]:  # fmt: skip
-    """Every evaluation of a profile, in a fixed order (shards take every n-th)."""
+    """Every evaluation of a profile, in a fixed order (shards take every n-th).
+
+    A layer is measured on the metrics of its group's kind (MixDQ); when none of the chosen metrics has
+    that kind (e.g. `--metrics sqnr` only), on all of them, so that every layer is measured."""
     units = []
     for layer in layers:
-        ms = [m for m in metrics if all_metrics or m.kind == layer.group]
+        ms = [m for m in metrics if all_metrics or m.kind == layer.group] or list(metrics)
         for tensor in tensors:
             for bits in candidates.of(tensor):
                 for g in range(len(groups)):

@@ -7,8 +7,8 @@ import pytest
 from mpsearch.budget import Budget
 from mpsearch.cost import fixed_bytes, layer_bytes, model_bytes
 from mpsearch.model import inventory
-from mpsearch.problem import SearchSpace, build_problem
 from mpsearch.planner import BudgetInfeasible, solve
+from mpsearch.problem import SearchSpace, build_problem
 
 W_BITS, A_BITS = (2, 4, 8), (4, 8)
 
@@ -134,4 +134,23 @@ def test_evolution_respects_the_budget(inv):
     plan = solve((df, inv), "25%bitops", solver="evolution", seed=0)
     assert plan.predicted["bitops"] <= Budget.parse("25%bitops").resolve(inv) * (1 + 1e-9)
     again = solve((df, inv), "25%bitops", solver="evolution", seed=0)
+    assert again.to_dict()["layers"] == plan.to_dict()["layers"]
+
+
+def test_search_profiles_then_solves(tmp_path, tiny_pipe):
+    """mpsearch.search = profile + solve, on a tiny pipeline; the profile folder is reused on a second call."""
+    from mpsearch.model import inventory as inv_of
+    from mpsearch.planner import search
+
+    opts = dict(bits=(2, 4, 8), tensors=("weight",), metrics=("sqnr",), prompts=["a cat", "a dog"], steps=2,
+                guidance=1.0)
+    plan = search(tiny_pipe, "4bits", profile_dir=tmp_path / "p", profile_options=opts)
+    inv = inv_of(tiny_pipe)
+    plan.validate(inv)
+    assert plan.predicted["mean_w_bits"] <= 4 + 1e-9
+    assert {b.w_bits for b in plan.layers.values()} <= {2, 4, 8, 16}
+    rows = (tmp_path / "p" / "measurements.jsonl").read_text().count("\n")
+    assert rows == len(inv) * 3
+    again = search(tiny_pipe, "4bits", profile_dir=tmp_path / "p", profile_options=opts)
+    assert (tmp_path / "p" / "measurements.jsonl").read_text().count("\n") == rows  # nothing measured twice
     assert again.to_dict()["layers"] == plan.to_dict()["layers"]

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from tests.solvers.solver_strategies import small_problems
 
 from solvers import Constraint, InfeasibleBudget, Problem, smallest_feasible, solve_ilp
 from solvers.bruteforce import solve_bruteforce
+from tests.solvers.solver_strategies import small_problems
 
 BACKENDS = ["cbc", "scip", "cpsat"]
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -33,8 +33,9 @@ def load_profile(profile: Any) -> tuple[pd.DataFrame, dict[str, Any], Inventory]
 
         profile = Profile.load(profile)
     df, meta = profile.df, dict(profile.meta)
-    inv_file = Path(getattr(profile, "path", "") or "") / "inventory.json"
-    if inv_file.is_file():
+    folder = getattr(profile, "path", None)
+    inv_file = Path(folder) / "inventory.json" if folder else None
+    if inv_file is not None and inv_file.is_file():
         inv = Inventory.load(inv_file)
     else:
         model = meta.get("model") or None
@@ -107,7 +108,7 @@ def solve(
         raise BudgetInfeasible(str(e), e.smallest_feasible) from None
     if solution.status == "infeasible":
         raise BudgetInfeasible(budget_error_text(solution, budget, inv), solution.smallest_feasible)
-    extra = {"name": solver, "profile": meta.get("name") or str(profile) if isinstance(profile, (str, Path)) else ""}
+    extra = {"name": solver, "profile": str(profile) if isinstance(profile, (str, Path)) else meta.get("name", "")}
     if "kept_steps" in solution.info:
         extra["kept_steps"] = list(solution.info["kept_steps"])
     plan = solution_to_plan(solution, inv, fmt=fmt, budget=budget, extra=extra, units=meta.get("units"))

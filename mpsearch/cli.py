@@ -185,7 +185,9 @@ def print_plan_summary(plan, inv, budget=None) -> None:
         console.print(f"pruned units ({len(plan.pruned_units)}; their layers show as W0/A0): {', '.join(plan.pruned_units)}")
     s = plan.solver
     gap = f", gap {s['gap']:.2g}" if s.get("gap") else ""
-    console.print(f"loss {p.get('loss', float('nan')):.5g}   solver {s.get('name', '?')}/{s.get('backend') or '-'}: "
+    name, backend = s.get("name", "?"), s.get("backend") or "-"
+    label = backend if backend.startswith(name) else f"{name}/{backend}"
+    console.print(f"loss {p.get('loss', float('nan')):.5g}   solver {label}: "
                   f"{s.get('status', '?')}{gap} in {s.get('time_s', 0):.3f}s")
 
 

@@ -39,7 +39,7 @@ from torch import nn
 from mpsearch.cost import FLOAT_BITS, WeightFormat, fp16_bytes, get_format, layer_bytes, model_bytes
 from mpsearch.model import Inventory, find_denoiser, fingerprint, inventory, load_pipeline
 from mpsearch.plan import Plan, PlanError
-from mpsearch.quant import WeightQuantConfig, fake_quant_weight, quantize_weight
+from mpsearch.quant import WeightQuantConfig, bos_layers, fake_quant_weight, quantize_weight
 from mpsearch.storage import get_storage, zero_point
 
 SCHEMA = "mpsearch.quantized/1"
@@ -107,15 +107,6 @@ def _plan_of(plan: Plan | str | Path) -> Plan:
 
 # --------------------------------------------------------------------------------------------------
 # BOS-aware cross-attention K/V (MixDQ §1.3)
-
-
-def bos_layers(denoiser: nn.Module, pipe: Any = None) -> list[str]:
-    """Cross-attention `to_k` / `to_v` layers whose BOS row is a constant: CLIP text encoders only."""
-    encoder = getattr(pipe, "text_encoder", None) if pipe is not None else None
-    if pipe is not None and (encoder is None or "CLIPText" not in type(encoder).__name__):
-        return []
-    return [n for n, m in denoiser.named_modules()
-            if isinstance(m, nn.Linear) and (n.endswith("attn2.to_k") or n.endswith("attn2.to_v"))]
 
 
 class _Captured(Exception):

@@ -154,10 +154,15 @@ class Candidates:
 BOS_PATTERN = r"(^|\.)attn2\.to_[kv]$"
 
 
-def bos_layers(denoiser: torch.nn.Module) -> list[str]:
-    """Cross-attention `to_k` / `to_v` layers: their first text token (BOS) is kept in full precision."""
+def bos_layers(denoiser: torch.nn.Module, pipe=None) -> list[str]:
+    """Cross-attention `to_k` / `to_v` layers whose first text token (BOS) is kept in full precision.
+
+    BOS is a constant only with a causal CLIP text encoder: given a pipeline with another encoder, none."""
     import re
 
+    encoder = getattr(pipe, "text_encoder", None) if pipe is not None else None
+    if pipe is not None and (encoder is None or "CLIPText" not in type(encoder).__name__):
+        return []
     return [n for n, m in denoiser.named_modules() if isinstance(m, torch.nn.Linear) and re.search(BOS_PATTERN, n)]
 
 
@@ -345,7 +350,7 @@ class QuantSession:
         self.candidates, self.weight_cfg, self.act_cfg = candidates, weight_cfg, act_cfg
         self.bos_aware, self.split_shortcut, self.split_weights = bos_aware, split_shortcut, split_weights
         self.progressive = False
-        bos = set(bos_layers(self.denoiser)) if bos_aware else set()
+        bos = set(bos_layers(self.denoiser, pipe)) if bos_aware else set()
         splits = split_points(self.denoiser) if split_shortcut else {}
         wanted = set(layers) if layers is not None else None
         self.layers: dict[str, _LayerQuant] = {}

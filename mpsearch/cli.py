@@ -10,10 +10,10 @@ from typing import Annotated
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported anywhere
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 import mpsearch
+from mpsearch.cli_common import ModelOpt, console, err, fail
 
 app = typer.Typer(
     name="mpsearch",
@@ -22,16 +22,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-console = Console()
-err = Console(stderr=True)
-
-ModelOpt = Annotated[
-    str | None,
-    typer.Option("--model", "-m", help="Hub id, local folder, single file, bundled config "
-                 "(sd15, sdxl-base, sdxl-turbo, pixart-alpha) or 'demo' (default)."),
-]
-
-
 def _version(value: bool) -> None:
     if value:
         console.print(f"mpsearch {mpsearch.__version__}")
@@ -44,11 +34,6 @@ def main(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """Mixed-precision bit-width search for diffusion models."""
-
-
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
 
 
 def human_bytes(n: float) -> str:

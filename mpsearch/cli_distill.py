@@ -8,7 +8,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from mpsearch.cli import ModelOpt, console, err, fail
+    from mpsearch.cli_common import ModelOpt, console, err, fail
 
     @app.command()
     def distill(

@@ -6,21 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-err = Console(stderr=True)
+from mpsearch.cli_common import ModelOpt, console, err, fail
 
 PlanOpt = Annotated[Path, typer.Option("--plan", "-p", help="plan.json written by `mpsearch solve`.", exists=True,
                                        dir_okay=False)]
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Hub id, local folder, single file or "
-                                                 "'demo' (default): the model the plan was made for.")]
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
 
 
 def _bytes_table(e: dict) -> Table:
@@ -55,9 +46,9 @@ def export_cmd(
         p = Plan.load(plan)
         result = export(p, out, model=model, bos=not no_bos, components=not no_components)
     except ExportError as e:
-        _fail(str(e), 1)
+        fail(str(e), 1)
     except (PlanError, ModelError, ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e))
     e = result.to_dict()
     console.print(_bytes_table(e))
     console.print(f"{e['quantized_layers']}/{e['layers']} layers quantized; written == predicted: "
@@ -93,7 +84,7 @@ def evaluate_cmd(
     from mpsearch.report import write_report
 
     if not plan and quantized is None:
-        _fail("pass --plan PLAN.json and/or --quantized DIR")
+        fail("pass --plan PLAN.json and/or --quantized DIR")
     for p in plugin or []:
         load_plugin(p)
     prompts = None
@@ -106,7 +97,7 @@ def evaluate_cmd(
                       checkpoint=(out / "checkpoint") if checkpoint and quantized is None else False,
                       progress=lambda m: err.print(f"[dim]{m}[/]"))
     except (ExportError, PlanError, ModelError, ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e))
     show_evaluation(ev, write_report(ev, out))
 
 

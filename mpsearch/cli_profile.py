@@ -17,7 +17,7 @@ def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
 
 
 def register(app: typer.Typer) -> None:
-    from mpsearch.cli import ModelOpt, console, fail
+    from mpsearch.cli_common import ModelOpt, console, fail
 
     @app.command()
     def profile(

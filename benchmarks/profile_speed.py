@@ -88,11 +88,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--naive-units", type=int, default=240, help="output measurements in the naive loop")
     ap.add_argument("--image-units", type=int, default=24, help="image measurements for naive and batched")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (results go to profile_speed_<device>.*)")
+    ap.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                    help="default: float32 on cpu, float16 on cuda")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     command = "OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/profile_speed.py " + shlex.join(argv or sys.argv[1:])
 
-    pipe = load_pipeline(args.model)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    pipe = load_pipeline(args.model, dtype=dtype, device=args.device)
     pipe.set_progress_bar_config(disable=True)
     _, denoiser = find_denoiser(pipe)
     inv = inventory(pipe)
@@ -151,7 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
         "command": command,
         "env": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "torch_threads": torch.get_num_threads(),
                 "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-                "device": "cpu"},
+                "device": args.device, "dtype": str(pipe.dtype).removeprefix("torch."),
+                "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
         "model": args.model or "demo", "layers": len(inv), "prompts": len(prompts), "steps": steps,
         "guidance": guidance, "step_groups": groups, "slots": args.slots,
         "setup_s": {"reference": round(t_ref, 2), "calibration": round(t_cal, 2)},
@@ -181,10 +186,17 @@ def main(argv: list[str] | None = None) -> dict:
         "fisher_20x_spearman_0.8": bool(o["fisher_over_naive"] >= 20 and rho >= 0.8),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "profile_speed.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "profile_speed.md").write_text(markdown(result))
+    stem = "profile_speed" if args.device == "cpu" else f"profile_speed_{args.device.split(':')[0]}"
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))
     return result
+
+
+def where(env: dict) -> str:
+    if env.get("device", "cpu") == "cpu":
+        return "CPU"
+    return f"{env.get('gpu') or env['device']} ({env.get('dtype')})"
 
 
 def markdown(r: dict) -> str:
@@ -198,7 +210,7 @@ def markdown(r: dict) -> str:
         "```",
         "",
         f"Model `{r['model']}` ({r['layers']} layers), {r['prompts']} prompts × {r['steps']} steps, guidance "
-        f"{r['guidance']}, step groups {r['step_groups']}, {r['slots']} slots. CPU, {env['torch_threads']} torch "
+        f"{r['guidance']}, step groups {r['step_groups']}, {r['slots']} slots. {where(env)}, {env['torch_threads']} torch "
         f"threads on {env['cpu_count']} cores, **OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}**, torch {env['torch']}. "
         f"Setup shared by all modes (not in the rates): FP reference {r['setup_s']['reference']} s, activation "
         f"calibration {r['setup_s']['calibration']} s.",

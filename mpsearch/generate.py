@@ -2,10 +2,12 @@
 
 >>> images = generate(pipe, ["a red circle at the top left", "a blue square in the center"], steps=4)
 >>> image_grid(images, rows=1, cols=2, labels=["red circle", "blue square"]).save("grid.png")
+>>> images = generate(pipe, prompts, timesteps=[999, 749, 374, 124])  # a plan's kept timesteps
 """
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 from collections.abc import Sequence
 
@@ -18,13 +20,18 @@ def generate(
     prompts: Sequence[str],
     *,
     seed: int = 0,
-    steps: int = 20,
+    steps: int | None = None,
     guidance: float = 4.0,
     height: int | None = None,
     width: int | None = None,
     batch_size: int = 32,
+    timesteps: Sequence[int] | None = None,
 ) -> list[Image.Image]:
     """One image per prompt, as PIL images, in prompt order.
+
+    `timesteps`: sample at exactly these timesteps (decreasing; `mpsearch.timesteps` says which schedulers
+    can) instead of `steps` evenly spaced ones. Neither given: a pipeline from `load_quantized` whose plan
+    keeps timesteps samples at those, any other at 20 steps.
 
     The i-th image's starting noise comes from its own generator seeded with `seed + i`, so a picture
     depends on the seed and its index only, not on `batch_size` or on the other prompts in its batch.
@@ -36,18 +43,34 @@ def generate(
     gen_device = "cpu" if device.type == "mps" else device  # mps generators are not reproducible
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
+    plan = getattr(pipe, "mpsearch_plan", None)
+    if timesteps is None and steps is None and plan is not None and plan.kept_timesteps:
+        timesteps = plan.kept_timesteps
+    if timesteps is not None and steps is not None:
+        raise ValueError("pass steps or timesteps, not both")
     out: list[Image.Image] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         gens = [torch.Generator(gen_device).manual_seed(seed + start + j) for j in range(len(chunk))]
-        kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="pil")
+        kwargs = dict(guidance_scale=guidance, generator=gens, output_type="pil")
         if height is not None:
             kwargs["height"] = height
         if width is not None:
             kwargs["width"] = width
-        with torch.inference_mode():
-            out.extend(pipe(prompt=chunk, **kwargs).images)
+        with torch.inference_mode(), _schedule(pipe, steps, timesteps) as sched:
+            out.extend(pipe(prompt=chunk, **kwargs, **sched).images)
     return out
+
+
+@contextlib.contextmanager
+def _schedule(pipe, steps: int | None, timesteps: Sequence[int] | None):
+    if timesteps is None:
+        yield {"num_inference_steps": steps or 20}
+        return
+    from mpsearch.timesteps import sampling_at
+
+    with sampling_at(pipe, timesteps) as kwargs:
+        yield kwargs
 
 
 def _font(size: int) -> ImageFont.ImageFont:

@@ -1,4 +1,5 @@
-"""One progress bar for long work (profiling, local or on Ray): rich, with count, elapsed time and ETA."""
+"""Progress bars for long work (profiling, local or on Ray; the timestep search): rich, with count,
+elapsed time and ETA."""
 
 from __future__ import annotations
 
@@ -27,3 +28,26 @@ def unit_bar(total: int, show: bool, label: str = "profiling") -> Iterator[Calla
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n, u: bar.update(task, advance=n, description=f"{label} {u.stage} g{u.group} {u.layer[-40:]}")
+
+
+@contextlib.contextmanager
+def count_bar(total: int, show: bool, label: str) -> Iterator[Callable]:
+    """Yield `advance(n=1, text="")` for a plain count of `total` items (e.g. sampling evaluations);
+    `text` replaces the description after the label. With `show` False it does nothing."""
+    if not show:
+        yield lambda n=1, text="": None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("•"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n=1, text="": bar.update(task, advance=n, description=f"{label} {text}".rstrip())

@@ -5,6 +5,11 @@
      "step_overrides": [{"steps": [0, 1], "layers": {"conv_in": {"a_bits": 8}}}],
      "kept_timesteps": null, "pruned_units": [], "predicted": {"bytes": …, "loss": …}, "solver": {…}}
 
+`kept_timesteps` (null = the model's own schedule): the timesteps a plan samples at, in sampling order,
+when a timestep search (`mpsearch.step_search`) kept N of them; `mpsearch.generate`, `evaluate` and
+exported checkpoints sample at exactly those, and `predicted` adds `steps` and `bitops_run` (BitOPs of
+one image: steps × BitOPs per denoiser call).
+
 `Plan.load` checks the file and names the line and field of any problem; `Plan.validate(inventory)`
 checks it against a model: unknown, missing or unsupported layers are errors that name the layer.
 
@@ -93,6 +98,9 @@ class Plan:
             "mean_w_bits": round(mean_bits(inv, wb), 4),
             "bitops": model_bitops(inv, {n: (b.w_bits, b.a_bits) for n, b in self.layers.items()}),
         }
+        if self.kept_timesteps:  # BitOPs of one image: every kept step runs the same bits
+            self.predicted["steps"] = len(self.kept_timesteps)
+            self.predicted["bitops_run"] = self.predicted["bitops"] * len(self.kept_timesteps)
         return self.predicted
 
     # ---------------------------------------------------------------- files
@@ -171,8 +179,10 @@ class Plan:
         except ValueError as e:
             raise fail("format", str(e)) from None
         kept = d.get("kept_timesteps")
-        if kept is not None and not (isinstance(kept, list) and all(isinstance(t, int) for t in kept)):
-            raise fail("kept_timesteps", "must be null or a list of integer timesteps")
+        if kept is not None and not (isinstance(kept, list) and kept and all(isinstance(t, int) and t >= 0 for t in kept)
+                                     and all(b < a for a, b in zip(kept, kept[1:], strict=False))):
+            raise fail("kept_timesteps", "must be null or a non-empty, strictly decreasing list of integer timesteps "
+                       "(the sampling order)")
         overrides = d.get("step_overrides") or []
         for i, o in enumerate(overrides):
             if not isinstance(o, dict) or not isinstance(o.get("steps"), list) or not isinstance(o.get("layers"), dict):

@@ -146,9 +146,8 @@ class Profiler:
         start = steps[0] if self.restart else 0
         S = len(units)
         lat = self.ref.latents[start].to(self.pipe.device).repeat(S, 1, 1, 1)
-        enc = self.ref.enc.to(self.pipe.device)
         with torch.no_grad(), self.session.slots([u.config(set(steps)) for u in units]):
-            lat = cal.denoise(self.pipe, enc, lat, self.ref.steps, self.ref.guidance, start=start, n_slots=S)
+            lat = cal.denoise(self.pipe, self.ref, lat, start=start, n_slots=S)
             # decoded slot by slot: the same batch shape as the one-at-a-time loop, so the same numbers
             images = cal.decode(self.pipe, lat, batch=lat.shape[0] // S).cpu()
         return list(images.view(S, -1, *images.shape[1:]))
@@ -227,13 +226,15 @@ class Profiler:
 
 
 def _reference(pipe, out: Path | None, fingerprint: str, prompts, seeds, steps, guidance, resolution,
-               cache: bool, log) -> cal.Reference:  # fmt: skip
-    key = hashlib.sha256(json.dumps([fingerprint, prompts, seeds, steps, guidance, resolution]).encode())
+               guidance_rescale, cache: bool, log) -> cal.Reference:  # fmt: skip
+    settings = [fingerprint, prompts, seeds, steps, guidance, resolution, guidance_rescale, cal.REFERENCE_FORMAT]
+    key = hashlib.sha256(json.dumps(settings).encode())
     path = out / "cache" / f"reference-{key.hexdigest()[:16]}.safetensors" if (out and cache) else None
     if path is not None and path.exists():
         return cal.Reference.load(path)
     t0 = time.perf_counter()
-    ref = cal.reference(pipe, prompts, seeds=seeds, steps=steps, guidance=guidance, resolution=resolution)
+    ref = cal.reference(pipe, prompts, seeds=seeds, steps=steps, guidance=guidance, resolution=resolution,
+                        guidance_rescale=guidance_rescale)  # fmt: skip
     log(f"FP reference: {len(prompts)} prompts × {steps} steps in {time.perf_counter() - t0:.1f} s")
     if path is not None:
         ref.save(path)
@@ -253,6 +254,7 @@ def profile(
     seed: int = 0,
     steps: int | None = None,
     guidance: float | None = None,
+    guidance_rescale: float = 0.0,
     resolution: int | None = None,
     step_groups: int | str | list[list[int]] = "auto",
     mode: str = "exact",
@@ -282,8 +284,9 @@ def profile(
     registered metric names (default sqnr, mse, ssim, plus adherence on the demo). `prompts`: a list or a
     file with one per line (default: the demo's own scene sampler, `n_prompts` of them; seeds are
     `seed + i`). `steps`/`guidance`: sampler settings (demo: `mpsearch.zoo.DEMO_STEPS/DEMO_GUIDANCE`, else
-    8 / 3.0). `step_groups`: 'auto' (1 group for ≤ 4 steps, else TMPQ-DM's quadratic grouping into 4), a
-    number of groups, or explicit lists of step indices. `mode`: exact | batched | fisher. `shard`: 'i/n'.
+    8 / 3.0); `guidance_rescale`: SD/SDXL's CFG rescale (0 = off). `step_groups`: 'auto' (1 group for
+    ≤ 4 steps, else TMPQ-DM's quadratic grouping into 4), a number of groups, or explicit lists of step
+    indices. `mode`: exact | batched | fisher. `shard`: 'i/n'.
     `layers`: a regex (or names) selecting layers. `prune`: also score every prunable unit
     (`mpsearch.pruning`: LAPTOP-Diff's output loss with that unit removed; rows with `tensor="unit"`);
     `tensors=()` with `prune` scores the units only. `out=None` keeps the results in memory only.
@@ -344,7 +347,8 @@ def profile(
     i_shard, n_shard = parse_shard(shard)
     out_path = Path(out) if out is not None else None
 
-    ref = _reference(pipe, out_path, fingerprint, prompts, seeds, steps, guidance, resolution, cache, log)
+    ref = _reference(pipe, out_path, fingerprint, prompts, seeds, steps, guidance, resolution, float(guidance_rescale),
+                     cache, log)  # fmt: skip
     groups = step_groups if isinstance(step_groups, list) else cal.step_groups(ref.timesteps, step_groups)
     session = QuantSession(pipe, candidates, weight_cfg=weight_cfg, act_cfg=act_cfg, bos_aware=bos_aware,
                            split_shortcut=split_shortcut)  # fmt: skip

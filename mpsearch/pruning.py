@@ -170,14 +170,13 @@ def _images_without(pipe, ref, name: str, steps: set[int]) -> torch.Tensor:
     from mpsearch import calibration as cal
 
     start = min(steps) if cal.restartable(pipe) else 0
-    sched = cal._scheduler(pipe, ref.steps)
-    enc = ref.enc.to(pipe.device)
+    sampler = cal.Sampler(pipe, ref)
     lat = ref.latents[start].to(pipe.device)
     _, den = find_denoiser(pipe)
     for i in range(start, ref.steps):
         removed = remove_units(den, [name]) if i in steps else {}
         try:
-            lat = cal._one_step(pipe, sched, enc, lat, i, ref.guidance)
+            lat = sampler.step(lat, i)
         finally:
             restore_units(den, removed)
     return cal.decode(pipe, lat).cpu()

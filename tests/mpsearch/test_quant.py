@@ -139,7 +139,7 @@ def test_bos_token_is_excluded_from_calibrated_range(calibrated):
     name = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v"
     enc = ref.enc.clone()
     enc[:, 0] *= 50.0  # a BOS outlier, as in CLIP
-    ref = dataclasses.replace(ref, enc=enc)
+    ref = dataclasses.replace(ref, cond={**ref.cond, "encoder_hidden_states": enc})
     ranges = {}
     for bos in (True, False):
         s = quantize_pipeline(pipe, Candidates(), calib=ref, bos_aware=bos)

@@ -11,6 +11,8 @@ Image metrics (every registered `image` metric: SSIM, adherence, user plug-ins) 
 images of the same prompts and seeds, plus pixel MSE; output metrics (SQNR, MSE) compare denoiser
 outputs with the FP ones on the calibration reference. With `checkpoint=True` the first plan is also
 exported, reloaded and sampled, with its bytes on disk and the peak memory of loading and generating.
+A plan that keeps timesteps (`plan.kept_timesteps`), its baselines (which keep the same ones) and its
+checkpoint sample at exactly those timesteps; FP samples at the full `steps`.
 """
 
 from __future__ import annotations
@@ -85,9 +87,10 @@ class PeakRSS:
 
 
 def uniform_plan(inv: Inventory, w_bits: int, like: Plan) -> Plan:
-    """Every layer at `w_bits`, activation bits copied from `like`, same format."""
+    """Every layer at `w_bits`, activation bits copied from `like`, same format and kept timesteps."""
     plan = Plan({l.name: LayerBits(w_bits, like.layers[l.name].a_bits) for l in inv.layers}, model=inv.model,
-                fingerprint=inv.fingerprint, format=like.format, step_overrides=list(like.step_overrides))
+                fingerprint=inv.fingerprint, format=like.format, step_overrides=list(like.step_overrides),
+                kept_timesteps=like.kept_timesteps)
     plan.solver = {"name": f"uniform-w{w_bits}"}
     plan.predict(inv)
     return plan
@@ -123,7 +126,8 @@ def random_plan(inv: Inventory, plan: Plan, seed: int = 0) -> Plan:
         bits[layer.name] = widths[i + 1]
         total += step
     out = Plan({n: LayerBits(b, plan.layers[n].a_bits) for n, b in bits.items()}, model=inv.model,
-               fingerprint=inv.fingerprint, format=plan.format, step_overrides=list(plan.step_overrides))
+               fingerprint=inv.fingerprint, format=plan.format, step_overrides=list(plan.step_overrides),
+               kept_timesteps=plan.kept_timesteps)
     out.solver = {"name": "random", "seed": seed}
     out.predict(inv)
     return out
@@ -229,10 +233,15 @@ def output_metrics(pipe: Any, calib, names: list[str] | None = None) -> dict[str
             if m.stage == "output" and (names is None or n in names)}
 
 
-def _generate(pipe, prompts, seed, steps, guidance):
+def _generate(pipe, prompts, seed, steps, guidance, plan: Plan | None = None):
+    """Images of `prompts`; a plan that keeps timesteps samples at exactly those, others at `steps`."""
     from mpsearch.generate import generate
 
-    return generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance) if prompts else []
+    if not prompts:
+        return []
+    if plan is not None and plan.kept_timesteps:
+        return generate(pipe, prompts, seed=seed, timesteps=plan.kept_timesteps, guidance=guidance)
+    return generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance)
 
 
 def evaluate(
@@ -306,12 +315,13 @@ def evaluate(
         else:
             with fake_quantize(pipe, plan, inv=inv, calib=calib):
                 for split, ps in prompts.items():
-                    c.images[split] = _generate(pipe, ps, seed, steps, guidance)
+                    c.images[split] = _generate(pipe, ps, seed, steps, guidance, plan)
                 c.extra["output"] = output_metrics(pipe, calib, metrics)
         c.extra["seconds"] = round(time.perf_counter() - t0, 2)
         cands.append(c)
 
-    ev = Evaluation(inv, main, prompts, {"steps": steps, "guidance": guidance, "seed": seed,
+    ev = Evaluation(inv, main, prompts, {"steps": steps, "kept_timesteps": main.kept_timesteps,
+                                         "guidance": guidance, "seed": seed,
                                          "format": main.format, "n_prompts": {k: len(v) for k, v in prompts.items()}},
                     cands)
 
@@ -330,7 +340,7 @@ def evaluate(
         c = Candidate("checkpoint", "checkpoint", main, cands[1].bytes, cands[1].mean_bits)
         with PeakRSS() as gen_mem:
             for split, ps in prompts.items():
-                c.images[split] = _generate(qpipe, ps, seed, steps, guidance)
+                c.images[split] = _generate(qpipe, ps, seed, steps, guidance, main)
         c.extra["output"] = output_metrics(qpipe, calib, metrics)
         sim = cands[1].images
         c.extra["max_pixel_diff_vs_simulation"] = max(

@@ -70,6 +70,7 @@ def solve(
     fmt: str | None = None,
     space: SearchSpace | None = None,
     time_limit: float | None = None,
+    steps: int | None = None,
     **options: Any,
 ) -> Plan:
     """The best plan for `budget` from a profile (a folder written by `mpsearch profile`).
@@ -77,8 +78,15 @@ def solve(
     >>> plan = solve("profiles/demo", "3bits")          # doctest: +SKIP
     >>> plan.predicted["bytes"], plan.solver["status"]  # doctest: +SKIP
 
+    `steps`: keep that many of the model's denoising steps (`mpsearch.step_search.solve_steps`, whose
+    keyword arguments `options` may hold: model, pool, grouping, fitness_metric, rerank, ...).
     Raises `BudgetInfeasible` naming the smallest feasible budget when none fits.
     """
+    if steps is not None:
+        from mpsearch.step_search import solve_steps
+
+        return solve_steps(profile, budget, steps, solver=solver, backend=backend, fmt=fmt, space=space,
+                           time_limit=time_limit, **options)
     budget = Budget.parse(budget)
     df, meta, inv = load_profile(profile)
     if solver == "mixdq":

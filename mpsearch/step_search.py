@@ -1,0 +1,341 @@
+"""Keep N of a model's denoising steps and choose per-layer bits with them (TMPQ-DM, methods.md §2).
+
+    plan = solve_steps("profiles/demo", "30%bitops", steps=4)      # evolution + real fitness
+    plan.kept_timesteps                                            # e.g. [999, 749, 499, 249]
+
+The pool is the model's own schedule (the profile's sampling timesteps, or the scheduler's `pool`-step
+schedule). It is split into N groups of consecutive steps (`mpsearch.timesteps.group_steps`: uniform
+blocks, or TMPQ-DM's quadratic groups for fine pools) and a plan keeps one step per group, every kept step
+running the same bits (TMPQ-DM's `groupwise_consistent` mode).
+
+The evolution solver (`solvers.evolution`) searches kept steps and bits jointly on a surrogate: the
+profiled per-layer degradations (per step group of the profile, spread over the pool's steps) plus a
+measured `timestep_loss` (the FP degradation of moving one group's step, others at the evenly spaced
+schedule). The search starts from the ILP's optimal bits for the surrogate at the evenly spaced steps
+(TMPQ-DM starts from uniform 6 bits). Its best `rerank` candidates are then sampled with their bits and kept steps through the
+shared super-checkpoint (`mpsearch.fitness`) and scored against the FP images of the full schedule; the
+best measured one wins, as TMPQ-DM re-ranks its top 10 by FID. Other solvers keep the evenly spaced steps
+and choose bits only.
+
+Budgets: a BitOPs budget counts the kept steps. `X%bitops` is X% of the W16A16 BitOPs of one image over
+the profile's full schedule; an absolute `2Tbitops` is per image (kept steps × Σ MACs·w·a of one
+denoiser call at batch 1). With N kept steps every call gets `budget / N`, a hard ceiling. Byte and
+mean-bit budgets do not depend on steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mpsearch.budget import Budget
+from mpsearch.cost import FLOAT_BITS
+from mpsearch.model import Inventory
+from mpsearch.plan import Plan
+from mpsearch.problem import SearchSpace, build_problem, solution_to_plan
+from mpsearch.timesteps import GROUPINGS, TimestepError, even_steps, group_steps
+from solvers.problem import Constraint, InfeasibleBudget, StepProblem
+
+__all__ = ["run_bitops", "solve_steps", "step_losses_for_groups"]
+
+
+def run_bitops(budget: Budget, inv: Inventory, full_steps: int) -> float:
+    """The BitOPs ceiling of one image: `X%bitops` of W16A16 over `full_steps` steps, or an absolute value."""
+    if budget.kind == "bitops":
+        return budget.value
+    if budget.kind == "bitops_percent":
+        return inv.total_macs * FLOAT_BITS * FLOAT_BITS * full_steps * budget.value / 100
+    raise ValueError(f"{budget} is not a BitOPs budget")
+
+
+def step_losses_for_groups(sp: StepProblem, groups: Sequence[tuple[int, int]], pool: Sequence[int],
+                           profile_timesteps: Sequence[int] | None = None,
+                           profile_groups: Sequence[Sequence[int]] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """Per-layer losses per search group, `(N, L, K)`, from the profile's per-step-group losses.
+
+    A profile group's loss (measured with the layer quantized during all of its steps) is spread evenly
+    over its steps; a pool timestep takes the per-step loss of the profile step nearest to it, and a
+    search group the mean over its pool steps (the one step it keeps is any of them). Without the
+    profile's schedule, its groups split the pool evenly in order."""
+    G = next(iter(sp.step_losses.values())).shape[0]
+    P = len(pool)
+    if profile_timesteps and profile_groups and len(profile_groups) == G:
+        pt = np.asarray(profile_timesteps)
+        group_of_step = {s: g for g, ss in enumerate(profile_groups) for s in ss}
+        of_pos = [group_of_step[int(np.argmin(np.abs(pt - t)))] for t in pool]
+        size = [len(ss) for ss in profile_groups]
+    else:
+        of_pos = [min(G - 1, i * G // P) for i in range(P)]
+        size = [max(1, of_pos.count(g)) for g in range(G)]
+    out = {}
+    for m, v in sp.step_losses.items():
+        per_step = v / np.asarray(size, dtype=float)[:, None, None]
+        out[m] = np.stack([per_step[of_pos[a:b]].mean(axis=0) for a, b in groups])
+    return out
+
+
+def _profile_schedule(meta: dict[str, Any]) -> tuple[list[int] | None, list[list[int]] | None, str | None]:
+    sampling = meta.get("sampling") or {}
+    return sampling.get("timesteps"), meta.get("step_groups"), sampling.get("scheduler")
+
+
+def _check_scheduler_name(name: str | None) -> None:
+    """Refuse early (before any search) a scheduler that cannot sample at chosen timesteps."""
+    if not name:
+        return
+    import diffusers
+
+    from mpsearch.timesteps import kept_scheduler
+
+    cls = getattr(diffusers, name, None)
+    if cls is not None:
+        kept_scheduler(cls())
+
+
+def _fitness_metric(meta: dict[str, Any], df) -> str:
+    """adherence when the profile measured it (the demo), else its content metric (SSIM preferred)."""
+    from mpsearch.planner import group_metrics
+
+    measured = set(df["metric"])
+    if "adherence" in measured:
+        return "adherence"
+    try:
+        return group_metrics(df, meta)["content"]
+    except ValueError:
+        return "ssim"
+
+
+def _min_bitops(problem) -> float:
+    """The least BitOPs per call any choice reaches (fixed layers at their key, others at their cheapest)."""
+    cost = problem.costs["bitops"]
+    total = 0.0
+    for i in range(problem.n_items):
+        if i in problem.fixed:
+            total += cost[i, problem.keys[i].index(problem.fixed[i])]
+        else:
+            total += cost[i, : problem.n_options[i]].min()
+    return float(total)
+
+
+def solve_steps(
+    profile: Any,
+    budget: Budget | str,
+    steps: int,
+    *,
+    solver: str = "evolution",
+    model: Any = None,
+    pool: int | None = None,
+    grouping: str = "uniform",
+    fitness_metric: str | None = None,
+    fitness_prompts: Sequence[str] | int | None = None,
+    fitness_seed: int = 0,
+    rerank: int = 10,
+    measure_timesteps: bool = True,
+    seed_bits: str = "ilp",
+    fmt: str | None = None,
+    space: SearchSpace | None = None,
+    config: Any = None,
+    seed: int = 0,
+    backend: str | None = None,
+    time_limit: float | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Plan:
+    """A plan keeping `steps` of the model's timesteps (in `plan.kept_timesteps`) under `budget`.
+
+    `solver`: "evolution" searches steps and bits (TMPQ-DM); any other registered solver keeps the evenly
+    spaced steps and chooses bits. `model`: the pipeline (or what `load_pipeline` reads; default: the
+    profile's model) to sample with, needed by the evolution unless `rerank=0` and
+    `measure_timesteps=False`. `pool`: candidate schedule size (default: the profile's). `grouping`:
+    uniform | quad. `fitness_metric`: an image metric (default adherence when profiled, else the profile's
+    content metric). `fitness_prompts`: prompts for the real fitness (default: the profile's calibration
+    prompts; an int draws that many demo captions). `rerank`: finalists sampled and scored (0 = surrogate
+    only). `measure_timesteps`: measure the surrogate's `timestep_loss` (else 0: steps chosen by the
+    re-ranking only). `seed_bits`: the evolution's seed candidate, "ilp" (the ILP's optimal bits for the
+    surrogate, which uniform groups make exact) or "median" (each layer's median-cost option, as
+    `solvers.evolution` does). `config`: a `solvers.evolution.EvolutionConfig`.
+    """
+    from mpsearch.planner import BudgetInfeasible, load_profile
+    from mpsearch.progress import count_bar
+    from solvers.evolution import EvolutionConfig
+    from solvers.registry import get_solver
+
+    log = log or (lambda msg: None)
+    budget = Budget.parse(budget)
+    if seed_bits not in ("ilp", "median"):
+        raise ValueError(f"seed_bits must be 'ilp' or 'median', got {seed_bits!r}")
+    if grouping not in GROUPINGS:
+        raise ValueError(f"step grouping must be one of {GROUPINGS}, got {grouping!r}")
+    df, meta, inv = load_profile(profile)
+    prof_ts, prof_groups, sched_name = _profile_schedule(meta)
+    space = SearchSpace(**{**(space or SearchSpace()).__dict__, "prune": False})
+    evolution = solver == "evolution"
+    needs_model = evolution and (rerank > 0 or measure_timesteps)
+    pipe = None
+    if needs_model or pool is not None:
+        pipe = _pipeline(model, meta)
+        sched_name = type(pipe.scheduler).__name__
+    if pipe is None:
+        _check_scheduler_name(sched_name)
+    else:
+        _check_pipe(pipe)
+    if pool is not None:
+        from mpsearch.timesteps import schedule
+
+        pool_ts = schedule(pipe.scheduler, pool)
+    elif prof_ts:
+        pool_ts = [int(t) for t in prof_ts]
+    else:
+        raise ValueError("the profile records no sampling timesteps: pass pool= (a number of steps)")
+    if not 1 <= steps <= len(pool_ts):
+        raise ValueError(f"cannot keep {steps} of the {len(pool_ts)} timesteps of the pool {pool_ts}")
+    groups = group_steps(pool_ts, steps, grouping)
+    full_steps = len(prof_ts) if prof_ts else len(pool_ts)
+
+    extra: list[Constraint] = []
+    ceiling = None
+    if budget.resource == "bitops":
+        ceiling = run_bitops(budget, inv, full_steps)
+        extra.append(Constraint("bitops", upper=ceiling / steps, name="budget"))
+    sp = build_problem(inv, df, None if ceiling is not None else budget, fmt=fmt, space=space,
+                       extra_constraints=extra, units=meta.get("units"))  # fmt: skip
+    if ceiling is not None and _min_bitops(sp.problem) > ceiling / steps * (1 + 1e-12):
+        least = _min_bitops(sp.problem) * steps
+        ref = inv.total_macs * FLOAT_BITS * FLOAT_BITS * full_steps
+        raise BudgetInfeasible(f"budget {budget} is infeasible with {steps} kept steps: the smallest plan needs "
+                               f"{least:,.0f} BitOPs per image ({100 * least / ref:.4g}%bitops of W16A16 at "
+                               f"{full_steps} steps)", least)  # fmt: skip
+
+    fit = None
+    info: dict[str, Any] = {"steps": steps, "pool": pool_ts, "grouping": grouping,
+                            "step_groups": [pool_ts[a:b] for a, b in groups]}  # fmt: skip
+    try:
+        if evolution:
+            metric = fitness_metric or _fitness_metric(meta, df)
+            base = even_steps(groups)
+            tl = None
+            if needs_model:
+                fit = _fitness(pipe, meta, pool_ts, metric, fitness_prompts, fitness_seed, fmt)
+                log(f"fitness: {metric} of {len(fit.prompts)} prompts vs FP at {len(pool_ts)} steps")
+            cfg = config or EvolutionConfig()
+            cfg = EvolutionConfig(**{**cfg.__dict__, "rerank_top": max(1, rerank), "seed": seed})
+            from mpsearch.fitness import n_timestep_evaluations
+
+            total = (n_timestep_evaluations(groups) if fit is not None and measure_timesteps else 0) + \
+                (cfg.rerank_top if fit is not None and rerank > 0 else 0)
+            with count_bar(total, progress and total > 0, "timestep search") as advance:
+                if fit is not None and measure_timesteps:
+                    tl = fit.timestep_losses(groups, base, advance=advance)
+                    info["timestep_loss"] = {"metric": metric, "base": [pool_ts[i] for i in base],
+                                             "values": [[float(f"{x:.6g}") for x in t] for t in tl]}  # fmt: skip
+                problem = StepProblem(sp.problem, step_losses_for_groups(sp, groups, pool_ts, prof_ts, prof_groups),
+                                      groups, tl)  # fmt: skip
+                evaluate = None
+                start = len(fit.log) if fit is not None else 0
+                if fit is not None and rerank > 0:
+                    def evaluate(solution, kept):
+                        d = fit(dict(zip(inv.names, solution.keys, strict=True)), [pool_ts[i] for i in kept])
+                        advance(1, "re-ranking finalists")
+                        return d
+
+                start_choice = None
+                if seed_bits == "ilp":  # the surrogate's optimal bits (exact for uniform groups) as the seed
+                    ilp = get_solver("ilp")(sp.problem, backend=backend or "cbc", time_limit=time_limit)
+                    start_choice = ilp.choice if ilp.status != "infeasible" else None
+                try:
+                    solution = get_solver("evolution")(problem, config=cfg, evaluate=evaluate, start=start_choice)
+                except ValueError as e:
+                    raise BudgetInfeasible(f"budget {budget}: {e}", None) from None
+            kept = tuple(solution.info["kept_steps"])
+            if evaluate is not None:
+                scores = solution.info["evaluations"]
+                best = fit.log[start + int(np.argmin(scores))]
+                info["fitness"] = {"metric": metric, "prompts": len(fit.prompts), **_rounded(best),
+                                   "finalists": [_rounded(r) for r in fit.log[start:]]}  # fmt: skip
+        else:
+            kept = even_steps(groups)
+            fn = get_solver(solver)
+            kwargs: dict[str, Any] = {}
+            if solver == "ilp":
+                kwargs.update(backend=backend or "cbc", time_limit=time_limit)
+            try:
+                solution = fn(sp.problem, **kwargs)
+            except InfeasibleBudget as e:
+                raise BudgetInfeasible(str(e), e.smallest_feasible) from None
+            if solution.status == "infeasible":
+                raise BudgetInfeasible(f"budget {budget} cannot be met with {steps} kept steps", None)
+    finally:
+        if fit is not None:
+            fit.close()
+
+    name = {"name": solver, "profile": str(profile) if isinstance(profile, (str, Path)) else meta.get("name", "")}
+    plan = solution_to_plan(solution, inv, fmt=fmt, budget=budget, extra={**name, **info}, units=meta.get("units"))
+    plan.kept_timesteps = [pool_ts[i] for i in kept]
+    plan.predict(inv)
+    if ceiling is not None:
+        assert plan.predicted["bitops_run"] <= ceiling * (1 + 1e-9), "solver broke the BitOPs budget"
+    return plan
+
+
+def _rounded(rec: dict[str, Any]) -> dict[str, Any]:
+    return {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in rec.items()}
+
+
+def _pipeline(model: Any, meta: dict[str, Any]):
+    from mpsearch.model import load_pipeline
+
+    if hasattr(model, "components"):
+        return model
+    name = model if model is not None else meta.get("model")
+    pipe = load_pipeline(None if name in (None, "", "demo") else name)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _check_pipe(pipe) -> None:
+    from mpsearch.timesteps import kept_scheduler
+
+    kept_scheduler(pipe.scheduler)
+
+
+def _fitness(pipe, meta: dict[str, Any], pool: list[int], metric: str, prompts, seed: int, fmt: str | None):
+    """A `Fitness` on `pipe` set up like the profile: its candidates, quantizer settings and calibration."""
+    from mpsearch import calibration as cal
+    from mpsearch.exporter import weight_config
+    from mpsearch.fitness import Fitness
+    from mpsearch.model import find_denoiser, weights_fingerprint
+    from mpsearch.quant import ActQuantConfig, Candidates
+
+    _, den = find_denoiser(pipe)
+    if meta.get("fingerprint") and weights_fingerprint(den) != meta["fingerprint"]:
+        raise ValueError(f"the profile was measured on other weights (fingerprint {meta['fingerprint']}) than the "
+                         "model given to sample the fitness with")
+    s = meta.get("sampling") or {}
+    cand = meta.get("candidates") or {}
+    candidates = Candidates(tuple(cand.get("weight", Candidates.weight)), tuple(cand.get("act", Candidates.act)))
+    quant = meta.get("quant") or {}
+    calib_prompts = s.get("prompts") or cal.demo_prompts(8)
+    guidance = float(s.get("guidance", cal.DEFAULT_GUIDANCE))
+    if prompts is None:
+        prompts = list(calib_prompts)
+    elif isinstance(prompts, int):
+        if meta.get("model") not in (None, "", "demo"):
+            raise ValueError("a number of fitness prompts draws demo captions: pass a list of prompts for this model")
+        prompts = cal.demo_prompts(prompts, seed)
+    calib = None
+    if candidates.of("act"):
+        calib = cal.reference(pipe, list(calib_prompts), seeds=s.get("seeds"), steps=int(s.get("steps", len(pool))),
+                              guidance=guidance, resolution=s.get("resolution"))  # fmt: skip
+    act = quant.get("act")
+    return Fitness.build(
+        pipe, list(prompts), pool=pool, metric=metric, guidance=guidance, seed=seed, resolution=s.get("resolution"),
+        calib=calib, candidates=candidates, weight_cfg=weight_config(fmt or "packed"),
+        act_cfg=ActQuantConfig(**act) if act else ActQuantConfig(), bos_aware=quant.get("bos_aware", True),
+        split_shortcut=quant.get("split_shortcut", True), progressive=quant.get("progressive", False),
+    )  # fmt: skip
+
+
+__all__ += ["TimestepError"]

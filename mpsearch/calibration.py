@@ -4,6 +4,10 @@
 inputs and outputs (both classifier-free-guidance halves, as Q-Diffusion calibrates on) plus the latents
 before each step and the decoded images. Quantizer calibration, the output metrics (SQNR, MSE) and the
 image metrics (SSIM, adherence) all read it, so it is computed once per profile and cached on disk.
+
+Any diffusers text-to-image pipeline whose denoiser takes one row per sample: the conditioning is what the
+pipeline's own `__call__` passes to its denoiser (`capture_call`: SD's text embeddings, SDXL's pooled text
+and size ids, PixArt's attention mask), and `Sampler` replays the pipelines' loop around it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Metrics: a registry of named degradation measures, each of kind `quality` or `content`.
 
 A metric reads one stage of the pipeline: `output` (denoiser outputs on the calibration inputs, a
-float32 tensor `[rows, C, h, w]`) or `image` (decoded images, float32 `[N, 3, H, W]` in [0, 1]). It
+float32 tensor `[rows, C, h, w]`; for models that also predict their variance, as PixArt, the noise half
+that the sampler uses) or `image` (decoded images, float32 `[N, 3, H, W]` in [0, 1]). It
 returns a *degradation* ≥ 0, lower is better, 0 for an identical candidate; or `(value, degradation)`
 when the raw number people quote differs (SQNR in dB, SSIM). Optional keyword arguments the profiler
 fills in when the function names them: `prompts` (list[str]).

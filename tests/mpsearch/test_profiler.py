@@ -207,3 +207,48 @@ def test_cli_profile_and_merge(pipe, tmp_path):
     assert len(Profile.load(tmp_path / "m")) == 2 * 3 * 1
     r = runner.invoke(app, ["profile", *common, "--mode", "nope", "--out", str(tmp_path / "x")])
     assert r.exit_code != 0 and "mode" in r.output
+
+
+FAMILY_LAYERS = {  # a conv, the added conditioning, a cross-attention (content) layer, a split shortcut / output
+    "sdxl": r"^(conv_in|add_embedding\.linear_1|down_blocks\.1\.attentions\.0\.transformer_blocks\.1\.attn2\.to_k"
+            r"|up_blocks\.0\.resnets\.0\.conv_shortcut)$",
+    "pixart": r"^(pos_embed\.proj|caption_projection\.linear_1|transformer_blocks\.0\.attn2\.to_v|proj_out)$",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(FAMILY_LAYERS))
+def test_other_pipelines_profile_batched_equals_exact(name):
+    """SDXL (added text/time conditioning, Euler, restarts mid-trajectory) and PixArt-alpha (T5 mask,
+    learned sigma, multistep DPM-Solver from step 0): output and image (ssim) metrics, batched == exact."""
+    from tests.conftest import TINY_PIPELINES
+
+    pipe = TINY_PIPELINES[name]()
+    kw = dict(SMALL, out=None, all_metrics=True, layers=FAMILY_LAYERS[name], step_groups=[[0, 1], [2, 3]])
+    exact = profile(pipe, mode="exact", **kw).df
+    batched = profile(pipe, mode="batched", slots=4, **kw).df
+    assert len(exact) == 4 * 3 * 2 * 2  # layers × (w2, w8, a4) × groups × (sqnr, ssim)
+    pd.testing.assert_frame_equal(exact, batched, rtol=1e-6, atol=0)
+    assert (exact.degradation >= 0).all() and set(exact.metric) == {"sqnr", "ssim"}
+    w = exact[exact.tensor == "weight"].pivot_table(index=["layer", "metric", "step_group"], columns="bits",
+                                                    values="degradation")  # fmt: skip
+    assert (w[2] >= w[8]).mean() > 0.9 and (w[2] > 0).all()  # 2-bit weights hurt, and more than 8-bit
+    fisher = profile(pipe, mode="fisher", **dict(kw, metrics=None, all_metrics=False)).df
+    assert len(fisher) == 4 * 3 * 2 and fisher.degradation.gt(0).all()
+
+
+@pytest.mark.parametrize("name", list(FAMILY_LAYERS))
+def test_cli_profile_on_a_saved_pipeline(name, tmp_path):
+    from typer.testing import CliRunner
+
+    from mpsearch.cli import app
+    from tests.conftest import TINY_PIPELINES
+
+    TINY_PIPELINES[name]().save_pretrained(tmp_path / "model")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    r = CliRunner().invoke(app, ["profile", "--model", str(tmp_path / "model"), "--prompts", str(prompts),
+                                 "--steps", "2", "--bits", "2", "--act-bits", "16", "--metrics", "sqnr,ssim",
+                                 "--all-metrics", "--layers", FAMILY_LAYERS[name], "--out", str(tmp_path / "p")])
+    assert r.exit_code == 0, r.output
+    prof = Profile.load(tmp_path / "p")
+    assert len(prof) == 4 * 1 * 1 * 2 and prof.meta["component"] == ("unet" if name == "sdxl" else "transformer")

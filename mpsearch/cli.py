@@ -105,12 +105,20 @@ def generate(
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")] = 0,
     size: Annotated[int | None, typer.Option(help="Image side in pixels (default: the model's).")] = None,
+    plan: Annotated[Path | None, typer.Option("--plan", help="Sample with a plan: its bits (simulated, as "
+                                              "`evaluate` does) and its kept timesteps.")] = None,
+    quantized: Annotated[Path | None, typer.Option("--quantized", "-q", help="Sample with a checkpoint written "
+                                                   "by `mpsearch export` (at its plan's kept timesteps).")] = None,
 ) -> None:
     """Generate images from prompts with the demo model or any diffusers text-to-image pipeline."""
+    import contextlib
+
     from mpsearch.generate import generate as run
     from mpsearch.generate import image_grid
     from mpsearch.model import ModelError, load_pipeline
+    from mpsearch.plan import Plan, PlanError
     from mpsearch.sampling import sampling_defaults
+    from mpsearch.timesteps import TimestepError
 
     texts = list(prompt or [])
     if prompts is not None:
@@ -119,21 +127,49 @@ def generate(
         texts += [line.strip() for line in prompts.read_text().splitlines() if line.strip()]
     if not texts:
         fail("give at least one --prompt or a --prompts file")
+    if plan is not None and quantized is not None:
+        fail("pass --plan or --quantized, not both")
     try:
-        pipe = load_pipeline(model)
-    except (ModelError, OSError, ValueError) as e:
+        the_plan = Plan.load(plan) if plan is not None else None
+        if quantized is not None:
+            from mpsearch.exporter import load_quantized
+
+            pipe = load_quantized(quantized)
+            the_plan = pipe.mpsearch_plan
+        else:
+            pipe = load_pipeline(model)
+    except (ModelError, PlanError, OSError, ValueError) as e:
         fail(str(e))
     d = sampling_defaults(model)
-    steps, guidance = steps or d["steps"], d["guidance"] if guidance is None else guidance
-    with console.status(f"generating {len(texts)} image(s), {steps} steps"):
-        images = run(pipe, texts, seed=seed, steps=steps, guidance=guidance, height=size, width=size)
+    guidance = d["guidance"] if guidance is None else guidance
+    kept = the_plan.kept_timesteps if the_plan is not None and steps is None else None
+    steps = None if kept else steps or d["steps"]
+    how = f"timesteps {kept}" if kept else f"{steps} steps"
+    quant = contextlib.nullcontext()
+    if plan is not None:
+        from mpsearch.calibration import demo_prompts, reference
+        from mpsearch.exporter import activation_bits, fake_quantize
+
+        calib = None
+        if activation_bits(the_plan):  # activation ranges are calibrated on prompts, as the profiler does
+            calib = reference(pipe, texts if model not in (None, "demo") else demo_prompts(8), steps=d["steps"],
+                              guidance=guidance)  # fmt: skip
+        try:
+            quant = fake_quantize(pipe, the_plan, calib=calib)
+        except (PlanError, ValueError) as e:
+            fail(str(e))
+    try:
+        with quant, console.status(f"generating {len(texts)} image(s), {how}"):
+            images = run(pipe, texts, seed=seed, steps=steps, timesteps=kept, guidance=guidance, height=size, width=size)
+    except TimestepError as e:
+        fail(str(e))
     out.parent.mkdir(parents=True, exist_ok=True)
     if len(images) == 1:
         images[0].save(out)
     else:
         cols = min(len(images), 8)
         image_grid(images, rows=-(-len(images) // cols), cols=cols, labels=texts, tile=96).save(out)
-    console.print(f"wrote {out} ({len(images)} image(s), {steps} steps, guidance {guidance:g}, seed {seed})")
+    console.print(f"wrote {out} ({len(images)} image(s), {how}, guidance {guidance:g}, seed {seed})")
 
 
 def print_plan_summary(plan, inv, budget=None) -> None:
@@ -166,6 +202,11 @@ def print_plan_summary(plan, inv, budget=None) -> None:
         line += f" ≤ budget {human_bytes(budget.resolve(inv, plan.format))}"
     line += f"   mean weight bits {p['mean_w_bits']:.3f}   BitOPs {p['bitops']:.3e}"
     console.print(line)
+    if plan.kept_timesteps:
+        fit = plan.solver.get("fitness")
+        console.print(f"kept timesteps ({len(plan.kept_timesteps)} of {len(plan.solver.get('pool') or []) or '?'}): "
+                      f"[bold]{plan.kept_timesteps}[/]   BitOPs per image {p['bitops_run']:.3e}"
+                      + (f"   fitness {fit['metric']} {fit['value']:.4g} on {fit['prompts']} prompts" if fit else ""))
     if plan.pruned_units:
         console.print(f"pruned units ({len(plan.pruned_units)}; their layers show as W0/A0): {', '.join(plan.pruned_units)}")
     s = plan.solver
@@ -192,8 +233,23 @@ def solve(
     time_limit: Annotated[float | None, typer.Option(help="Solver time limit in seconds.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the evolutionary search.")] = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Plan JSON to write.")] = Path("plan.json"),
+    steps: Annotated[int | None, typer.Option(help="Keep this many of the model's denoising steps (evolution: "
+                                              "which ones is searched; other solvers keep evenly spaced ones). "
+                                              "BitOPs budgets then count kept steps.")] = None,
+    pool: Annotated[int | None, typer.Option(help="Choose kept steps from the scheduler's POOL-step schedule "
+                                             "(default: the profile's).")] = None,
+    step_groups: Annotated[str, typer.Option(help="uniform | quad (TMPQ-DM; needs a fine pool): one kept step "
+                                             "per group.")] = "uniform",
+    model: ModelOpt = None,
+    fitness: Annotated[str | None, typer.Option(help="Image metric ranking the evolution's finalists (default: "
+                                                "adherence when profiled, else the profile's content metric).")] = None,
+    fitness_prompts: Annotated[int | None, typer.Option(help="Demo captions sampled for the fitness "
+                                                        "(default: the profile's calibration prompts).")] = None,
+    rerank: Annotated[int, typer.Option(help="Finalists sampled and scored by the fitness (0 = surrogate only).")] = 10,
+    plugin: Annotated[list[str] | None, typer.Option(help="Python file or module registering metrics.")] = None,
 ) -> None:
-    """Find the per-layer bits that minimise the profiled degradation under a budget; write a plan."""
+    """Find the per-layer bits (and, with --steps, the kept denoising steps) that minimise the profiled
+    degradation under a budget; write a plan."""
     from mpsearch.budget import Budget, BudgetError
     from mpsearch.planner import BudgetInfeasible, load_profile, pareto_front
     from mpsearch.planner import solve as run
@@ -215,7 +271,21 @@ def solve(
                         protect=protect or [], protect_top=protect_top)
     _, _, inv = load_profile(profile)
     console.print(f"budget: {b.describe(inv)}")
+    if steps is not None and b.resource == "bitops":
+        console.print(f"  with --steps {steps}: BitOPs of one image, kept steps × per call (a % is of W16A16 over "
+                      "the profile's full schedule)")
     options = {"seed": seed} if solver == "evolution" else {}
+    if steps is not None:
+        from mpsearch.metrics import load_plugin
+
+        for p in plugin or []:
+            load_plugin(p)
+        options.update(steps=steps, pool=pool, grouping=step_groups, progress=True,
+                       log=lambda m: err.print(f"[dim]{m}[/]"))
+        if solver == "evolution":
+            options.update(model=model, fitness_metric=fitness, fitness_prompts=fitness_prompts, rerank=rerank)
+    elif pool is not None or model is not None or fitness is not None:
+        fail("--pool, --model and --fitness belong to the timestep search: add --steps N")
     try:
         plan = run(profile, b, solver=solver, backend=backend, fmt=fmt, space=space, time_limit=time_limit, **options)
     except BudgetInfeasible as e:

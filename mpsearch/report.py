@@ -141,7 +141,9 @@ def markdown(ev: Evaluation, files: dict[str, str]) -> str:
     out.append(f"Plan: format `{plan.format}`, budget `{plan.budget}`, {len(inv)} layers, "
                f"{plan.predicted.get('mean_w_bits', '?')} mean weight bits, predicted "
                f"{plan.predicted.get('bytes', 0):,} bytes ({plan.predicted.get('bytes', 0) / max(fp16, 1):.1%} of fp16). "
-               f"Sampling: {ev.settings['steps']} steps, guidance {ev.settings['guidance']}, seeds from "
+               + (f"Sampling: FP at {ev.settings['steps']} steps, the plan and its baselines at its kept timesteps "
+                  f"{plan.kept_timesteps}" if plan.kept_timesteps else f"Sampling: {ev.settings['steps']} steps")
+               + f", guidance {ev.settings['guidance']}, seeds from "
                f"{ev.settings['seed']}; prompts: " + ", ".join(f"{len(v)} {k}" for k, v in ev.prompts.items()) + ".")
     out += ["", "Image metrics compare with the FP images of the same prompts and seeds; `sqnr`/`mse` are the "
             "denoiser outputs on the calibration reference inputs (calib rows only).", ""]

@@ -92,18 +92,15 @@ def solve(
     if solver == "mixdq":
         if budget.kind != "bits":
             raise ValueError(f"MixDQ's procedure targets a mean weight bit-width: use e.g. --budget 4bits, not {budget}")
-        # MixDQ's procedure allocates bits only: the pruning option (unit rows) is left out
-        space = SearchSpace(**{**(space or SearchSpace()).__dict__, "weight_only": True, "prune": False})
+        if space is not None and space.prune:
+            raise ValueError("MixDQ's procedure allocates bits only: search pruning with the ilp or evolution solver")
+        space = SearchSpace(**{**(space or SearchSpace()).__dict__, "weight_only": True})
         # MixDQ allocates with the band ±0.02 bits around the target itself, not under a ceiling
         step_problem = build_problem(inv, df, None, fmt=fmt, space=space, units=meta.get("units"))
         # MixDQ solves ~200 small group ILPs per sweep: in-process SCIP (as MixDQ does) by default
         options = {"target": budget.value, "group_metric": group_metrics(df, meta), "backend": backend or "scip",
                    **options}
     else:
-        if solver != "ilp" and (space or SearchSpace()).prune and (df["tensor"] == "unit").any():
-            raise ValueError(f"the profile scores prunable units, and only the ilp solver searches pruning "
-                             f"(all-or-nothing per unit) so far, not {solver!r}: use the ilp solver, or "
-                             "SearchSpace(prune=False) for bits only")
         step_problem = build_problem(inv, df, budget, fmt=fmt, space=space, units=meta.get("units"))
     fn = get_solver(solver)
     kwargs: dict[str, Any] = dict(options)

@@ -14,10 +14,10 @@ Layer pruning (LAPTOP-Diff, `mpsearch.pruning`): when the profile has unit rows 
 layer of a prunable unit gets one more option, key `"pruned"`, costing 0 bytes, 0 wbits and 0 BitOPs.
 The unit's measured degradation is the loss of its first layer's "pruned" option (0 for the others), and
 the unit's unquantized parameters (norms, which leave with it) are charged to the first layer's other
-options (taken out of the constant offset), so bytes stay exact. "pruned" is all-or-nothing per unit:
-two rows per unit, `Σ_{others} x_pruned − (n−1)·x_first,pruned ≤ 0` and its negation, which keep every
-constraint an upper bound (the exact dominance reduction still applies), while the layers of a kept unit
-choose their bits independently.
+options (taken out of the constant offset), so bytes stay exact. "pruned" is all-or-nothing per unit
+(`solvers.all_or_nothing`: two upper-bound rows per unit, named `pruned:<unit>:...`), while the layers of
+a kept unit choose their bits independently. Pruning is offered only when asked for
+(`SearchSpace(prune=True)`, `mpsearch solve --prune`): a pruned plan needs distillation to recover.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from mpsearch.budget import Budget
 from mpsearch.cost import FLOAT_BITS, PRUNED, fixed_bytes, get_format, layer_bitops, layer_bytes
 from mpsearch.model import Inventory
 from mpsearch.plan import LayerBits, Plan
+from solvers.all_or_nothing import all_or_nothing_rows
 from solvers.problem import Constraint, Problem, Solution, StepProblem
 
 
@@ -45,6 +46,7 @@ class SearchSpace:
     `protect`: regexes of layers kept at 16/16 (e.g. MixDQ's most sensitive 1%: see `protect_top`).
     `protect_top`: fraction of layers, the most sensitive at the lowest candidate bits, kept at 16/16.
     `weight_only`: activations stay at 16 bits (no activation options).
+    `prune`: also offer removing whole units (LAPTOP-Diff) the profile scored (`mpsearch profile --prune`).
     """
 
     w_bits: Sequence[int] | None = None
@@ -54,7 +56,7 @@ class SearchSpace:
     protect_top: float = 0.0
     allow_fp: bool = True
     metric_weights: dict[str, float] = field(default_factory=dict)
-    prune: bool = True  # offer "pruned" for the units the profile scored (False: quantization only)
+    prune: bool = False  # also offer "pruned" for the units the profile scored (needs unit rows)
 
 
 def _loss_tables(df: pd.DataFrame, tensor: str, inv: Inventory, bits: Sequence[int], metrics: Sequence[str]):
@@ -136,7 +138,10 @@ def build_problem(
     keys = [list(pairs) for _ in inv.layers]
     constraints = list(extra_constraints)
     saved = 0
-    if space.prune and not unit_df.empty:
+    if space.prune and unit_df.empty:
+        raise ValueError("pruning asked for, but the profile scores no prunable unit: add the scores with "
+                         "`mpsearch profile --prune --tensors '' --out <this profile>`")
+    if space.prune:
         saved = _add_prune_options(inv, unit_df, units, groups, keys, costs, step_losses, constraints, f)
     if budget is not None:
         b = Budget.parse(budget)
@@ -204,13 +209,9 @@ def _add_prune_options(inv, unit_df, units, groups, keys, costs, step_losses, co
             for r in ("bytes", "wbits", "bitops"):
                 costs[r][i] = [*costs[r][i], 0]
     for name, u in table.items():
-        first, n = u["members"][0], len(u["members"])
-        coef = [-(n - 1) if i == first else 1 for i in range(len(inv))]
-        for sign, tag in ((1, "prune"), (-1, "keep")):
-            res = f"{tag}:{name}"
-            costs[res] = [[0] * (len(keys[i]) - 1) + [sign * coef[i]] if i in u["members"] else [0] * len(keys[i])
-                          for i in range(len(inv))]
-            constraints.append(Constraint(res, upper=0, items=u["members"], name=res))
+        rows, cons = all_or_nothing_rows(keys, f"pruned:{name}", PRUNED_KEY, u["members"])
+        costs.update(rows)
+        constraints.extend(cons)
     return saved
 
 

@@ -9,6 +9,12 @@ duplicates rejected. Every candidate meets every constraint of the problem (the 
 ones are repaired by moving random units to cheaper options, offspring that break a constraint are
 discarded and redrawn.
 
+All-or-nothing groups (`solvers.all_or_nothing`, LAPTOP-Diff's pruned blocks) get one gene each, "taken"
+or not, beside the option genes of their items, which keep their bits while the group is kept: a block is
+pruned whole or not at all in every candidate, by construction. Mutation flips the gene with the same
+probability as any other, crossover mixes it, random candidates take each group with probability 1/2, and
+repair may take a group (prune a block) to fit the budget. The seed candidate takes none.
+
 Fitness is a surrogate: Σ_g Σ_i step_loss[g, i, choice_i] (normalised as in `StepProblem`) plus the
 kept steps' `timestep_loss`. An optional `evaluate(solution, kept_steps) -> float` (e.g. FID of sampled
 images) re-ranks the best `rerank_top` candidates at the end, as TMPQ-DM re-evaluates its top 10.
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .all_or_nothing import AllOrNothing, groups_of
 from .problem import Problem, Solution, StepProblem
 from .registry import register_solver
 from .units import UnitModel, build_units
@@ -62,14 +69,56 @@ def quad_groups(n_groups: int, n_steps: int = 1000) -> list[tuple[int, int]]:
 
 
 class _Genome:
-    """Per-unit gene tables: option index ↔ key components, vectorised over units with the same keys."""
+    """A candidate is `(choice, flags)`: an option index per unit and, per all-or-nothing group
+    (`solvers.all_or_nothing`: LAPTOP-Diff's pruned blocks), whether the group takes its key. `choice`
+    never holds a group's key for the group's units (it keeps their bits while the group is kept, so
+    un-pruning restores them); `decode` sets the units of taken groups to the key. Every decoded choice
+    therefore satisfies every group: no block is ever partly pruned.
 
-    def __init__(self, problem: Problem, m: UnitModel) -> None:
-        first = np.array([np.flatnonzero(m.unit_of == u)[0] for u in range(m.n_units)])
-        self.n_opt = m.valid.sum(axis=1)
-        keys = [tuple(problem.keys[i][m.opt_of[i, k]] for k in range(self.n_opt[u]))
-                for u, i in enumerate(first)]
-        self.tables: list[tuple[np.ndarray, np.ndarray]] = []  # (units, swap[k, j, v] → option or −1)
+    Option genes: one per component of a unit's option key ((w, a) → a weight and an activation gene),
+    or one option gene when keys are not tuples; vectorised over units with the same allowed keys.
+    """
+
+    def __init__(self, problem: Problem, m: UnitModel, groups: list[AllOrNothing]) -> None:
+        U = m.n_units
+        rows = np.arange(U)
+        first = np.array([np.flatnonzero(m.unit_of == u)[0] for u in range(U)])
+        self.allowed = m.valid.copy()
+        # groups at the unit level: member units, and each member's unit option for the key
+        self.members: list[np.ndarray] = []
+        self.key_opt: list[np.ndarray] = []
+        self.can: list[bool] = []  # False: some member cannot take the key, so the group is always kept
+        self.names: list[str] = []
+        owner = np.full(U, -1)
+        for g in groups:
+            units = np.unique(m.unit_of[list(g.items)])
+            inside = np.isin(np.flatnonzero(np.isin(m.unit_of, units)), g.items).all()
+            if not inside or (owner[units] >= 0).any():
+                continue  # a tie reaches outside the group, or groups overlap: its rows alone guard it
+            ks = np.full(len(units), -1)
+            for n, u in enumerate(units):
+                i = first[u]
+                hit = [k for k in np.flatnonzero(m.valid[u]) if problem.keys[i][m.opt_of[i, k]] == g.key]
+                ks[n] = hit[0] if hit else -1
+            owner[units] = len(self.members)
+            self.names.append(g.name)
+            self.members.append(units)
+            self.key_opt.append(ks)
+            self.can.append(bool((ks >= 0).all()))
+            self.allowed[units[ks >= 0], ks[ks >= 0]] = False
+        if (self.allowed.sum(axis=1) == 0).any():
+            raise ValueError("a unit of an all-or-nothing group has no option besides the group's key")
+        self.grouped = owner >= 0
+        self.n_opt = self.allowed.sum(axis=1)
+        self.local_to_opt = np.full(m.valid.shape, -1)
+        self.opt_to_local = np.full(m.valid.shape, -1)
+        for u in range(U):
+            opts = np.flatnonzero(self.allowed[u])
+            self.local_to_opt[u, : len(opts)] = opts
+            self.opt_to_local[u, opts] = np.arange(len(opts))
+        keys = [tuple(problem.keys[i][m.opt_of[i, k]] for k in np.flatnonzero(self.allowed[u]))
+                for u, i in zip(rows, first, strict=True)]
+        self.tables: list[tuple[np.ndarray, np.ndarray]] = []  # (units, swap[k, j, v] → local option or −1)
         by_sig: dict[tuple, list[int]] = {}
         for u, ks in enumerate(keys):
             by_sig.setdefault(ks, []).append(u)
@@ -88,45 +137,85 @@ class _Genome:
                 swap = np.tile(np.arange(len(ks))[None, None, :], (len(ks), 1, 1))
             self.tables.append((np.array(units), swap))
 
-    def mutate(self, choice: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+    @property
+    def n_groups(self) -> int:
+        return len(self.members)
+
+    def decode(self, choice: np.ndarray, flags: np.ndarray) -> np.ndarray:
+        out = choice.copy()
+        for g in np.flatnonzero(flags):
+            out[self.members[g]] = self.key_opt[g]
+        return out
+
+    def mutate(self, choice: np.ndarray, flags: np.ndarray, p: float,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         out = choice.copy()
         for units, swap in self.tables:
             n_k, d, V = swap.shape
             if n_k == 1:
                 continue
-            cur = out[units]
+            cur = self.opt_to_local[units, out[units]]
             for j in range(d):
                 hit = rng.random(len(units)) < p
                 v = rng.integers(0, V, len(units))
                 new = swap[cur, j, v]
                 cur = np.where(hit & (new >= 0), new, cur)
-            out[units] = cur
-        return out
+            out[units] = self.local_to_opt[units, cur]
+        flip = (rng.random(self.n_groups) < p) & np.array(self.can, bool)
+        return out, flags ^ flip
 
-    def random(self, rng: np.random.Generator) -> np.ndarray:
-        return (rng.random(len(self.n_opt)) * self.n_opt).astype(np.int64)
+    def random(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        local = (rng.random(len(self.n_opt)) * self.n_opt).astype(np.int64)
+        flags = (rng.random(self.n_groups) < 0.5) & np.array(self.can, bool)
+        return self.local_to_opt[np.arange(len(local)), local], flags
+
+    def split(self, m: UnitModel, unit_choice: np.ndarray, fallback: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(choice, flags) of a decoded unit choice; a group's units that take the key get `fallback`'s
+        options. Raises if a group is taken only in part."""
+        choice, flags = unit_choice.copy(), np.zeros(self.n_groups, bool)
+        for g, (units, ks) in enumerate(zip(self.members, self.key_opt, strict=True)):
+            at_key = unit_choice[units] == ks
+            if at_key.any() and not at_key.all():
+                raise ValueError(f"start takes the key of all-or-nothing group {g} for only some of its items")
+            if at_key.all():
+                flags[g] = True
+                choice[units] = fallback[units]
+        return choice, flags
 
 
-def _repair(m: UnitModel, choice: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
-    """Move random units to their cheapest option in each broken upper row until it fits (None if not)."""
-    choice = choice.copy()
-    rows = np.arange(m.n_units)
-    for _ in range(3):
-        totals = m.totals(choice)
+def _repair(m: UnitModel, genome: _Genome, choice: np.ndarray, flags: np.ndarray,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+    """Cut each broken upper row until it fits: random moves, each a unit to its cheapest allowed option
+    or a whole group to its key, until their savings cover the excess (None if it still does not fit)."""
+    choice, flags = choice.copy(), flags.copy()
+    U, G = m.n_units, genome.n_groups
+    rows = np.arange(U)
+    for _ in range(2 + 2 * (G > 0)):
+        dec = genome.decode(choice, flags)
+        totals = m.totals(dec)
         over = np.flatnonzero(totals > m.hi)
         if len(over) == 0:
             break
         c = over[0]
-        a = np.where(m.valid, m.A[c], np.inf)
+        a = np.where(genome.allowed, m.A[c], np.inf)
         cheap = a.argmin(axis=1)
-        saving = a[rows, choice] - a[rows, cheap]
-        order = rng.permutation(m.n_units)
+        cur = m.A[c][rows, dec]
+        saving = cur - a[rows, cheap]
+        for g in np.flatnonzero(flags):
+            saving[genome.members[g]] = 0.0  # a taken group's units cost the key's, whatever their bits
+        g_saving = np.array([(cur[u] - m.A[c][u, k]).sum() if genome.can[g] and not flags[g] else 0.0
+                             for g, (u, k) in enumerate(zip(genome.members, genome.key_opt, strict=True))])
+        moves = np.concatenate([saving, g_saving])
+        order = rng.permutation(U + G)
+        order = order[moves[order] > 0]
         need = totals[c] - m.hi[c]
-        cum = np.cumsum(saving[order])
-        n = int(np.searchsorted(cum, need)) + 1
+        n = int(np.searchsorted(np.cumsum(moves[order]), need)) + 1
         take = order[:n]
-        choice[take] = cheap[take]
-    return choice if m.feasible(choice, rtol=0.0) else None
+        units, groups = take[take < U], take[take >= U] - U
+        choice[units] = cheap[units]
+        flags[groups] = True
+    dec = genome.decode(choice, flags)
+    return (choice, flags) if m.feasible(dec, rtol=0.0) else None
 
 
 @register_solver("evolution")
@@ -139,10 +228,12 @@ def solve_evolution(
     start: Sequence[int] | None = None,
 ) -> Solution:
     """Search kept steps and option per item; returns the best `Solution` with info["kept_steps"],
-    info["step_groups"], info["history"] (best surrogate fitness after each epoch), info["fitness"].
+    info["step_groups"], info["history"] (best surrogate fitness after each epoch), info["fitness"],
+    info["groups_taken"] (names of the all-or-nothing groups, e.g. pruned blocks, that took their key).
 
     A plain `Problem` is searched as one step group with its objective as the surrogate.
-    start: the seed candidate (option index per item); default each unit's median-cost option.
+    start: the seed candidate (option index per item); default each unit's median-cost option, with no
+    all-or-nothing group taken.
     """
     t0 = time.perf_counter()
     cfg = config if seed is None else EvolutionConfig(**{**config.__dict__, "seed": seed})
@@ -164,7 +255,8 @@ def solve_evolution(
     else:
         S = np.where(m.valid, m.obj, 0.0)[None]
         groups, tl = (), ()
-    genome = _Genome(base, m)
+    aon = groups_of(base)
+    genome = _Genome(base, m, aon)
     rows = np.arange(U)
 
     def fitness(choice: np.ndarray, ts: tuple[int, ...]) -> float:
@@ -179,37 +271,44 @@ def solve_evolution(
                      for t, (a, b) in zip(ts, groups, strict=True))
 
     seen: set[bytes] = set()
-    pop: list[tuple[float, np.ndarray, tuple[int, ...]]] = []
+    # (fitness, choice, flags, kept steps); choice/flags as in `_Genome`
+    pop: list[tuple[float, np.ndarray, np.ndarray, tuple[int, ...]]] = []
 
-    def add(choice: np.ndarray | None, ts: tuple[int, ...]) -> bool:
-        if choice is None or not m.feasible(choice, rtol=0.0):
+    def add(cand: tuple[np.ndarray, np.ndarray] | None, ts: tuple[int, ...]) -> bool:
+        if cand is None:
             return False
-        tag = choice.tobytes() + np.array(ts, np.int64).tobytes()
+        choice, flags = cand
+        dec = genome.decode(choice, flags)
+        if not m.feasible(dec, rtol=0.0):
+            return False
+        tag = dec.tobytes() + np.array(ts, np.int64).tobytes()
         if tag in seen:
             return False
         seen.add(tag)
-        pop.append((fitness(choice, ts), choice, ts))
+        pop.append((fitness(dec, ts), choice, flags, ts))
         return True
 
+    ref = m.A[0] if len(m.names) else m.obj
+    order = np.argsort(np.where(genome.allowed, ref, np.inf), axis=1, kind="stable")
+    median = order[rows, (genome.n_opt - 1) // 2]
     if start is not None:
-        seed_choice = m.encode(np.asarray(start))
-        if seed_choice is None:
+        unit_start = m.encode(np.asarray(start))
+        if unit_start is None:
             raise ValueError("start breaks a tie or a fixed item")
+        seed_cand = genome.split(m, unit_start, median)
     else:
-        ref = m.A[0] if len(m.names) else m.obj
-        order = np.argsort(np.where(m.valid, ref, np.inf), axis=1, kind="stable")
-        seed_choice = order[rows, (genome.n_opt - 1) // 2]
-    seed_choice = _repair(m, seed_choice, rng)
+        seed_cand = (median, np.zeros(genome.n_groups, bool))
+    seed_cand = _repair(m, genome, *seed_cand, rng)
     seed_steps = tuple(a for a, _ in groups)
-    add(seed_choice, seed_steps)
+    add(seed_cand, seed_steps)
     tries = 0
     while len(pop) < 1 + cfg.population // 2 and tries < 20 * cfg.population:
         tries += 1
-        add(_repair(m, genome.random(rng), rng), random_steps())
+        add(_repair(m, genome, *genome.random(rng), rng), random_steps())
     tries = 0
-    while len(pop) < cfg.population and tries < 20 * cfg.population and seed_choice is not None:
+    while len(pop) < cfg.population and tries < 20 * cfg.population and seed_cand is not None:
         tries += 1
-        add(_repair(m, genome.mutate(seed_choice, cfg.init_m_prob, rng), rng),
+        add(_repair(m, genome, *genome.mutate(*seed_cand, cfg.init_m_prob, rng), rng),
             mutate_steps(seed_steps, cfg.init_m_prob))
     if not pop:
         raise ValueError("evolution found no candidate meeting the constraints")
@@ -218,40 +317,44 @@ def solve_evolution(
         pop.sort(key=lambda c: c[0])
         top = pop[: cfg.parents]
         history.append(top[0][0])
-        nxt = list(pop[: cfg.population])
-        pop = nxt
+        pop = pop[: cfg.population]
         born, tries = 0, 0
         while born < cfg.mutations and tries < 10 * cfg.mutations:
             tries += 1
-            _, ch, ts = top[rng.integers(len(top))]
-            born += add(genome.mutate(ch, cfg.m_prob, rng), mutate_steps(ts, cfg.m_prob))
+            _, ch, fl, ts = top[rng.integers(len(top))]
+            born += add(genome.mutate(ch, fl, cfg.m_prob, rng), mutate_steps(ts, cfg.m_prob))
         born, tries = 0, 0
         while born < cfg.crossovers and tries < 10 * cfg.crossovers and len(top) > 1:
             tries += 1
             i, j = rng.choice(len(top), 2, replace=False)
             mask = rng.random(U) < 0.5
-            ch = np.where(mask, top[i][1], top[j][1])
+            fmask = rng.random(genome.n_groups) < 0.5
             tmask = rng.random(len(groups)) < 0.5
-            ts = tuple(a if t else b for a, b, t in zip(top[i][2], top[j][2], tmask, strict=True))
-            born += add(ch, ts)
+            ts = tuple(a if t else b for a, b, t in zip(top[i][3], top[j][3], tmask, strict=True))
+            born += add((np.where(mask, top[i][1], top[j][1]), np.where(fmask, top[i][2], top[j][2])), ts)
         n_random = cfg.population - cfg.mutations - cfg.crossovers
         born, tries = 0, 0
         while born < n_random and tries < 10 * max(n_random, 1):
             tries += 1
-            born += add(_repair(m, genome.random(rng), rng), random_steps())
+            born += add(_repair(m, genome, *genome.random(rng), rng), random_steps())
         # keep the best `population` of parents and children (elitist, as the released code's top-50)
         pop.sort(key=lambda c: c[0])
         pop = pop[: cfg.population]
     pop.sort(key=lambda c: c[0])
     history.append(pop[0][0])
     finalists = pop[: max(1, cfg.rerank_top)]
+
+    def solution_of(cand) -> np.ndarray:
+        return m.decode(genome.decode(cand[1], cand[2]))
+
     scores = None
     if evaluate is not None:
-        scores = [float(evaluate(base.evaluate(m.decode(ch)), ts)) for _, ch, ts in finalists]
+        scores = [float(evaluate(base.evaluate(solution_of(c)), c[3])) for c in finalists]
         best = finalists[int(np.argmin(scores))]
     else:
         best = finalists[0]
-    info = {"kept_steps": best[2], "step_groups": tuple(groups), "fitness": best[0], "history": history,
-            "evaluations": scores, "seed": cfg.seed}
-    return base.evaluate(m.decode(best[1]), status="feasible", time_s=time.perf_counter() - t0,
+    taken = [genome.names[g] for g in np.flatnonzero(best[2])]
+    info = {"kept_steps": best[3], "step_groups": tuple(groups), "fitness": best[0], "history": history,
+            "evaluations": scores, "seed": cfg.seed, "groups_taken": taken}
+    return base.evaluate(solution_of(best), status="feasible", time_s=time.perf_counter() - t0,
                          backend="evolution", info=info)

@@ -11,7 +11,7 @@ from mpsearch import calibration as cal
 from mpsearch.exporter import export, fake_quantize, load_quantized
 from mpsearch.model import find_denoiser, inventory
 from mpsearch.plan import LayerBits, Plan, PlanError
-from mpsearch.planner import solve
+from mpsearch.planner import BudgetInfeasible, solve
 from mpsearch.problem import SearchSpace, build_problem, solution_to_plan
 from mpsearch.profiler import profile
 from mpsearch.pruning import find_units, pruned
@@ -85,7 +85,8 @@ def _check_all_or_nothing(plan: Plan, pipe) -> None:
 def test_tied_pruned_options_are_all_or_nothing_and_bytes_exact(scored, pipe, tmp_path):
     inv = inventory(pipe)
     w4 = Plan.uniform(inv, 4).predicted["bytes"]
-    plan = solve((scored.df, inv, scored.meta), f"{int(w4 * 0.8)}B")  # below uniform 4-bit: only pruning gets there
+    plan = solve((scored.df, inv, scored.meta), f"{int(w4 * 0.8)}B",  # below uniform 4-bit: only pruning gets there
+                 space=SearchSpace(prune=True))
     assert plan.pruned_units and plan.predicted["bytes"] <= int(w4 * 0.8)
     _check_all_or_nothing(plan, pipe)
     kept = [n for n, b in plan.layers.items() if not b.pruned]
@@ -106,7 +107,7 @@ def test_partial_pruning_is_never_chosen_even_when_cheaper(scored, pipe):
     0 loss) alone, but the tie forbids it; a generous budget then prunes nothing."""
     inv = inventory(pipe)
     units = scored.meta["units"]
-    sp = build_problem(inv, scored.df, "100%", units=units)
+    sp = build_problem(inv, scored.df, "100%", units=units, space=SearchSpace(prune=True))
     sol = solve_ilp(sp.problem)
     plan = solution_to_plan(sol, inv, units=units)
     assert plan.pruned_units == []
@@ -160,13 +161,28 @@ def test_exported_pruned_model_is_smaller_and_matches_fake_pruning(pipe, tmp_pat
 def test_unit_rows_without_unit_table_are_refused(scored, pipe):
     inv = inventory(pipe)
     with pytest.raises(ValueError, match="unit table"):
-        build_problem(inv, pd.DataFrame(scored.df), "50%")
+        build_problem(inv, pd.DataFrame(scored.df), "50%", space=SearchSpace(prune=True))
 
 
-def test_solvers_without_pruning_support_say_so(scored, pipe):
+def test_pruning_is_opt_in_and_mixdq_refuses_it(scored, pipe):
     inv = inventory(pipe)
-    with pytest.raises(ValueError, match="only the ilp solver searches pruning"):
-        solve((scored.df, inv, scored.meta), "50%", solver="evolution")
-    plan = solve((scored.df, inv, scored.meta), "50%", solver="evolution", space=SearchSpace(prune=False),
-                 config=EvolutionConfig(epochs=2))
-    assert plan.pruned_units == []
+    w4 = Plan.uniform(inv, 4).predicted["bytes"]
+    with pytest.raises(BudgetInfeasible):  # the unit rows are there, but not offered unless asked for
+        solve((scored.df, inv, scored.meta), f"{int(w4 * 0.8)}B")
+    with pytest.raises(ValueError, match="allocates bits only"):
+        solve((scored.df, inv, scored.meta), "4bits", solver="mixdq", space=SearchSpace(prune=True))
+    no_units = scored.df[scored.df.tensor != "unit"]
+    with pytest.raises(ValueError, match="scores no prunable unit"):
+        solve((no_units, inv, scored.meta), "50%", space=SearchSpace(prune=True))
+
+
+def test_evolution_searches_pruning_through_the_planner(scored, pipe):
+    """Below uniform 4-bit only pruning fits: the evolution prunes whole units, like the ILP."""
+    inv = inventory(pipe)
+    budget = f"{int(Plan.uniform(inv, 4).predicted['bytes'] * 0.8)}B"
+    plan = solve((scored.df, inv, scored.meta), budget, solver="evolution", space=SearchSpace(prune=True),
+                 config=EvolutionConfig(epochs=5))
+    ilp = solve((scored.df, inv, scored.meta), budget, space=SearchSpace(prune=True))
+    assert plan.pruned_units and plan.predicted["bytes"] <= int(budget[:-1])
+    _check_all_or_nothing(plan, pipe)
+    assert plan.predicted["loss"] >= ilp.predicted["loss"] - 1e-12  # the ILP is exact

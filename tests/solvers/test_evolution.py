@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 
 from solvers import Constraint, EvolutionConfig, Problem, StepProblem, quad_groups, solve, solve_evolution
+from solvers.all_or_nothing import all_or_nothing_rows, groups_of
+from solvers.bruteforce import solve_bruteforce
 
 BITS = [5, 6, 7, 8]
 
@@ -76,3 +78,121 @@ def test_evaluate_callback_reranks_and_plain_problem_works():
     assert max(s.info["evaluations"]) > min(s.info["evaluations"])
     plain = solve(sp.flatten(), "evolution", config=EvolutionConfig(epochs=3))
     assert plain.info["kept_steps"] == ()
+
+
+# --- pruning: all-or-nothing groups (LAPTOP-Diff blocks) mixed with per-layer bits -------------------
+
+PAIRS = [(w, a) for w in (4, 8, 16) for a in (8, 16)]  # a full product, as `mpsearch.problem` builds
+
+
+def pruning_problem(seed: int, budget_frac: float | None = None, resource: str = "bytes") -> Problem:
+    """6 layers: two prunable units (layers 0-2 and 3-4; the unit's score on its first layer, its other
+    layers' "pruned" free, as `mpsearch.problem` writes it) and a free layer; bytes and BitOPs costs."""
+    rng = np.random.default_rng(seed)
+    units = [[0, 1, 2], [3, 4]]
+    in_unit = {i for u in units for i in u}
+    L = 6
+    params = rng.integers(50, 400, L).astype(float)
+    macs = rng.integers(100, 2000, L).astype(float)
+    keys = [[*PAIRS, "pruned"] if i in in_unit else list(PAIRS) for i in range(L)]
+    sens = rng.lognormal(0, 1, (L, 2))
+    loss = [[sens[i, 0] * 2.0 ** -w * (w < 16) + sens[i, 1] * 2.0 ** -a * (a < 16) for w, a in PAIRS]
+            for i in range(L)]
+    cost = {"bytes": [[params[i] * w / 8 for w, _ in PAIRS] for i in range(L)],
+            "bitops": [[macs[i] * w * a for w, a in PAIRS] for i in range(L)]}
+    for u in units:
+        score = sens[u].sum() * rng.uniform(0.005, 0.1)
+        for i in u:
+            loss[i].append(score if i == u[0] else 0.0)
+            for r in cost:
+                cost[r][i].append(0.0)
+    constraints = []
+    for n, u in enumerate(units):
+        rows, cons = all_or_nothing_rows(keys, f"pruned:u{n}", "pruned", u)
+        cost |= rows
+        constraints += cons
+    top = sum(max(c) for c in cost[resource])
+    frac = rng.uniform(0.05, 0.6) if budget_frac is None else budget_frac
+    constraints.append(Constraint(resource, upper=frac * top, name="budget"))
+    return Problem(keys=keys, costs=cost, losses={"m": loss}, constraints=constraints)
+
+
+def _pruned_units(p: Problem, sol) -> list[tuple[bool, ...]]:
+    return [tuple(sol.keys[i] == "pruned" for i in g.items) for g in groups_of(p)]
+
+
+@pytest.mark.parametrize("resource", ["bytes", "bitops"])
+def test_evolution_with_pruning_reaches_the_bruteforce_optimum(resource):
+    """15 random 6-layer problems per resource (6·7^5 = 100,842 choices; budgets 5-60 % of the largest
+    total, so some optima prune a unit and some do not) against brute force.
+
+    Tolerance: TMPQ-DM's evolution is a heuristic with no optimality guarantee. Measured on 60 seeds per
+    resource (default config: 50 × 20 epochs), it found the exact optimum on 58/59 feasible byte problems
+    and 59/60 BitOPs problems, the two misses 25 % and 9 % above it (local optima: another seed finds
+    them). So: exact on at least 90 % of the feasible instances, and never more than 30 % worse. A search
+    that could not prune would fail it: the optimum prunes in about a third of the instances."""
+    exact, feasible, prunes = 0, 0, 0
+    for seed in range(15):
+        p = pruning_problem(seed, resource=resource)
+        best = solve_bruteforce(p)
+        if best.status == "infeasible":
+            with pytest.raises(ValueError, match="no candidate"):
+                solve_evolution(p)
+            continue
+        feasible += 1
+        sol = solve_evolution(p, seed=seed)
+        assert p.violations(sol.choice) == {}
+        assert sol.constraint_totals["budget"] <= p.constraint("budget").upper
+        assert all(len(set(u)) == 1 for u in _pruned_units(p, sol)), sol.keys
+        assert sol.objective <= 1.3 * best.objective + 1e-12, (seed, sol.keys, best.keys)
+        exact += sol.objective == pytest.approx(best.objective, rel=1e-9)
+        prunes += any(all(u) for u in _pruned_units(p, best))
+    assert exact >= 0.9 * feasible and feasible >= 10
+    assert prunes >= 2
+
+
+def test_evolution_prunes_when_only_pruning_fits_and_records_the_group():
+    # below what bits alone can reach: 90 % of the cheapest all-4-bit plan
+    p = pruning_problem(1)
+    cheapest_bits = sum(min(c for k, c in zip(ks, row, strict=False) if k != "pruned")
+                        for ks, row in zip(p.keys, p.costs["bytes"], strict=True))
+    p = p.replace(constraints=[*p.constraints[:-1], Constraint("bytes", upper=0.9 * cheapest_bits, name="budget")])
+    sol = solve_evolution(p)
+    best = solve_bruteforce(p)
+    assert sol.objective == pytest.approx(best.objective)
+    assert sol.info["groups_taken"] and all(g.startswith("pruned:") for g in sol.info["groups_taken"])
+    taken = {g.name for g in groups_of(p) if all(sol.keys[i] == "pruned" for i in g.items)}
+    assert taken == set(sol.info["groups_taken"])
+
+
+def test_partial_pruning_never_enters_the_population(monkeypatch):
+    """Layers 1-2 and 4 would take "pruned" alone at no loss and no bytes; every candidate the search
+    admits is checked, and none prunes part of a unit."""
+    import solvers.evolution as ev
+
+    p = pruning_problem(3, budget_frac=0.3)
+    groups = groups_of(p)
+    admitted = []
+    real = ev.UnitModel.feasible
+
+    def spy(self, choice, rtol=1e-9):
+        ok = real(self, choice, rtol)
+        if ok:
+            item = self.decode(choice)
+            admitted.append([{p.keys[i][item[i]] == "pruned" for i in g.items} for g in groups])
+        return ok
+
+    monkeypatch.setattr(ev.UnitModel, "feasible", spy)
+    solve_evolution(p, config=EvolutionConfig(epochs=5))
+    assert len(admitted) >= 50
+    assert all(len(s) == 1 for cand in admitted for s in cand)
+    assert any(s == {True} for cand in admitted for s in cand)  # pruning was explored
+
+
+def test_start_with_a_pruned_unit_and_partial_start_refused():
+    p = pruning_problem(2, budget_frac=0.6)
+    full = [p.keys[i].index("pruned") if i in (0, 1, 2) else 0 for i in range(p.n_items)]
+    sol = solve_evolution(p, start=full, config=EvolutionConfig(epochs=1))
+    assert p.violations(sol.choice) == {}
+    with pytest.raises(ValueError, match="only some"):
+        solve_evolution(p, start=[p.keys[0].index("pruned")] + [0] * (p.n_items - 1))

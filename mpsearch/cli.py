@@ -232,6 +232,9 @@ def solve(
     pareto: Annotated[str | None, typer.Option(help="LO:HI:N — also write the front over N budgets (CSV + plot).")] = None,
     time_limit: Annotated[float | None, typer.Option(help="Solver time limit in seconds.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the evolutionary search.")] = 0,
+    prune: Annotated[bool, typer.Option("--prune", help="Also consider removing whole blocks (LAPTOP-Diff; "
+                                        "needs block scores: `mpsearch profile --prune`). Recover a pruned "
+                                        "plan with `mpsearch distill`.")] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Plan JSON to write.")] = Path("plan.json"),
     steps: Annotated[int | None, typer.Option(help="Keep this many of the model's denoising steps (evolution: "
                                               "which ones is searched; other solvers keep evenly spaced ones). "
@@ -268,7 +271,7 @@ def solve(
     if not (profile / "meta.json").is_file():
         fail(f"{profile} is not a profile folder (no meta.json); run `mpsearch profile --out {profile}` first")
     space = SearchSpace(w_bits=bits(w_bits), a_bits=bits(a_bits), weight_only=weight_only,
-                        protect=protect or [], protect_top=protect_top)
+                        protect=protect or [], protect_top=protect_top, prune=prune)
     _, _, inv = load_profile(profile)
     console.print(f"budget: {b.describe(inv)}")
     if steps is not None and b.resource == "bitops":

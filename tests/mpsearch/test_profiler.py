@@ -246,9 +246,23 @@ def test_cli_profile_on_a_saved_pipeline(name, tmp_path):
     TINY_PIPELINES[name]().save_pretrained(tmp_path / "model")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
+    rescale = ["--guidance-rescale", "0.5"] if name == "sdxl" else []
     r = CliRunner().invoke(app, ["profile", "--model", str(tmp_path / "model"), "--prompts", str(prompts),
-                                 "--steps", "2", "--bits", "2", "--act-bits", "16", "--metrics", "sqnr,ssim",
+                                 "--steps", "2", "--bits", "2", "--act-bits", "16", "--metrics", "sqnr,ssim", *rescale,
                                  "--all-metrics", "--layers", FAMILY_LAYERS[name], "--out", str(tmp_path / "p")])
     assert r.exit_code == 0, r.output
     prof = Profile.load(tmp_path / "p")
     assert len(prof) == 4 * 1 * 1 * 2 and prof.meta["component"] == ("unet" if name == "sdxl" else "transformer")
+    assert prof.meta["sampling"].get("guidance_rescale") == (0.5 if name == "sdxl" else None)
+
+
+def test_shipped_demo_profile_is_still_accepted(tmp_path):
+    """The demo reference (fingerprint, prompts hash, timesteps) is what the shipped profile was measured
+    with: resuming a copy of it measures nothing new and refuses nothing."""
+    import shutil
+
+    shutil.copytree(ROOT / "profiles" / "demo", tmp_path / "demo")
+    before = Profile.load(tmp_path / "demo")
+    after = profile(None, out=tmp_path / "demo", tensors=("weight",), layers=r"^conv_in$")
+    assert after.meta["sampling"] == before.meta["sampling"] and after.meta["fingerprint"] == before.meta["fingerprint"]
+    pd.testing.assert_frame_equal(_frame(after), _frame(before))

@@ -89,7 +89,7 @@ def check_compatible(old: dict, new: dict, where: str) -> None:
 
 
 def union_meta(old: dict, new: dict) -> dict:
-    """`new`, with candidates, tensors and metrics widened to include `old`'s."""
+    """`new`, with candidates, tensors, metrics and prunable units widened to include `old`'s."""
     out = dict(new)
     out["candidates"] = {
         k: sorted(set(old["candidates"].get(k, [])) | set(new["candidates"].get(k, []))) for k in ("weight", "act")
@@ -98,6 +98,9 @@ def union_meta(old: dict, new: dict) -> dict:
     out["metrics"] = {**old.get("metrics", {}), **new.get("metrics", {})}
     out["baseline"] = {**old.get("baseline", {}), **new.get("baseline", {})}
     out["created"] = old.get("created", new.get("created"))
+    units = {**(old.get("units") or {}), **(new.get("units") or {})}
+    if units:  # a resume without --prune keeps the unit table of the scores already stored
+        out["units"] = units
     return out
 
 
@@ -252,5 +255,8 @@ def merge(out: str | Path, shards: list[str | Path]) -> Profile:
         for r in prof.df.to_dict("records"):
             r = {k: (int(v) if k in ("bits", "step_group") else v) for k, v in r.items()}
             f.write(_dumps(r) + "\n")
+    inventories = [Path(s) / "inventory.json" for s in shards if (Path(s) / "inventory.json").is_file()]
+    if inventories:  # so the merged profile solves without the model, as its shards do
+        (out / "inventory.json").write_bytes(inventories[0].read_bytes())
     prof.path = out
     return prof

@@ -75,6 +75,30 @@ def test_unit_scores_are_profile_rows(scored, pipe):
     assert (scored.path / "measurements.jsonl").read_text().count('"tensor":"unit"') == len(rows)
 
 
+def test_unit_scores_join_a_layer_profile(pipe, tmp_path):
+    """A layer profile gains unit scores by resuming it with prune=True and tensors=() (or by merging a
+    units-only profile into it); a later resume without prune keeps them."""
+    from mpsearch.profile_store import merge
+
+    kw = dict(prompts=PROMPTS, steps=2, bits=(4,), metrics=["sqnr"])
+    layers = profile(pipe, out=tmp_path / "layers", tensors=("weight",), **kw)
+    assert "units" not in layers.meta and (layers.df.tensor == "weight").all()
+    n_units = len(find_units(pipe))
+    both = profile(pipe, out=tmp_path / "layers", tensors=(), prune=True, **kw)
+    assert len(both.df) == len(layers.df) + n_units and len(both.meta["units"]) == n_units
+    pd.testing.assert_frame_equal(both.df[both.df.tensor == "weight"].reset_index(drop=True), layers.df)
+    again = profile(pipe, out=tmp_path / "layers", tensors=("weight",), **kw)
+    assert again.meta["units"] == both.meta["units"] and len(again.df) == len(both.df)
+
+    fresh = profile(pipe, out=tmp_path / "w", tensors=("weight",), **kw)
+    units = profile(pipe, out=tmp_path / "u", tensors=(), prune=True, **kw)
+    merged = merge(tmp_path / "m", [tmp_path / "w", tmp_path / "u"])
+    assert len(merged.df) == len(fresh.df) + len(units.df) and merged.meta["units"] == units.meta["units"]
+    inv = inventory(pipe)
+    plan = solve(tmp_path / "m", "30%", space=SearchSpace(prune=True))
+    assert plan.predicted["bytes"] <= 0.3 * Plan.uniform(inv, 16).predicted["bytes"] + 1
+
+
 def _check_all_or_nothing(plan: Plan, pipe) -> None:
     for u in find_units(pipe):
         states = {plan.layers[n].pruned for n in u.layers}

@@ -1,0 +1,132 @@
+"""Timestep search: evolution with the real fitness on a tiny pipeline, BitOPs budgets over kept steps,
+plans that keep timesteps through save/load, export and generate."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mpsearch.budget import Budget
+from mpsearch.model import inventory
+from mpsearch.plan import Plan
+from mpsearch.planner import BudgetInfeasible, solve
+from mpsearch.step_search import run_bitops, solve_steps
+from solvers.evolution import EvolutionConfig
+
+POOL = [999, 749, 499, 249]
+PROMPTS = ["a red circle at the top left", "a blue square in the center"]
+SMALL = EvolutionConfig(population=12, parents=4, mutations=6, crossovers=3, epochs=4)
+
+
+def synthetic_profile(inv, seed=0):
+    """A profile of the tiny pipeline as `load_profile` reads it: (rows, inventory, meta), two step groups."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for layer in inv.layers:
+        s = rng.lognormal(0, 1.5)
+        metric = "sqnr" if layer.group == "quality" else "ssim"
+        for g in range(2):
+            for tensor, bits in (("weight", (2, 4, 8)), ("act", (8,))):
+                for b in bits:
+                    rows.append(dict(layer=layer.name, tensor=tensor, bits=b, metric=metric, step_group=g,
+                                     value=0.0, degradation=s * 4.0 ** (-b) * (1 + g)))
+    meta = {"model": "tiny", "candidates": {"weight": [2, 4, 8], "act": [8, 16]}, "step_groups": [[0, 1], [2, 3]],
+            "sampling": {"steps": 4, "guidance": 1.0, "timesteps": POOL, "prompts": PROMPTS, "seeds": [0, 1],
+                         "scheduler": "DDIMScheduler"}}  # fmt: skip
+    return pd.DataFrame(rows), inv, meta
+
+
+@pytest.fixture()
+def profile(tiny_pipe):
+    return synthetic_profile(inventory(tiny_pipe))
+
+
+def test_evolution_with_real_fitness_keeps_one_step_per_group_within_budget(tiny_pipe, profile):
+    inv = profile[1]
+    plan = solve_steps(profile, "20%bitops", 2, model=tiny_pipe, rerank=3, config=SMALL)
+    groups = plan.solver["step_groups"]
+    assert groups == [[999, 749], [499, 249]]
+    assert len(plan.kept_timesteps) == 2 and all(t in g for t, g in zip(plan.kept_timesteps, groups, strict=True))
+    ceiling = Budget.parse("20%bitops").resolve(inv) * 4  # one image over the 4-step schedule
+    assert plan.predicted["steps"] == 2
+    assert plan.predicted["bitops_run"] == 2 * plan.predicted["bitops"] <= ceiling
+    fit = plan.solver["fitness"]
+    assert fit["metric"] == "ssim" and fit["prompts"] == 2  # the profile's content metric and prompts
+    assert len(fit["finalists"]) == 3  # re-ranked by sampling
+    assert fit["fitness"] == min(f["fitness"] for f in fit["finalists"])
+    assert plan.solver["timestep_loss"]["base"] == [999, 499]  # the evenly spaced schedule
+    assert not any(hasattr(m, "_mpsearch_orig_forward") for m in tiny_pipe.unet.modules())  # restored
+    again = solve_steps(profile, "20%bitops", 2, model=tiny_pipe, rerank=3, config=SMALL)
+    assert again.kept_timesteps == plan.kept_timesteps and again.to_dict()["layers"] == plan.to_dict()["layers"]
+
+
+def test_bitops_budget_counts_kept_steps(profile):
+    """Half the steps, twice the BitOPs per call under the same per-image budget; still a ceiling."""
+    inv = profile[1]
+    ceiling = run_bitops(Budget.parse("15%bitops"), inv, 4)
+    all_steps = solve(profile, "15%bitops")  # per denoiser call: the same ratio over all 4 steps
+    half = solve(profile, "15%bitops", steps=2, solver="ilp")
+    assert half.kept_timesteps == [999, 499]  # evenly spaced: ILP chooses bits only
+    assert all_steps.predicted["bitops"] * 4 <= ceiling * (1 + 1e-9)
+    assert half.predicted["bitops_run"] <= ceiling * (1 + 1e-9)
+    assert half.predicted["bitops"] > ceiling / 4  # spends the steps it saved on bits
+    assert half.predicted["loss"] < all_steps.predicted["loss"]
+    with pytest.raises(BudgetInfeasible, match=r"with 2 kept steps: the smallest plan needs .* BitOPs per image"):
+        solve(profile, "0.5%bitops", steps=2, solver="ilp")
+
+
+def test_plan_keeps_timesteps_through_save_export_and_generate(tiny_pipe, profile, tmp_path):
+    from mpsearch.exporter import export, load_quantized
+    from mpsearch.generate import generate
+
+    plan = solve(profile, "15%bitops", steps=2, solver="ilp")
+    plan.layers = {n: type(b)(b.w_bits, 16) for n, b in plan.layers.items()}  # weights only: export packs weights
+    plan.predict(profile[1])
+    loaded = Plan.load(plan.save(tmp_path / "plan.json"))
+    assert loaded.kept_timesteps == [999, 499] and loaded.predicted["bitops_run"] == plan.predicted["bitops_run"]
+    export(loaded, tmp_path / "q", model=tiny_pipe)
+    qpipe = load_quantized(tmp_path / "q")
+    seen = []
+    qpipe.unet.register_forward_pre_hook(lambda m, args: seen.append(int(args[1].reshape(-1)[0])))
+    generate(qpipe, PROMPTS[:1], guidance=1.0)
+    assert seen == [999, 499]
+
+
+def test_step_search_errors(profile, tiny_pipe):
+    with pytest.raises(ValueError, match="cannot keep 5 of the 4 timesteps"):
+        solve_steps(profile, "20%bitops", 5, solver="ilp")
+    with pytest.raises(ValueError, match="quadratic group"):
+        solve_steps(profile, "20%bitops", 3, solver="ilp", grouping="quad")
+    df, inv, meta = profile
+    pndm = (df, inv, {**meta, "sampling": {**meta["sampling"], "scheduler": "PNDMScheduler"}})
+    with pytest.raises(ValueError, match="PNDMScheduler cannot sample at chosen timesteps"):
+        solve_steps(pndm, "20%bitops", 2, solver="ilp")
+    with pytest.raises(ValueError, match="reads 'output'"):
+        solve_steps(profile, "20%bitops", 2, model=tiny_pipe, fitness_metric="sqnr", config=SMALL)
+
+
+def test_cli_solve_with_steps_and_generate_with_the_plan(tmp_path, monkeypatch):
+    """`solve --steps` on the shipped demo profile (ILP: evenly spaced steps, no model needed), then
+    `generate --plan` samples at the plan's kept timesteps."""
+    from typer.testing import CliRunner
+
+    import mpsearch.generate
+    from mpsearch.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "plan.json"
+    args = ["solve", "--budget", "25%bitops", "--steps", "4", "--solver", "ilp", "--weight-only", "-o", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "kept timesteps (4 of 8): [999, 749, 499, 249]" in result.output
+    plan = Plan.load(out)
+    assert plan.predicted["bitops_run"] <= Budget.parse("25%bitops").resolve(inventory(None)) * 8
+    calls = []
+    real = mpsearch.generate.generate
+    monkeypatch.setattr(mpsearch.generate, "generate", lambda *a, **k: calls.append(k) or real(*a, **k))
+    result = runner.invoke(app, ["generate", "-p", "a red circle at the top left", "--plan", str(out),
+                                 "-o", str(tmp_path / "g.png")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert calls[0]["timesteps"] == [999, 749, 499, 249] and calls[0]["steps"] is None
+    assert (tmp_path / "g.png").is_file()
+    result = runner.invoke(app, ["solve", "--budget", "25%bitops", "--pool", "16", "-o", str(out)])
+    assert result.exit_code == 2 and "belong to the timestep search" in result.output

@@ -73,3 +73,19 @@ def test_solve_infeasible_budget_names_the_smallest():
     assert "infeasible" in result.output and "smallest" in result.output
     result = runner.invoke(app, ["solve", "--budget", "lots"])
     assert result.exit_code == 2 and "accepted budgets" in result.output
+
+
+def test_solve_prune_on_the_shipped_profile(tmp_path):
+    """1 MB is below uniform 2-bit: only --prune fits it; the plan names its pruned blocks."""
+    from mpsearch.plan import Plan
+
+    assert runner.invoke(app, ["solve", "--budget", "1MB", "-o", str(tmp_path / "no.json")]).exit_code == 2
+    for solver in ("ilp", "evolution"):
+        out = tmp_path / f"{solver}.json"
+        result = runner.invoke(app, ["solve", "--budget", "1MB", "--prune", "--solver", solver, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        plan = Plan.load(out)
+        assert plan.pruned_units and plan.predicted["bytes"] <= 10**6
+        assert "pruned units" in result.output
+    result = runner.invoke(app, ["solve", "--budget", "2bits", "--prune", "--solver", "mixdq"])
+    assert result.exit_code == 2 and "bits only" in result.output

@@ -210,3 +210,39 @@ def test_evolution_searches_pruning_through_the_planner(scored, pipe):
     assert plan.pruned_units and plan.predicted["bytes"] <= int(budget[:-1])
     _check_all_or_nothing(plan, pipe)
     assert plan.predicted["loss"] >= ilp.predicted["loss"] - 1e-12  # the ILP is exact
+
+
+def test_search_profiles_units_and_evolution_prunes(pipe, tmp_path):
+    """`mpsearch.search` = profile (with unit scores) + solve, the evolution searching pruning."""
+    import mpsearch
+
+    inv = inventory(pipe)
+    budget = f"{int(Plan.uniform(inv, 4).predicted['bytes'] * 0.8)}B"
+    plan = mpsearch.search(pipe, budget, profile_dir=tmp_path / "p", solver="evolution",
+                           space=SearchSpace(prune=True), config=EvolutionConfig(epochs=3),
+                           profile_options=dict(prompts=PROMPTS, steps=2, bits=(4,), tensors=("weight",),
+                                                metrics=["sqnr"], prune=True))
+    assert plan.pruned_units and plan.predicted["bytes"] <= int(budget[:-1])
+    _check_all_or_nothing(plan, pipe)
+
+
+def test_shipped_demo_profile_solves_with_pruning_by_ilp_and_evolution():
+    """profiles/demo holds unit scores: 1 MB (below uniform 2-bit, the smallest bits alone reach) needs
+    pruning; both solvers prune whole units only, and without pruning the budget is infeasible."""
+    from pathlib import Path
+
+    from mpsearch.planner import load_profile
+
+    prof = Path(__file__).resolve().parents[2] / "profiles" / "demo"
+    _, meta, inv = load_profile(prof)
+    with pytest.raises(BudgetInfeasible):
+        solve(prof, "1MB")
+    plans = {s: solve(prof, "1MB", solver=s, space=SearchSpace(prune=True), **kw)
+             for s, kw in (("ilp", {}), ("evolution", {"config": EvolutionConfig(epochs=5)}))}
+    for plan in plans.values():
+        assert plan.pruned_units and plan.predicted["bytes"] <= 10**6
+        for unit in meta["units"]:
+            states = {b.pruned for n, b in plan.layers.items() if n.startswith(unit + ".")}
+            assert states == {unit in plan.pruned_units}, unit
+        assert plan.validate(inv) is plan
+    assert plans["ilp"].predicted["loss"] <= plans["evolution"].predicted["loss"] + 1e-12

@@ -106,7 +106,9 @@ def fake_quant_act(x: torch.Tensor, lo, hi, bits: int, symmetric: bool = False) 
     """Quantize-dequantize `x` with range `[lo, hi]` (floats or tensors broadcastable to `x`) at `bits`.
 
     Asymmetric: `scale = (hi - lo) / (2^b - 1)`, integer zero point; symmetric: `scale = max|.| / (2^(b-1) - 1)`.
-    16 bits or more returns `x` unchanged.
+    16 bits or more returns `x` unchanged. When autograd tracks `x` (quantization-aware training,
+    `mpsearch.distill`) the gradient passes straight through (STE); the forward value is unchanged (up to
+    float rounding).
     """
     if bits >= 16:
         return x
@@ -122,7 +124,10 @@ def fake_quant_act(x: torch.Tensor, lo, hi, bits: int, symmetric: bool = False) 
         scale = ((hi - lo) / qmax).clamp_min(1e-12)
         zero = torch.round(-lo / scale)
         out = (torch.clamp(torch.round(xf / scale) + zero, 0, qmax) - zero) * scale
-    return out.to(x.dtype)
+    out = out.to(x.dtype)
+    if x.requires_grad and torch.is_grad_enabled():
+        return x + (out - x).detach()
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

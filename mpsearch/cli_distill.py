@@ -21,9 +21,11 @@ def register(app: typer.Typer) -> None:
         lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
         n_prompts: Annotated[int, typer.Option(help="Prompts whose FP sampling trajectories are the data.")] = 32,
         seed: Annotated[int, typer.Option(help="Seed of prompts, noise and batches.")] = 0,
+        recalibrate: Annotated[int, typer.Option(help="Steps between activation-range recalibrations "
+                                                      "(plans with a_bits < 16; 0 = once at the start).")] = 100,
     ) -> None:
         """Recover a pruned and/or quantized model: LAPTOP-Diff normalised feature distillation from the FP
-        model, quantizers in the loop; OUT is a pipeline to use with the same plan
+        model, with the plan's weight and activation quantizers in the loop; OUT is a pipeline to use with the same plan
         (`mpsearch evaluate --plan P --model OUT`, `mpsearch export --plan P --model OUT`)."""
         from mpsearch.distill import distill as run
         from mpsearch.model import ModelError
@@ -31,7 +33,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             _, result = run(plan, model=model, out=out, steps=steps, batch=batch, lr=lr, n_prompts=n_prompts,
-                            seed=seed, log=lambda m: err.print(f"[dim]{m}[/]"))
+                            seed=seed, recalibrate=recalibrate, log=lambda m: err.print(f"[dim]{m}[/]"))
         except (PlanError, ModelError, ValueError, FileNotFoundError) as e:
             fail(str(e))
         console.print(f"loss {result.loss_first:.4f} → {result.loss_last:.4f} in {result.steps} steps "

@@ -81,8 +81,15 @@ def _in_pruned(plan: Plan, name: str) -> bool:
 
 def check_plan(plan: Plan, inv: Inventory, den: nn.Module | None = None) -> Plan:
     """Refuse a plan made for another model, naming the first layer that does not match."""
-    plan.validate(inv, check_fingerprint=False)  # unknown / missing layers first: they name the layer
-    if plan.fingerprint and plan.fingerprint != inv.fingerprint:
+    other = bool(plan.fingerprint) and plan.fingerprint != inv.fingerprint
+    try:
+        plan.validate(inv, check_fingerprint=False)  # unknown / missing layers first: they name the layer
+    except PlanError as e:
+        if not other:
+            raise
+        raise PlanError(f"plan was made for model {plan.model!r} (fingerprint {plan.fingerprint}), not for "
+                        f"{inv.model!r} (fingerprint {inv.fingerprint}): {e}") from None
+    if other:
         raise PlanError(
             f"plan was made for model {plan.model!r} (fingerprint {plan.fingerprint}), not for {inv.model!r} "
             f"(fingerprint {inv.fingerprint}): same layer names, different shapes or config"

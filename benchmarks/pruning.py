@@ -1,23 +1,24 @@
 """Layer pruning on the demo model: quantization only vs pruning + quantization at equal bytes, before and
-after distillation, and LAPTOP-Diff's additivity check.
+after distillation, the evolution solver against the ILP, and LAPTOP-Diff's additivity check.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/pruning.py [--n-prompts 24] [--distill-steps 150]
 
-Profile: the shipped layer profile (`profiles/demo`) plus the unit scores of `profiles/demo-prune`
-(`mpsearch profile --prune --tensors ''`). At each byte budget (the bytes of uniform 2.5 / 3 / 4-bit
-weights, and one below uniform 2-bit that only pruning can meet), weight-only plans:
+Profile: the shipped demo profile (`profiles/demo`: layer rows and unit scores, the latter from
+`mpsearch profile --prune --tensors '' --out profiles/demo`). At each byte budget (the bytes of uniform
+2.5 / 3-bit weights, and 90 % of uniform 2-bit, which only pruning can meet), weight-only plans:
 
 - `quant`: the ILP without the pruning option;
 - `joint`: the ILP with the pruning option (it prunes only where its additive loss model says so);
+- `evolution`: TMPQ-DM's evolution with the pruning option (default config, seed 0);
 - `prune-k`: the k units with the lowest single-unit score removed (LAPTOP-Diff's one-shot selection),
   the ILP choosing the other layers' bits in the bytes left.
 
 Each plan is sampled (fake quantization + pruning, same seeds as FP) on in-domain and held-out prompts:
 full-prompt adherence (demo detector) and SSIM against the FP images; then distilled (`mpsearch.distill`,
-LAPTOP-Diff normalised feature KD, STE quantizers) and sampled again. Additivity: for random sets of
-2-4 units, the denoiser-output MSE of removing the set vs the sum of the single-unit MSEs, on the
-profile's calibration reference (Pearson and Spearman correlation).
-Writes benchmarks/results/pruning.{json,md}.
+LAPTOP-Diff normalised feature KD, the plan's quantizers in the loop) and sampled again. Additivity: for
+random sets of 2-4 units, the denoiser-output MSE of removing the set vs the sum of the single-unit MSEs,
+on a full-precision reference sampled now with the profile's own prompts, seeds and sampler settings
+(Pearson and Spearman correlation). Writes benchmarks/results/pruning.{json,md}.
 """
 
 from __future__ import annotations
@@ -35,17 +36,13 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def load_problem_inputs(base: Path, units: Path):
-    import pandas as pd
+def load_problem_inputs(path: Path):
+    from mpsearch.planner import load_profile
 
-    from mpsearch.model import inventory
-    from mpsearch.profile_store import Profile
-
-    layer_prof, unit_prof = Profile.load(base), Profile.load(units)
-    inv = inventory(None)
-    df = pd.concat([layer_prof.df, unit_prof.df[unit_prof.df.tensor == "unit"]], ignore_index=True)
-    meta = {**layer_prof.meta, "units": unit_prof.meta["units"]}
-    return df, meta, inv, unit_prof
+    df, meta, inv = load_profile(path)
+    if not (df.tensor == "unit").any():
+        raise SystemExit(f"{path} has no unit scores: run mpsearch profile --prune --tensors '' --out {path}")
+    return df, meta, inv
 
 
 def plans_at(df, meta, inv, budget_bytes: int, ks=(1, 2, 3)) -> dict:
@@ -55,13 +52,13 @@ def plans_at(df, meta, inv, budget_bytes: int, ks=(1, 2, 3)) -> dict:
 
     budget = f"{budget_bytes}B"
     out = {}
-    for name, prune in (("quant", False), ("joint", True)):
+    for name, solver, prune in (("quant", "ilp", False), ("joint", "ilp", True), ("evolution", "evolution", True)):
         try:
-            out[name] = solve((df, inv, meta), budget, space=SearchSpace(weight_only=True, prune=prune))
+            out[name] = solve((df, inv, meta), budget, solver=solver, space=SearchSpace(weight_only=True, prune=prune))
         except BudgetInfeasible as e:
             out[name] = str(e)
     units = df[(df.tensor == "unit") & (df.metric == "mse")].groupby("layer")["degradation"].sum().sort_values()
-    sp = build_problem(inv, df, budget, space=SearchSpace(weight_only=True), units=meta["units"])
+    sp = build_problem(inv, df, budget, space=SearchSpace(weight_only=True, prune=True), units=meta["units"])
     for k in ks:
         forced = list(units.index[:k])
         fixed = {n: "pruned" for n in inv.names if any(n.startswith(u + ".") for u in forced)}
@@ -120,7 +117,6 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-prompts", type=int, default=24, help="prompts per split")
     ap.add_argument("--profile", default=str(ROOT / "profiles" / "demo"))
-    ap.add_argument("--units", default=str(ROOT / "profiles" / "demo-prune"))
     ap.add_argument("--distill-steps", type=int, default=150)
     ap.add_argument("--sets", type=int, default=40, help="random unit sets for the additivity check")
     ap.add_argument("--seed", type=int, default=0)
@@ -138,7 +134,7 @@ def main() -> None:
     from mpsearch.plan import Plan
 
     t0 = time.perf_counter()
-    df, meta, inv, unit_prof = load_problem_inputs(Path(args.profile), Path(args.units))
+    df, meta, inv = load_problem_inputs(Path(args.profile))
     pipe = load_pipeline(None)
     steps, guidance = cal.demo_settings()
     prompts = default_prompts(pipe, args.n_prompts)
@@ -148,10 +144,13 @@ def main() -> None:
     fp_adh = {s: image_metrics(fp_images[s], fp_images[s], ps, ["adherence"])["adherence"] for s, ps in prompts.items()}
     print(f"FP adherence {fp_adh}", flush=True)
 
-    ref_file = next((Path(args.units) / "cache").glob("reference-*.safetensors"), None)
-    ref = cal.Reference.load(ref_file) if ref_file else cal.reference(
-        pipe, unit_prof.meta["sampling"]["prompts"], seeds=unit_prof.meta["sampling"]["seeds"], steps=steps,
-        guidance=guidance)
+    from mpsearch.model import find_denoiser, weights_fingerprint
+
+    if weights_fingerprint(find_denoiser(pipe)[1]) != meta["fingerprint"]:
+        raise SystemExit(f"{args.profile} was measured on other weights than the demo model's")
+    sampling = meta["sampling"]
+    ref = cal.reference(pipe, sampling["prompts"], seeds=sampling["seeds"], steps=sampling["steps"],
+                        guidance=sampling["guidance"])
     add = additivity(pipe, ref, list(meta["units"]), args.sets, args.seed)
     print(f"additivity: pearson {add['pearson']:.3f} spearman {add['spearman']:.3f}", flush=True)
 
@@ -166,6 +165,7 @@ def main() -> None:
     for b in [float(x) for x in args.budgets.split(",")]:
         budget = uniform_bytes(b)
         ks = tuple(int(k) for k in args.prune_k.split(",") if k)
+        sampled = {}  # plan layers → method that sampled it first at this budget
         for method, plan in plans_at(df, meta, inv, budget, ks).items():
             row = {"budget_bits_equiv": b, "budget_bytes": budget, "method": method}
             if isinstance(plan, str):
@@ -174,12 +174,15 @@ def main() -> None:
                 continue
             row.update(status="ok", bytes=plan.predicted["bytes"], mean_w_bits=plan.predicted["mean_w_bits"],
                        pruned_units=plan.pruned_units, predicted_loss=round(plan.predicted.get("loss", 0.0), 6))
-            if method == "joint" and not plan.pruned_units and any(
-                    r["method"] == "quant" and r["budget_bytes"] == budget and r["status"] == "ok" for r in rows):
-                row["note"] = "same plan as quant (no unit pruned)"
+            key = json.dumps(plan.to_dict()["layers"], sort_keys=True)
+            same = sampled.get(key)
+            if same is not None:
+                row["note"] = f"same plan as {same}"
+                row["same_as"] = same
                 rows.append(row)
-                print(f"{b} {method}: same as quant", flush=True)
+                print(f"{b} {method}: same as {same}", flush=True)
                 continue
+            sampled[key] = method
             row["before"], _ = sample_metrics(pipe, plan, prompts, fp_images, args.seed, steps, guidance)
             if args.distill_steps:
                 student = load_pipeline(None)
@@ -217,35 +220,37 @@ def markdown(r: dict) -> str:
         "",
         "Budgets are bytes, written as the uniform weight width of the same size (1.8 = 90 % of uniform "
         "2-bit: only pruning reaches it). `quant` = ILP without pruning, `joint` = ILP with the pruning "
-        "option, `prune-k` = the k lowest-scoring units removed (LAPTOP-Diff one-shot), ILP bits for the rest.",
+        "option, `evolution` = TMPQ-DM's evolution with the pruning option (default config), `prune-k` = the "
+        "k lowest-scoring units removed (LAPTOP-Diff one-shot), ILP bits for the rest. Predicted loss: the "
+        "solvers' objective (normalised profile degradation, lower is better; the ILP's is the optimum).",
         "",
-        "| budget | method | bytes | mean w bits | pruned | adherence calib | adherence heldout | SSIM calib "
-        "| SSIM heldout | after KD: adh. calib | adh. heldout | SSIM calib | SSIM heldout |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| budget | method | bytes | mean w bits | pruned | predicted loss | adherence calib | adherence heldout "
+        "| SSIM calib | SSIM heldout | after KD: adh. calib | adh. heldout | SSIM calib | SSIM heldout |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in r["rows"]:
         if row["status"] != "ok":
-            lines.append(f"| {row['budget_bits_equiv']:g} | {row['method']} | – | – | infeasible | | | | | | | | |")
+            lines.append(f"| {row['budget_bits_equiv']:g} | {row['method']} | – | – | infeasible | | | | | | | | | |")
             continue
         pr = ", ".join(u.replace("_blocks.", "").replace("mid_block.", "mid.").replace("attentions.", "attn")
                        .replace("resnets.", "res")
                        for u in row["pruned_units"]) or "–"
+        head = (f"| {row['budget_bits_equiv']:g} | {row['method']} | {row['bytes']:,} | {row['mean_w_bits']:.2f} | "
+                f"{pr} | {row['predicted_loss']:.4f} | ")
         if "before" not in row:
-            lines.append(f"| {row['budget_bits_equiv']:g} | {row['method']} | {row['bytes']:,} | "
-                         f"{row['mean_w_bits']:.2f} | {pr} | (= quant) | | | | | | | |")
+            lines.append(head + f"(= {row.get('same_as', 'quant')}) | | | | | | | |")
             continue
         b, a = row["before"], row.get("after", {})
         cells = [_fmt(b.get(s, {}).get(m)) for m in ("adherence", "ssim") for s in ("calib", "heldout")]
         cells += [_fmt(a.get(s, {}).get(m)) for m in ("adherence", "ssim") for s in ("calib", "heldout")]
-        lines.append(f"| {row['budget_bits_equiv']:g} | {row['method']} | {row['bytes']:,} | "
-                     f"{row['mean_w_bits']:.2f} | {pr} | " + " | ".join(cells) + " |")
+        lines.append(head + " | ".join(cells) + " |")
     add = r["additivity"]
     lines += [
         "",
         "## Additivity (LAPTOP-Diff)",
         "",
         f"{len(add['sets'])} random sets of 2-4 units: denoiser-output MSE of removing the set vs the sum of "
-        f"the single-unit MSEs, on the profile's calibration reference: **Pearson {add['pearson']:.3f}, "
+        f"the single-unit MSEs, on a reference sampled with the profile's prompts and settings: **Pearson {add['pearson']:.3f}, "
         f"Spearman {add['spearman']:.3f}**; measured / sum = {add['mean_ratio_measured_over_sum']:.2f} on average.",
         "",
         "| unit | single-unit output MSE |",

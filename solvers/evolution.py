@@ -16,7 +16,7 @@ probability as any other, crossover mixes it, random candidates take each group 
 repair may take a group (prune a block) to fit the budget. The seed candidate takes none.
 
 Fitness is a surrogate: Σ_g Σ_i step_loss[g, i, choice_i] (normalised as in `StepProblem`) plus the
-kept steps' `timestep_loss`. An optional `evaluate(solution, kept_steps) -> float` (e.g. FID of sampled
+kept steps' `timestep_loss` (or a `step_fitness` of the whole kept set, measured). An optional `evaluate(solution, kept_steps) -> float` (e.g. FID of sampled
 images) re-ranks the best `rerank_top` candidates at the end, as TMPQ-DM re-evaluates its top 10.
 """
 
@@ -226,6 +226,7 @@ def solve_evolution(
     evaluate: Callable[[Solution, tuple[int, ...]], float] | None = None,
     seed: int | None = None,
     start: Sequence[int] | None = None,
+    step_fitness: Callable[[tuple[int, ...]], float] | None = None,
 ) -> Solution:
     """Search kept steps and option per item; returns the best `Solution` with info["kept_steps"],
     info["step_groups"], info["history"] (best surrogate fitness after each epoch), info["fitness"],
@@ -234,6 +235,8 @@ def solve_evolution(
     A plain `Problem` is searched as one step group with its objective as the surrogate.
     start: the seed candidate (option index per item); default each unit's median-cost option, with no
     all-or-nothing group taken.
+    step_fitness: a measured cost of a whole kept-step set (e.g. of sampling with it), replacing the sum of
+    per-group `timestep_loss` when steps do not add up; called once per distinct set (memoised).
     """
     t0 = time.perf_counter()
     cfg = config if seed is None else EvolutionConfig(**{**config.__dict__, "seed": seed})
@@ -259,8 +262,14 @@ def solve_evolution(
     genome = _Genome(base, m, aon)
     rows = np.arange(U)
 
+    step_cost: dict[tuple[int, ...], float] = {}
+
     def fitness(choice: np.ndarray, ts: tuple[int, ...]) -> float:
         f = float(S[:, rows, choice].sum())
+        if step_fitness is not None:
+            if ts not in step_cost:
+                step_cost[ts] = float(step_fitness(ts))
+            return f + step_cost[ts]
         return f + sum(float(tl[g][t - groups[g][0]]) for g, t in enumerate(ts))
 
     def random_steps() -> tuple[int, ...]:
@@ -355,6 +364,7 @@ def solve_evolution(
         best = finalists[0]
     taken = [genome.names[g] for g in np.flatnonzero(best[2])]
     info = {"kept_steps": best[3], "step_groups": tuple(groups), "fitness": best[0], "history": history,
-            "evaluations": scores, "seed": cfg.seed, "groups_taken": taken}
+            "evaluations": scores, "seed": cfg.seed, "groups_taken": taken,
+            "step_sets_measured": {ts: v for ts, v in step_cost.items()}}
     return base.evaluate(solution_of(best), status="feasible", time_s=time.perf_counter() - t0,
                          backend="evolution", info=info)

@@ -196,3 +196,21 @@ def test_start_with_a_pruned_unit_and_partial_start_refused():
     assert p.violations(sol.choice) == {}
     with pytest.raises(ValueError, match="only some"):
         solve_evolution(p, start=[p.keys[0].index("pruned")] + [0] * (p.n_items - 1))
+
+
+def test_step_fitness_scores_whole_step_sets_once_each():
+    """A measured cost of the whole kept set (steps that only work together) replaces the per-group sum."""
+    from solvers.problem import Constraint, Problem, StepProblem
+
+    p = Problem(keys=[[4, 8]] * 3, costs={"bits": [[4, 8]] * 3}, losses={"q": [[1.0, 0.0]] * 3},
+                constraints=[Constraint("bits", upper=24)])
+    sp = StepProblem(p, {"q": [[[1.0, 0.0]] * 3] * 2}, [(0, 2), (2, 4)])
+    calls = []
+
+    def joint(ts):  # only the pair (1, 3) is good; neither step alone helps (not additive)
+        calls.append(ts)
+        return 0.0 if ts == (1, 3) else 1.0
+
+    sol = solve_evolution(sp, step_fitness=joint, seed=0)
+    assert sol.info["kept_steps"] == (1, 3)
+    assert len(calls) == len(set(calls)) <= 4 and sol.info["step_sets_measured"][(1, 3)] == 0.0

@@ -244,8 +244,8 @@ def solve(
     step_groups: Annotated[str, typer.Option(help="uniform | quad (TMPQ-DM; needs a fine pool): one kept step "
                                              "per group.")] = "uniform",
     model: ModelOpt = None,
-    fitness: Annotated[str | None, typer.Option(help="Image metric ranking the evolution's finalists (default: "
-                                                "adherence when profiled, else the profile's content metric).")] = None,
+    fitness: Annotated[str | None, typer.Option(help="Image metric scoring sampled kept-step sets and finalists "
+                                                "(default: the profile's content metric, ssim on the demo).")] = None,
     fitness_prompts: Annotated[int | None, typer.Option(help="Demo captions sampled for the fitness "
                                                         "(default: the profile's calibration prompts).")] = None,
     rerank: Annotated[int, typer.Option(help="Finalists sampled and scored by the fitness (0 = surrogate only).")] = 10,

@@ -18,7 +18,7 @@ are ranked by how close they stay to the full-precision model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,35 +107,6 @@ class Fitness:
     def __call__(self, bits: Mapping[str, Any] | None, timesteps: Sequence[int]) -> float:
         return self.score(bits, timesteps)["fitness"]
 
-    def timestep_losses(self, groups: Sequence[tuple[int, int]], base: Sequence[int], *, max_per_group: int = 16,
-                        advance: Callable[[int, str], None] | None = None) -> list[np.ndarray]:  # fmt: skip
-        """Per group `[start, end)` of pool positions, the FP degradation of the `base` schedule (one pool
-        position per group) with that group's step moved to each position: the `timestep_loss` of
-        `solvers.problem.StepProblem` (one step swapped at a time; their effects assumed to add up, as
-        MixDQ assumes for layers). Groups larger than `max_per_group` are measured at that many evenly
-        spaced positions and interpolated linearly."""
-        cache: dict[tuple[int, ...], float] = {}
-        out = []
-        for g, (a, b) in enumerate(groups):
-            where = np.arange(a, b)
-            if len(where) > max_per_group:
-                where = np.unique(np.round(np.linspace(a, b - 1, max_per_group)).astype(int))
-            values = []
-            for k in where:
-                sched = tuple(int(k) if j == g else int(s) for j, s in enumerate(base))
-                if sched not in cache:
-                    cache[sched] = self(None, [self.pool[i] for i in sched])
-                    if advance is not None:
-                        advance(1, f"timestep loss g{g}")
-                values.append(cache[sched])
-            out.append(np.interp(np.arange(a, b), where, values))
-        return out
-
     def close(self) -> None:
         """Restore the pipeline's original forwards."""
         self.session.remove()
-
-
-def n_timestep_evaluations(groups: Sequence[tuple[int, int]], max_per_group: int = 16) -> int:
-    """How many distinct schedules `Fitness.timestep_losses` samples (for a progress bar)."""
-    return 1 + sum(min(b - a, max_per_group) - 1 for a, b in groups)

@@ -8,14 +8,16 @@ schedule). It is split into N groups of consecutive steps (`mpsearch.timesteps.g
 blocks, or TMPQ-DM's quadratic groups for fine pools) and a plan keeps one step per group, every kept step
 running the same bits (TMPQ-DM's `groupwise_consistent` mode).
 
-The evolution solver (`solvers.evolution`) searches kept steps and bits jointly on a surrogate: the
-profiled per-layer degradations (per step group of the profile, spread over the pool's steps) plus a
-measured `timestep_loss` (the FP degradation of moving one group's step, others at the evenly spaced
-schedule). The search starts from the ILP's optimal bits for the surrogate at the evenly spaced steps
-(TMPQ-DM starts from uniform 6 bits). Its best `rerank` candidates are then sampled with their bits and kept steps through the
-shared super-checkpoint (`mpsearch.fitness`) and scored against the FP images of the full schedule; the
-best measured one wins, as TMPQ-DM re-ranks its top 10 by FID. Other solvers keep the evenly spaced steps
-and choose bits only.
+The evolution solver (`solvers.evolution`) searches kept steps and bits jointly. Bits are scored by the
+profile (per-layer degradations per step group, spread over the pool's steps), starting from the ILP's
+optimal bits (TMPQ-DM starts from uniform 6 bits). Steps are scored by sampling: each distinct kept-step
+set the search meets is sampled once with those bits through the shared super-checkpoint
+(`mpsearch.fitness`) and scored against the FP images of the full schedule, because steps do not add up
+(on the demo, moving one step alone breaks the spacing that moving all of them keeps). Its best `rerank`
+candidates are then sampled with their own bits and kept steps, as TMPQ-DM re-ranks its top 10 by FID,
+and so are the winner's bits at the `POLISH` best-measured step sets (bits and steps are separable when
+every kept step runs the same bits, and the search's operators, which mutate a quarter of the bit genes
+with any step change, rarely carry good bits to a good step set); the best measured candidate wins. Other solvers keep the evenly spaced steps and choose bits only.
 
 Budgets: a BitOPs budget counts the kept steps. `X%bitops` is X% of the W16A16 BitOPs of one image over
 the profile's full schedule; an absolute `2Tbitops` is per image (kept steps × Σ MACs·w·a of one
@@ -40,6 +42,8 @@ from mpsearch.timesteps import GROUPINGS, TimestepError, even_steps, group_steps
 from solvers.problem import Constraint, InfeasibleBudget, StepProblem
 
 __all__ = ["run_bitops", "solve_steps", "step_losses_for_groups"]
+
+POLISH = 3  # best-measured kept-step sets also sampled with the winner's bits
 
 
 def run_bitops(budget: Budget, inv: Inventory, full_steps: int) -> float:
@@ -96,12 +100,9 @@ def _check_scheduler_name(name: str | None) -> None:
 
 
 def _fitness_metric(meta: dict[str, Any], df) -> str:
-    """adherence when the profile measured it (the demo), else its content metric (SSIM preferred)."""
+    """The profile's content metric (SSIM preferred: continuous, so close candidates differ), else SSIM."""
     from mpsearch.planner import group_metrics
 
-    measured = set(df["metric"])
-    if "adherence" in measured:
-        return "adherence"
     try:
         return group_metrics(df, meta)["content"]
     except ValueError:
@@ -133,7 +134,7 @@ def solve_steps(
     fitness_prompts: Sequence[str] | int | None = None,
     fitness_seed: int = 0,
     rerank: int = 10,
-    measure_timesteps: bool = True,
+    measure_steps: bool = True,
     seed_bits: str = "ilp",
     fmt: str | None = None,
     space: SearchSpace | None = None,
@@ -149,14 +150,14 @@ def solve_steps(
     `solver`: "evolution" searches steps and bits (TMPQ-DM); any other registered solver keeps the evenly
     spaced steps and chooses bits. `model`: the pipeline (or what `load_pipeline` reads; default: the
     profile's model) to sample with, needed by the evolution unless `rerank=0` and
-    `measure_timesteps=False`. `pool`: candidate schedule size (default: the profile's). `grouping`:
-    uniform | quad. `fitness_metric`: an image metric (default adherence when profiled, else the profile's
-    content metric). `fitness_prompts`: prompts for the real fitness (default: the profile's calibration
+    `measure_steps=False`. `pool`: candidate schedule size (default: the profile's). `grouping`:
+    uniform | quad. `fitness_metric`: an image metric (default: the profile's content metric, SSIM on the
+    demo; adherence and plug-ins work too). `fitness_prompts`: prompts for the real fitness (default: the profile's calibration
     prompts; an int draws that many demo captions). `rerank`: finalists sampled and scored (0 = surrogate
-    only). `measure_timesteps`: measure the surrogate's `timestep_loss` (else 0: steps chosen by the
+    only). `measure_steps`: sample every kept-step set the search meets (else steps are chosen by the
     re-ranking only). `seed_bits`: the evolution's seed candidate, "ilp" (the ILP's optimal bits for the
-    surrogate, which uniform groups make exact) or "median" (each layer's median-cost option, as
-    `solvers.evolution` does). `config`: a `solvers.evolution.EvolutionConfig`.
+    surrogate, which uniform groups make exact; kept-step sets are sampled with them) or "median" (each
+    layer's median-cost option, as `solvers.evolution` does; kept-step sets are sampled in FP). `config`: a `solvers.evolution.EvolutionConfig`.
     """
     from mpsearch.planner import BudgetInfeasible, load_profile
     from mpsearch.progress import count_bar
@@ -173,7 +174,7 @@ def solve_steps(
     prof_ts, prof_groups, sched_name = _profile_schedule(meta)
     space = SearchSpace(**{**(space or SearchSpace()).__dict__, "prune": False})
     evolution = solver == "evolution"
-    needs_model = evolution and (rerank > 0 or measure_timesteps)
+    needs_model = evolution and (rerank > 0 or measure_steps)
     pipe = None
     if needs_model or pool is not None:
         pipe = _pipeline(model, meta)
@@ -215,46 +216,67 @@ def solve_steps(
     try:
         if evolution:
             metric = fitness_metric or _fitness_metric(meta, df)
-            base = even_steps(groups)
-            tl = None
             if needs_model:
                 fit = _fitness(pipe, meta, pool_ts, metric, fitness_prompts, fitness_seed, fmt)
                 log(f"fitness: {metric} of {len(fit.prompts)} prompts vs FP at {len(pool_ts)} steps")
             cfg = config or EvolutionConfig()
             cfg = EvolutionConfig(**{**cfg.__dict__, "rerank_top": max(1, rerank), "seed": seed})
-            from mpsearch.fitness import n_timestep_evaluations
-
-            total = (n_timestep_evaluations(groups) if fit is not None and measure_timesteps else 0) + \
-                (cfg.rerank_top if fit is not None and rerank > 0 else 0)
+            start_choice, seed_plan = None, None
+            if seed_bits == "ilp":  # the surrogate's optimal bits (exact for uniform groups) as the seed
+                ilp = get_solver("ilp")(sp.problem, backend=backend or "cbc", time_limit=time_limit)
+                if ilp.status != "infeasible":
+                    start_choice, seed_plan = ilp.choice, dict(zip(inv.names, ilp.keys, strict=True))
+            n_sets = int(np.prod([b - a for a, b in groups]))
+            born = cfg.population + cfg.epochs * (cfg.mutations + cfg.crossovers + cfg.population)
+            total = (min(n_sets, born) if fit is not None and measure_steps else 0) + \
+                ((cfg.rerank_top + POLISH) if fit is not None and rerank else 0)
             with count_bar(total, progress and total > 0, "timestep search") as advance:
-                if fit is not None and measure_timesteps:
-                    tl = fit.timestep_losses(groups, base, advance=advance)
-                    info["timestep_loss"] = {"metric": metric, "base": [pool_ts[i] for i in base],
-                                             "values": [[float(f"{x:.6g}") for x in t] for t in tl]}  # fmt: skip
-                problem = StepProblem(sp.problem, step_losses_for_groups(sp, groups, pool_ts, prof_ts, prof_groups),
-                                      groups, tl)  # fmt: skip
+                step_fitness = None
+                if fit is not None and measure_steps:
+                    def step_fitness(kept):
+                        advance(1, "kept-step sets")
+                        return fit(seed_plan, [pool_ts[i] for i in kept])
+
                 evaluate = None
-                start = len(fit.log) if fit is not None else 0
                 if fit is not None and rerank > 0:
                     def evaluate(solution, kept):
-                        d = fit(dict(zip(inv.names, solution.keys, strict=True)), [pool_ts[i] for i in kept])
                         advance(1, "re-ranking finalists")
-                        return d
+                        return fit(dict(zip(inv.names, solution.keys, strict=True)), [pool_ts[i] for i in kept])
 
-                start_choice = None
-                if seed_bits == "ilp":  # the surrogate's optimal bits (exact for uniform groups) as the seed
-                    ilp = get_solver("ilp")(sp.problem, backend=backend or "cbc", time_limit=time_limit)
-                    start_choice = ilp.choice if ilp.status != "infeasible" else None
+                problem = StepProblem(sp.problem, step_losses_for_groups(sp, groups, pool_ts, prof_ts, prof_groups),
+                                      groups)  # fmt: skip
                 try:
-                    solution = get_solver("evolution")(problem, config=cfg, evaluate=evaluate, start=start_choice)
+                    solution = get_solver("evolution")(problem, config=cfg, evaluate=evaluate, start=start_choice,
+                                                       step_fitness=step_fitness)  # fmt: skip
                 except ValueError as e:
                     raise BudgetInfeasible(f"budget {budget}: {e}", None) from None
-            kept = tuple(solution.info["kept_steps"])
+                kept = tuple(solution.info["kept_steps"])
+                measured = solution.info.get("step_sets_measured") or {}
+                if evaluate is not None and measured:
+                    # bits and kept steps are separable here (same bits at every kept step): the winner's bits
+                    # are also sampled at the best-measured step sets that the search's operators missed
+                    scores = list(solution.info["evaluations"])
+                    best = min(scores)
+                    finalist_log = fit.log[len(fit.log) - len(scores):]
+                    others = [ts for ts, _ in sorted(measured.items(), key=lambda kv: kv[1]) if ts != kept][:POLISH]
+                    for ts in others:
+                        advance(1, "best step sets with the winner's bits")
+                        f = fit(dict(zip(inv.names, solution.keys, strict=True)), [pool_ts[i] for i in ts])
+                        finalist_log.append(fit.log[-1])
+                        scores.append(f)
+                        if f < best:
+                            kept, best = tuple(ts), f
+            if measured:
+                info["step_sets"] = {"measured": len(measured), "of": n_sets, "bits": "ilp" if seed_plan else "fp",
+                                     "best": [{"timesteps": [pool_ts[i] for i in ts], "fitness": float(f"{v:.6g}")}
+                                              for ts, v in sorted(measured.items(), key=lambda kv: kv[1])[:10]]}
             if evaluate is not None:
-                scores = solution.info["evaluations"]
-                best = fit.log[start + int(np.argmin(scores))]
-                info["fitness"] = {"metric": metric, "prompts": len(fit.prompts), **_rounded(best),
-                                   "finalists": [_rounded(r) for r in fit.log[start:]]}  # fmt: skip
+                if not measured:
+                    scores = solution.info["evaluations"]
+                    finalist_log = fit.log[len(fit.log) - len(scores):]
+                info["fitness"] = {"metric": metric, "prompts": len(fit.prompts),
+                                   **_rounded(finalist_log[int(np.argmin(scores))]),
+                                   "finalists": [_rounded(r) for r in finalist_log]}  # fmt: skip
         else:
             kept = even_steps(groups)
             fn = get_solver(solver)

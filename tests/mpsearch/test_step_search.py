@@ -51,9 +51,11 @@ def test_evolution_with_real_fitness_keeps_one_step_per_group_within_budget(tiny
     assert plan.predicted["bitops_run"] == 2 * plan.predicted["bitops"] <= ceiling
     fit = plan.solver["fitness"]
     assert fit["metric"] == "ssim" and fit["prompts"] == 2  # the profile's content metric and prompts
-    assert len(fit["finalists"]) == 3  # re-ranked by sampling
+    assert len(fit["finalists"]) == 3 + 3  # re-ranked by sampling, and the winner's bits at the 3 best other step sets
     assert fit["fitness"] == min(f["fitness"] for f in fit["finalists"])
-    assert plan.solver["timestep_loss"]["base"] == [999, 499]  # the evenly spaced schedule
+    sets = plan.solver["step_sets"]  # every kept-step set the search met, sampled once with the ILP's bits
+    assert sets["bits"] == "ilp" and 1 <= sets["measured"] <= sets["of"] == 4
+    assert plan.kept_timesteps in [b["timesteps"] for b in sets["best"]]
     assert not any(hasattr(m, "_mpsearch_orig_forward") for m in tiny_pipe.unet.modules())  # restored
     again = solve_steps(profile, "20%bitops", 2, model=tiny_pipe, rerank=3, config=SMALL)
     assert again.kept_timesteps == plan.kept_timesteps and again.to_dict()["layers"] == plan.to_dict()["layers"]

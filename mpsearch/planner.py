@@ -124,10 +124,13 @@ def solve(
 
 def search(model: Any = None, budget: Budget | str = "4bits", *, profile_dir: str | Path | None = None,
            profile_options: dict[str, Any] | None = None, **solve_options: Any) -> Plan:
-    """Profile `model` (or resume its profile in `profile_dir`), then solve for `budget`."""
+    """Profile `model` (or resume its profile in `profile_dir`), then solve for `budget` (with `steps=N`,
+    keeping N denoising steps, sampled with `model`)."""
     from mpsearch.profiler import profile as run_profile
 
     result = run_profile(model, out=profile_dir, **(profile_options or {}))
+    if solve_options.get("steps") is not None:  # the timestep search samples with the same pipeline
+        solve_options.setdefault("model", model)
     return solve(result, budget, **solve_options)
 
 

@@ -147,10 +147,16 @@ def build_problem(
         b = Budget.parse(budget)
         offset = fixed_bytes(inv, f) - saved if b.resource == "bytes" else 0.0
         constraints.append(Constraint(b.resource, upper=b.resolve(inv, f), offset=offset, name="budget"))
+    losses = {m: v.sum(axis=0) for m, v in step_losses.items()}
+    # each metric's scale from the bit options alone (see `solvers.problem`): offering pruning must not
+    # re-weight the metrics, so a plan that prunes nothing scores as it does without the option
+    scales = {m: float(v[:, : len(pairs)].max(axis=1).sum()) or 1.0 for m, v in losses.items()} \
+        if space.prune else None
     problem = Problem(
         keys=keys,
         costs=costs,
-        losses={m: v.sum(axis=0) for m, v in step_losses.items()},
+        losses=losses,
+        scales=scales,
         weights=space.metric_weights or None,
         constraints=constraints,
         fixed=fixed,

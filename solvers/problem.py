@@ -496,11 +496,13 @@ class StepProblem:
 
     @property
     def step_objective(self) -> np.ndarray:
-        """(G, L, K) combined normalised loss per step group; padding +inf."""
+        """(G, L, K) combined normalised loss per step group; padding +inf. A scale given to the
+        problem (`Problem(scales=...)`) is used as it is, so Σ_g of this equals the flat objective."""
         p = self.problem
+        given = p.__dict__["_given_scales"]
         out = 0.0
         for m, v in self.step_losses.items():
-            scale = float(np.nansum(np.nanmax(np.where(p.valid, v, np.nan), axis=2))) or 1.0
+            scale = given.get(m) or float(np.nansum(np.nanmax(np.where(p.valid, v, np.nan), axis=2))) or 1.0
             out = out + p.weights[m] / scale * np.nan_to_num(v, nan=0.0)
         return np.where(p.valid[None], out, np.inf)
 

@@ -182,6 +182,23 @@ def test_exported_pruned_model_is_smaller_and_matches_fake_pruning(pipe, tmp_pat
     assert not torch.allclose(_latents(pipe), sim, atol=1e-3)  # the simulation was really pruned
 
 
+def test_offering_pruning_does_not_reweight_bit_plans(scored, pipe):
+    """The metric scales come from the bit options alone: a plan that prunes nothing scores the same
+    with and without the pruning option (the flat and the per-step-group objectives alike)."""
+    inv = inventory(pipe)
+    units = scored.meta["units"]
+    plain = build_problem(inv, scored.df, "30%", units=units)
+    joint = build_problem(inv, scored.df, "30%", units=units, space=SearchSpace(prune=True))
+    assert joint.problem.scales == pytest.approx(plain.problem.scales)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        choice = rng.integers(0, plain.problem.n_options)
+        assert joint.problem.evaluate(choice).objective == pytest.approx(plain.problem.evaluate(choice).objective)
+    so = joint.step_objective.sum(axis=0)
+    valid = joint.problem.valid
+    assert np.allclose(so[valid], joint.problem.objective_matrix[valid])
+
+
 def test_unit_rows_without_unit_table_are_refused(scored, pipe):
     inv = inventory(pipe)
     with pytest.raises(ValueError, match="unit table"):

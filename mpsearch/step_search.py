@@ -172,6 +172,8 @@ def solve_steps(
         raise ValueError(f"step grouping must be one of {GROUPINGS}, got {grouping!r}")
     df, meta, inv = load_profile(profile)
     prof_ts, prof_groups, sched_name = _profile_schedule(meta)
+    if space is not None and space.prune and (df["tensor"] == "unit").any():
+        raise ValueError("the timestep search does not prune blocks yet: drop --prune, or solve without --steps")
     space = SearchSpace(**{**(space or SearchSpace()).__dict__, "prune": False})
     evolution = solver == "evolution"
     needs_model = evolution and (rerank > 0 or measure_steps)

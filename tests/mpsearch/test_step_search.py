@@ -102,6 +102,12 @@ def test_step_search_errors(profile, tiny_pipe):
     pndm = (df, inv, {**meta, "sampling": {**meta["sampling"], "scheduler": "PNDMScheduler"}})
     with pytest.raises(ValueError, match="PNDMScheduler cannot sample at chosen timesteps"):
         solve_steps(pndm, "20%bitops", 2, solver="ilp")
+    units = (pd.concat([df, pd.DataFrame([{**df.iloc[0].to_dict(), "tensor": "unit", "layer": "down_blocks.0"}])]),
+             inv, meta)
+    from mpsearch.problem import SearchSpace
+
+    with pytest.raises(ValueError, match="does not prune blocks"):
+        solve_steps(units, "20%bitops", 2, solver="ilp", space=SearchSpace(prune=True))
     with pytest.raises(ValueError, match="reads 'output'"):
         solve_steps(profile, "20%bitops", 2, model=tiny_pipe, fitness_metric="sqnr", config=SMALL)
 

@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 
 from solvers import Constraint, EvolutionConfig, Problem, StepProblem, quad_groups, solve, solve_evolution
-from solvers.all_or_nothing import all_or_nothing_rows, groups_of
+from solvers.all_or_nothing import groups_of
 from solvers.bruteforce import solve_bruteforce
+
+from .solver_strategies import pruning_problem
 
 BITS = [5, 6, 7, 8]
 
@@ -81,41 +83,6 @@ def test_evaluate_callback_reranks_and_plain_problem_works():
 
 
 # --- pruning: all-or-nothing groups (LAPTOP-Diff blocks) mixed with per-layer bits -------------------
-
-PAIRS = [(w, a) for w in (4, 8, 16) for a in (8, 16)]  # a full product, as `mpsearch.problem` builds
-
-
-def pruning_problem(seed: int, budget_frac: float | None = None, resource: str = "bytes") -> Problem:
-    """6 layers: two prunable units (layers 0-2 and 3-4; the unit's score on its first layer, its other
-    layers' "pruned" free, as `mpsearch.problem` writes it) and a free layer; bytes and BitOPs costs."""
-    rng = np.random.default_rng(seed)
-    units = [[0, 1, 2], [3, 4]]
-    in_unit = {i for u in units for i in u}
-    L = 6
-    params = rng.integers(50, 400, L).astype(float)
-    macs = rng.integers(100, 2000, L).astype(float)
-    keys = [[*PAIRS, "pruned"] if i in in_unit else list(PAIRS) for i in range(L)]
-    sens = rng.lognormal(0, 1, (L, 2))
-    loss = [[sens[i, 0] * 2.0 ** -w * (w < 16) + sens[i, 1] * 2.0 ** -a * (a < 16) for w, a in PAIRS]
-            for i in range(L)]
-    cost = {"bytes": [[params[i] * w / 8 for w, _ in PAIRS] for i in range(L)],
-            "bitops": [[macs[i] * w * a for w, a in PAIRS] for i in range(L)]}
-    for u in units:
-        score = sens[u].sum() * rng.uniform(0.005, 0.1)
-        for i in u:
-            loss[i].append(score if i == u[0] else 0.0)
-            for r in cost:
-                cost[r][i].append(0.0)
-    constraints = []
-    for n, u in enumerate(units):
-        rows, cons = all_or_nothing_rows(keys, f"pruned:u{n}", "pruned", u)
-        cost |= rows
-        constraints += cons
-    top = sum(max(c) for c in cost[resource])
-    frac = rng.uniform(0.05, 0.6) if budget_frac is None else budget_frac
-    constraints.append(Constraint(resource, upper=frac * top, name="budget"))
-    return Problem(keys=keys, costs=cost, losses={"m": loss}, constraints=constraints)
-
 
 def _pruned_units(p: Problem, sol) -> list[tuple[bool, ...]]:
     return [tuple(sol.keys[i] == "pruned" for i in g.items) for g in groups_of(p)]

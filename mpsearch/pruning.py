@@ -11,7 +11,10 @@ A *unit* is a residual block whose removal leaves a valid network because its ou
   resnets after the first, the mid-block resnets). Up-block resnets take the concatenated skip
   connection, so they are never units.
 
-Transformer denoisers (PixArt, DiT) are not handled yet: `find_units` returns no unit for them.
+In transformer denoisers (`PixArtTransformer2DModel`: PixArt-α/Σ, and any diffusers DiT that keeps its
+`BasicTransformerBlock`s in a top-level `transformer_blocks` list) each block is a unit: a block is
+`x + attn(x) + cross(x) + ff(x)` with its adaLN modulation inside, so the identity keeps every shape.
+Patch embedding, caption projection, adaLN-single and the output head are never units.
 
 A unit's score is LAPTOP-Diff's output loss: the degradation of the denoiser output (and of the images,
 for the image metrics) with only that unit removed. The profiler stores it as a row with
@@ -31,6 +34,7 @@ from torch import nn
 from mpsearch.model import find_denoiser, inventory
 
 PRUNED_KEY = "pruned"  # the option key of a pruned layer in a `solvers.Problem`
+_TOP_BLOCK = re.compile(r"^transformer_blocks\.\d+$")
 _CONTAINER = re.compile(r"^(down_blocks\.\d+\.|up_blocks\.\d+\.|mid_block\.)(attentions|resnets)\.\d+$")
 
 
@@ -98,9 +102,16 @@ def find_units(model, inv=None) -> list[Unit]:
         if kind is None:
             continue
         if kind == "transformer_block":
-            parent = den.get_submodule(name.rsplit(".transformer_blocks.", 1)[0])
-            if len(parent.transformer_blocks) < 2 or _kind(name.rsplit(".transformer_blocks.", 1)[0], parent) is None:
-                continue  # a lone block: its Transformer2DModel is the unit
+            if _TOP_BLOCK.match(name):  # a DiT's own block list (PixArt)
+                if len(den.transformer_blocks) < 2:
+                    continue
+            elif ".transformer_blocks." in name:
+                parent_name = name.rsplit(".transformer_blocks.", 1)[0]
+                parent = den.get_submodule(parent_name)
+                if len(parent.transformer_blocks) < 2 or _kind(parent_name, parent) is None:
+                    continue  # a lone block: its Transformer2DModel is the unit
+            else:
+                continue  # a block somewhere else (e.g. inside a text or image projection): not a unit
         elif kind == "transformer" and len(module.transformer_blocks) > 1:
             continue  # several blocks: each block is a unit
         layers = tuple(n for n in inv.names if n.startswith(name + "."))

@@ -263,3 +263,49 @@ def test_shipped_demo_profile_solves_with_pruning_by_ilp_and_evolution():
             assert states == {unit in plan.pruned_units}, unit
         assert plan.validate(inv) is plan
     assert plans["ilp"].predicted["loss"] <= plans["evolution"].predicted["loss"] + 1e-12
+
+
+def test_pixart_blocks_are_units_removed_for_real(tmp_path):
+    """A DiT (PixArt): each top-level transformer block is a unit; removing it keeps the pipeline working,
+    its score is profiled, and the exported model without it matches the fake-pruned one."""
+    from tests.conftest import build_tiny_pixart_pipeline
+
+    px = build_tiny_pixart_pipeline()
+
+    def latents(p):
+        with torch.inference_mode():
+            return p(PROMPTS, num_inference_steps=2, generator=[torch.Generator().manual_seed(i) for i in range(2)],
+                     use_resolution_binning=False, output_type="latent").images.float()
+
+    units = find_units(px)
+    assert [(u.name, u.kind) for u in units] == [("transformer_blocks.0", "transformer_block"),
+                                                 ("transformer_blocks.1", "transformer_block")]
+    assert "transformer_blocks.1.attn2.to_k" in units[1].layers and units[1].fixed_params > 0  # adaLN table, norms
+    full = latents(px)
+    with pruned(px, [units[1].name]):
+        fake = latents(px)
+    assert fake.shape == full.shape and torch.isfinite(fake).all() and not torch.equal(fake, full)
+    assert torch.equal(latents(px), full)
+
+    prof = profile(px, out=tmp_path / "prof", prompts=PROMPTS, steps=2, bits=(4,), tensors=("weight",),
+                   metrics=["sqnr"], prune=True)
+    rows = prof.df[prof.df.tensor == "unit"]
+    assert set(rows.layer) == {u.name for u in units} and (rows.degradation > 0).all()
+
+    inv = inventory(px)
+    u = units[1]
+    plan = Plan({n: LayerBits(0, 0) if n in u.layers else LayerBits(8) for n in inv.names}, model=inv.model,
+                fingerprint=inv.fingerprint, pruned_units=[u.name], pruned_fixed_params=u.fixed_params)
+    plan.predict(inv)
+    result = export(plan, tmp_path / "q", model=px)
+    assert result.matches and result.pruned_units == 1
+    qpx = load_quantized(tmp_path / "q", dequantize=True)
+    _, qden = find_denoiser(qpx)
+    _, den = find_denoiser(px)
+    assert sum(p.numel() for p in den.parameters()) - sum(p.numel() for p in qden.parameters()) == \
+        sum(inv[n].params + inv[n].bias for n in u.layers) + u.fixed_params
+    with fake_quantize(px, plan):
+        sim = latents(px)
+    got = latents(qpx)
+    assert torch.allclose(got, sim, rtol=1e-5, atol=1e-5)
+    assert (sim - fake).abs().max() < (full - fake).abs().max()  # the W8 simulation is the pruned model

@@ -159,22 +159,29 @@ def test_plan_schema_for_pruned_layers(pipe):
         fake_quantize(pipe, Plan(layers, pruned_units=[unit.name], pruned_fixed_params=1))
 
 
-def test_exported_pruned_model_is_smaller_and_matches_fake_pruning(pipe, tmp_path):
+def _export_pruned(pipe, units, tmp_path):
+    """Export a plan that prunes `units` and keeps every other layer at W8; checks the exported denoiser
+    lost exactly the units' parameters. Returns (plan, reloaded pipeline)."""
     inv = inventory(pipe)
-    units = [u for u in find_units(pipe) if u.name in ("mid_block.attentions.0", "down_blocks.0.resnets.0")]
     names = {n for u in units for n in u.layers}
     plan = Plan({n: LayerBits(0, 0) if n in names else LayerBits(8) for n in inv.names}, model=inv.model,
                 fingerprint=inv.fingerprint, pruned_units=[u.name for u in units],
                 pruned_fixed_params=sum(u.fixed_params for u in units))
     plan.predict(inv)
     result = export(plan, tmp_path / "q", model=pipe)
-    assert result.matches and result.pruned_units == 2
+    assert result.matches and result.pruned_units == len(units)
     qpipe = load_quantized(tmp_path / "q", dequantize=True)
     _, qden = find_denoiser(qpipe)
     _, den = find_denoiser(pipe)
     n_full = sum(p.numel() for p in den.parameters())
     n_pruned = sum(p.numel() for p in qden.parameters())
     assert n_full - n_pruned == sum(inv[n].params + inv[n].bias for n in names) + plan.pruned_fixed_params
+    return plan, qpipe
+
+
+def test_exported_pruned_model_is_smaller_and_matches_fake_pruning(pipe, tmp_path):
+    units = [u for u in find_units(pipe) if u.name in ("mid_block.attentions.0", "down_blocks.0.resnets.0")]
+    plan, qpipe = _export_pruned(pipe, units, tmp_path)
     with fake_quantize(pipe, plan):
         sim = _latents(pipe)
     got = _latents(qpipe)
@@ -292,18 +299,7 @@ def test_pixart_blocks_are_units_removed_for_real(tmp_path):
     rows = prof.df[prof.df.tensor == "unit"]
     assert set(rows.layer) == {u.name for u in units} and (rows.degradation > 0).all()
 
-    inv = inventory(px)
-    u = units[1]
-    plan = Plan({n: LayerBits(0, 0) if n in u.layers else LayerBits(8) for n in inv.names}, model=inv.model,
-                fingerprint=inv.fingerprint, pruned_units=[u.name], pruned_fixed_params=u.fixed_params)
-    plan.predict(inv)
-    result = export(plan, tmp_path / "q", model=px)
-    assert result.matches and result.pruned_units == 1
-    qpx = load_quantized(tmp_path / "q", dequantize=True)
-    _, qden = find_denoiser(qpx)
-    _, den = find_denoiser(px)
-    assert sum(p.numel() for p in den.parameters()) - sum(p.numel() for p in qden.parameters()) == \
-        sum(inv[n].params + inv[n].bias for n in u.layers) + u.fixed_params
+    plan, qpx = _export_pruned(px, [units[1]], tmp_path)
     with fake_quantize(px, plan):
         sim = latents(px)
     got = latents(qpx)

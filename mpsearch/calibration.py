@@ -420,11 +420,6 @@ def initial_noise(pipe, seeds: list[int], resolution: int) -> torch.Tensor:
     return torch.cat(z).to(pipe.device)
 
 
-def initial_latents(pipe, seeds: list[int], resolution: int, steps: int) -> torch.Tensor:
-    """`initial_noise` times the scheduler's `init_noise_sigma` for `steps` steps (as `prepare_latents`)."""
-    return initial_noise(pipe, seeds, resolution) * _scheduler(pipe, steps).init_noise_sigma
-
-
 def default_resolution(pipe) -> int:
     _, denoiser = find_denoiser(pipe)
     side = denoiser.config.sample_size

@@ -360,7 +360,7 @@ def quantized_state(den: nn.Module, plan: Plan, inv: Inventory, cfg: WeightQuant
             "a_bits": b.a_bits,
             "kind": layer.kind,
             "shape": list(layer.weight_shape),
-            "zero_point": zero_point(stored) if stored < FLOAT_BITS else None,
+            "zero_point": storage.zero_point(stored) if stored < FLOAT_BITS else None,
             "bytes": layer_bytes(layer, b.w_bits, fmt),
         }
     return tensors, qmap

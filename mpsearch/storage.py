@@ -44,7 +44,7 @@ def scale_shape(weight_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def zero_point(stored_bits: int) -> int:
-    """The offset between signed codes and stored unsigned codes (0 for int8 containers)."""
+    """optimum-quanto's offset between signed codes and stored unsigned codes (0 for its int8 container)."""
     return 0 if stored_bits == 8 else 1 << (stored_bits - 1)
 
 
@@ -54,6 +54,10 @@ class Storage:
     format: ClassVar[str]
 
     def qtype(self, stored_bits: int) -> str:
+        raise NotImplementedError
+
+    def zero_point(self, stored_bits: int) -> int:
+        """The offset added to the signed codes before they are stored (recorded in the quantization map)."""
         raise NotImplementedError
 
     def encode(self, q: torch.Tensor, scale: torch.Tensor, stored_bits: int) -> dict[str, torch.Tensor]:
@@ -75,8 +79,11 @@ class PackedStorage(Storage):
     def qtype(self, stored_bits: int) -> str:
         return f"packed{stored_bits}"
 
+    def zero_point(self, stored_bits: int) -> int:
+        return 1 << (stored_bits - 1)  # every width unsigned, 8 bits included
+
     def encode(self, q, scale, stored_bits):
-        codes = (q.to(torch.int32) + (1 << (stored_bits - 1))).to(torch.uint8)
+        codes = (q.to(torch.int32) + self.zero_point(stored_bits)).to(torch.uint8)
         return {"_packed": pack_bits(codes, stored_bits), "_scale": self._scale(scale, tuple(q.shape))}
 
     def decode(self, tensors, stored_bits, shape):
@@ -84,7 +91,7 @@ class PackedStorage(Storage):
         packed = tensors["_packed"]
         if packed.numel() != packed_nbytes(n, stored_bits):
             raise ValueError(f"{packed.numel()} packed bytes, expected {packed_nbytes(n, stored_bits)}")
-        codes = unpack_bits(packed, stored_bits, n).to(torch.int16) - (1 << (stored_bits - 1))
+        codes = unpack_bits(packed, stored_bits, n).to(torch.int16) - self.zero_point(stored_bits)
         return codes.to(torch.int8).reshape(shape), tensors["_scale"].float()
 
 
@@ -95,13 +102,16 @@ class QuantoStorage(Storage):
     def qtype(self, stored_bits: int) -> str:
         return {2: "qint2", 4: "qint4", 8: "qint8"}[stored_bits]
 
+    def zero_point(self, stored_bits: int) -> int:
+        return zero_point(stored_bits)
+
     def encode(self, q, scale, stored_bits):
         from optimum.quanto.tensor.packed import pack_weights
 
         shape = tuple(q.shape)
         if stored_bits == 8:
             return {"_data": q.to(torch.int8).contiguous(), "_scale": self._scale(scale, shape)}
-        codes = (q.to(torch.int32) + zero_point(stored_bits)).to(torch.uint8)
+        codes = (q.to(torch.int32) + self.zero_point(stored_bits)).to(torch.uint8)
         return {"_data._data": pack_weights(codes.reshape(-1), stored_bits), "_scale": self._scale(scale, shape)}
 
     def decode(self, tensors, stored_bits, shape):
@@ -113,5 +123,5 @@ class QuantoStorage(Storage):
         packed = tensors["_data._data"]
         if packed.numel() != packed_nbytes(n, stored_bits):
             raise ValueError(f"{packed.numel()} packed bytes, expected {packed_nbytes(n, stored_bits)}")
-        codes = torch.ops.quanto.unpack(packed, stored_bits)[:n].to(torch.int16) - zero_point(stored_bits)
+        codes = torch.ops.quanto.unpack(packed, stored_bits)[:n].to(torch.int16) - self.zero_point(stored_bits)
         return codes.to(torch.int8).reshape(shape), tensors["_scale"].float()

@@ -71,6 +71,9 @@ def test_storage_decodes_the_quantizer_integers(fmt, bits):
     assert sum(t.numel() * t.element_size() for t in tensors.values()) == packed_nbytes(w.numel(), stored) + 6 * 2
     q2, scale2 = storage.decode(tensors, stored, tuple(w.shape))
     assert torch.equal(q2.to(torch.int32), q)
+    if fmt == "packed":  # the zero point the quantization map records is the offset actually stored
+        codes = unpack_bits(tensors["_packed"], stored, w.numel()).to(torch.int32) - storage.zero_point(stored)
+        assert torch.equal(codes.reshape(q.shape), q)
     assert torch.equal((q2.float() * scale2).reshape(w.shape), fake_quant_weight(w, bits))
 
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from mpsearch.model import find_denoiser, inventory, load_pipeline
+from mpsearch.model import find_denoiser, inventory
 from mpsearch.plan import Plan
 
 
@@ -202,11 +202,11 @@ def distill(
     other than the profiler's calibration prompts) or, for other models, the calibration fallbacks.
     """
     from mpsearch import calibration as cal
-    from mpsearch.exporter import activation_bits, check_plan
+    from mpsearch.exporter import _as_pipeline, _plan_of, activation_bits, check_plan
 
     log = log or (lambda msg: None)
-    plan = plan if isinstance(plan, Plan) else Plan.load(plan)
-    pipe = model if hasattr(model, "components") else load_pipeline(model)
+    plan = _plan_of(plan)
+    pipe = _as_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
     _, den = find_denoiser(pipe)
     inv = inventory(pipe)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from mpsearch.cost import FLOAT_BITS, WEIGHT_BITS, get_format, mean_bits, model_bytes
-from mpsearch.model import Inventory, find_denoiser, inventory, load_pipeline
+from mpsearch.model import Inventory, find_denoiser, inventory
 from mpsearch.plan import LayerBits, Plan
 
 SPLITS = ("calib", "heldout")
@@ -268,7 +268,7 @@ def evaluate(
     peak RSS while loading and while generating, pixel difference to the simulation).
     """
     from mpsearch.calibration import demo_settings, reference
-    from mpsearch.exporter import ExportError, export, fake_quantize, load_quantized
+    from mpsearch.exporter import ExportError, _as_pipeline, _plan_of, export, fake_quantize, load_quantized
 
     log = progress or (lambda msg: None)
     plans = [plans] if not isinstance(plans, (list, tuple)) else list(plans)
@@ -277,10 +277,10 @@ def evaluate(
         if not qplan.exists():
             raise ExportError(f"{quantized} has no plan.json")
         plans = [Plan.load(qplan), *plans]
-    plans = [p if isinstance(p, Plan) else Plan.load(p) for p in plans]
+    plans = [_plan_of(p) for p in plans]
     if not plans:
         raise ValueError("nothing to evaluate: pass a plan or a quantized folder")
-    pipe = model if hasattr(model, "components") else load_pipeline(model)
+    pipe = _as_pipeline(model)
     inv = inventory(pipe)
     main = plans[0]
     d_steps, d_guidance = demo_settings()

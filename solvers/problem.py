@@ -125,6 +125,25 @@ def _as_matrix(values: Any, n_options: np.ndarray | None, what: str) -> np.ndarr
     return m
 
 
+
+def tie_roots(n: int, groups: Sequence[Sequence[int]]) -> np.ndarray:
+    """(n,) a representative item per merged tie group (ties chain transitively); an untied item is its own."""
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for g in groups:
+        r0 = root(g[0])
+        for i in g[1:]:
+            ri = root(i)
+            if ri != r0:
+                parent[ri] = r0
+    return np.array([root(i) for i in range(n)]) if groups else parent
+
 @dataclass(frozen=True, eq=False)
 class Problem:
     """A multiple-choice allocation problem; see the module docstring for the objective.
@@ -276,20 +295,10 @@ class Problem:
 
     def _check_tied_fixed(self) -> None:
         """Merged tie groups (ties chain transitively) need a common key that agrees with any fixed item."""
-        root = list(range(len(self.keys)))
-
-        def find(i: int) -> int:
-            while root[i] != i:
-                root[i] = root[root[i]]
-                i = root[i]
-            return i
-
-        for g in self.ties:
-            for i in g[1:]:
-                root[find(i)] = find(g[0])
+        roots = tie_roots(len(self.keys), self.ties)
         merged: dict[int, list[int]] = {}
         for i in {i for g in self.ties for i in g}:
-            merged.setdefault(find(i), []).append(i)
+            merged.setdefault(int(roots[i]), []).append(i)
         for members in merged.values():
             common = set(self.keys[members[0]]).intersection(*(self.keys[i] for i in members[1:]))
             pins = {self.fixed[i] for i in members if i in self.fixed}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .problem import Problem
+from .problem import Problem, tie_roots
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,24 +72,6 @@ class UnitModel:
         return np.where(self.valid[None], self.A, np.inf).min(axis=2).sum(axis=1)
 
 
-def _union_find(n: int, groups) -> np.ndarray:
-    parent = np.arange(n)
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for g in groups:
-        r0 = root(g[0])
-        for i in g[1:]:
-            ri = root(i)
-            if ri != r0:
-                parent[ri] = r0
-    return np.array([root(i) for i in range(n)]) if groups else parent
-
-
 def build_units(problem: Problem, objective: np.ndarray | None = None, *, prune: bool = True) -> UnitModel:
     """Compile `problem` (or its items with another (L, K) objective) into a `UnitModel`.
 
@@ -100,7 +82,7 @@ def build_units(problem: Problem, objective: np.ndarray | None = None, *, prune:
     """
     L, K = problem.valid.shape
     objm = problem.objective_matrix if objective is None else np.where(problem.valid, objective, np.inf)
-    roots = _union_find(L, problem.ties)
+    roots = tie_roots(L, problem.ties)
     uniq, unit_of = np.unique(roots, return_inverse=True)
     U = len(uniq)
     sizes = np.bincount(unit_of, minlength=U)

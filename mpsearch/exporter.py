@@ -523,17 +523,14 @@ def _quanto_module(module: nn.Module, q: torch.Tensor, scale: torch.Tensor, stor
     return qmod
 
 
-def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
-
-
 def load_denoiser(folder: str | Path, *, dtype: torch.dtype = torch.float32, dequantize: bool = False) -> nn.Module:
     """Rebuild a quantized denoiser from its checkpoint folder (config.json + quantized safetensors)."""
     import diffusers
     from accelerate import init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
     from safetensors.torch import load_file
+
+    from mpsearch.pruning import _set as _set_module
 
     folder = Path(folder)
     qinfo = json.loads((folder / QMAP_FILE).read_text())

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mpsearch.profiler import Profiler, Unit, _batches, _run_units
+from mpsearch.profiler import Profiler, Unit, _batches
 from mpsearch.progress import unit_bar
 
 BACKENDS: dict[str, type] = {}
@@ -73,7 +73,10 @@ class LocalBackend:
             raise ValueError("--address and --workers need --backend ray")
 
     def __call__(self, job: Job) -> None:
-        _run_units(job.prof, job.store, job.units, job.size, job.progress)
+        with unit_bar(len(job.units), job.progress) as advance:
+            for b in _batches(job.units, job.size):
+                job.store.append(job.prof.evaluate(b))
+                advance(len(b), b[0])
 
 
 @register_backend("ray")

@@ -432,15 +432,6 @@ def _batches(units: list[Unit], size: int) -> list[list[Unit]]:
     return out
 
 
-def _run_units(prof: Profiler, store, todo: list[Unit], size: int, progress: bool) -> None:
-    from mpsearch.progress import unit_bar
-
-    with unit_bar(len(todo), progress) as advance:
-        for b in _batches(todo, size):
-            store.append(prof.evaluate(b))
-            advance(len(b), b[0])
-
-
 def _run_fisher(prof: Profiler, store, layers, tensors, candidates, groups, seed, log) -> None:
     names = [l.name for l in layers]
     needed = {(n, t, b, "fisher", g) for n in names for t in tensors for b in candidates.of(t) for g in range(len(groups))}

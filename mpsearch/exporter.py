@@ -379,16 +379,18 @@ def export(
     """Write the plan's packed checkpoint to `out` and return its byte accounting.
 
     `model`: a pipeline, or anything `load_pipeline` accepts (None = demo). `components`: also save
-    the pipeline's other components so that `load_quantized(out)` returns a whole pipeline. Raises
+    the pipeline's other components so that `load_quantized(out)` returns a whole pipeline.
     `layout`: "blobs" concatenates the tensors of each dtype into one safetensors tensor (offsets in
     quantization_map.json), so the file is the predicted bytes plus a header of a few hundred bytes;
     "tensors" writes one named tensor per parameter part (readable with any safetensors tool, but the
-    header grows by ~130 bytes per tensor: several % of a small model). Raises
-    `PlanError` (naming the layer) for a plan made for another model and `ExportError` when the bytes
-    written differ from the cost model's prediction or exceed a byte budget.
+    header grows by ~130 bytes per tensor: several % of a small model). Raises `PlanError` (naming the
+    layer) for a plan made for another model and `ExportError` when the bytes written differ from the
+    cost model's prediction or exceed a byte budget.
     """
     from safetensors.torch import save_file
 
+    if layout not in ("blobs", "tensors"):
+        raise ValueError(f"layout must be 'blobs' or 'tensors', not {layout!r}")
     plan = _plan_of(plan)
     pipe = _as_pipeline(model)
     den_name, den = find_denoiser(pipe)
@@ -407,8 +409,6 @@ def export(
     tensor_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
     meta = {"schema": SCHEMA, "format": fmt.name, "fingerprint": inv.fingerprint, "component": den_name}
     path = folder / WEIGHTS_FILE
-    if layout not in ("blobs", "tensors"):
-        raise ValueError(f"layout must be 'blobs' or 'tensors', not {layout!r}")
     index = None
     if layout == "blobs":
         blobs, index = to_blobs({**tensors, **buffers})

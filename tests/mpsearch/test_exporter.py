@@ -156,6 +156,12 @@ def test_plan_for_another_model_is_refused_naming_the_layer(tiny_pipe, tmp_path)
         export(Plan(dict(plan.layers), fingerprint="0123456789abcdef"), tmp_path / "y", model=tiny_pipe)
 
 
+def test_unknown_layout_is_refused_before_anything_is_written(tiny_pipe, tmp_path):
+    with pytest.raises(ValueError, match="layout"):
+        export(Plan.uniform(inventory(tiny_pipe), 8), tmp_path / "q", model=tiny_pipe, layout="zip")
+    assert not (tmp_path / "q").exists()
+
+
 def test_budget_is_a_hard_ceiling(tiny_pipe, tmp_path):
     inv = inventory(tiny_pipe)
     plan = Plan.uniform(inv, 4, budget=f"{Plan.uniform(inv, 4).predicted['bytes'] - 1}B")

@@ -38,8 +38,9 @@ from mpsearch.cost import FLOAT_BITS
 from mpsearch.model import Inventory
 from mpsearch.plan import Plan
 from mpsearch.problem import SearchSpace, build_problem, solution_to_plan
-from mpsearch.timesteps import GROUPINGS, TimestepError, even_steps, group_steps
+from mpsearch.timesteps import GROUPINGS, TimestepError, even_steps, group_steps, kept_scheduler, schedule
 from solvers.problem import Constraint, InfeasibleBudget, StepProblem
+from solvers.units import build_units
 
 __all__ = ["run_bitops", "solve_steps", "step_losses_for_groups"]
 
@@ -92,8 +93,6 @@ def _check_scheduler_name(name: str | None) -> None:
         return
     import diffusers
 
-    from mpsearch.timesteps import kept_scheduler
-
     cls = getattr(diffusers, name, None)
     if cls is not None:
         kept_scheduler(cls())
@@ -107,18 +106,6 @@ def _fitness_metric(meta: dict[str, Any], df) -> str:
         return group_metrics(df, meta)["content"]
     except ValueError:
         return "ssim"
-
-
-def _min_bitops(problem) -> float:
-    """The least BitOPs per call any choice reaches (fixed layers at their key, others at their cheapest)."""
-    cost = problem.costs["bitops"]
-    total = 0.0
-    for i in range(problem.n_items):
-        if i in problem.fixed:
-            total += cost[i, problem.keys[i].index(problem.fixed[i])]
-        else:
-            total += cost[i, : problem.n_options[i]].min()
-    return float(total)
 
 
 def solve_steps(
@@ -184,10 +171,8 @@ def solve_steps(
     if pipe is None:
         _check_scheduler_name(sched_name)
     else:
-        _check_pipe(pipe)
+        kept_scheduler(pipe.scheduler)
     if pool is not None:
-        from mpsearch.timesteps import schedule
-
         pool_ts = schedule(pipe.scheduler, pool)
     elif prof_ts:
         pool_ts = [int(t) for t in prof_ts]
@@ -205,12 +190,14 @@ def solve_steps(
         extra.append(Constraint("bitops", upper=ceiling / steps, name="budget"))
     sp = build_problem(inv, df, None if ceiling is not None else budget, fmt=fmt, space=space,
                        extra_constraints=extra, units=meta.get("units"))  # fmt: skip
-    if ceiling is not None and _min_bitops(sp.problem) > ceiling / steps * (1 + 1e-12):
-        least = _min_bitops(sp.problem) * steps
-        ref = inv.total_macs * FLOAT_BITS * FLOAT_BITS * full_steps
-        raise BudgetInfeasible(f"budget {budget} is infeasible with {steps} kept steps: the smallest plan needs "
-                               f"{least:,.0f} BitOPs per image ({100 * least / ref:.4g}%bitops of W16A16 at "
-                               f"{full_steps} steps)", least)  # fmt: skip
+    if ceiling is not None:
+        m = build_units(sp.problem)
+        least = float(m.min_cost()[m.names.index("budget")]) * steps  # the cheapest plan's BitOPs per image
+        if least > ceiling * (1 + 1e-12):
+            ref = inv.total_macs * FLOAT_BITS * FLOAT_BITS * full_steps
+            raise BudgetInfeasible(f"budget {budget} is infeasible with {steps} kept steps: the smallest plan needs "
+                                   f"{least:,.0f} BitOPs per image ({100 * least / ref:.4g}%bitops of W16A16 at "
+                                   f"{full_steps} steps)", least)  # fmt: skip
 
     fit = None
     info: dict[str, Any] = {"steps": steps, "pool": pool_ts, "grouping": grouping,
@@ -317,12 +304,6 @@ def _pipeline(model: Any, meta: dict[str, Any]):
     pipe = load_pipeline(None if name in (None, "", "demo") else name)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def _check_pipe(pipe) -> None:
-    from mpsearch.timesteps import kept_scheduler
-
-    kept_scheduler(pipe.scheduler)
 
 
 def _fitness(pipe, meta: dict[str, Any], pool: list[int], metric: str, prompts, seed: int, fmt: str | None):

@@ -34,7 +34,7 @@ import torch
 from mpsearch import calibration as cal
 from mpsearch.metrics import Metric, get_metric
 from mpsearch.model import find_denoiser, inventory, load_pipeline, weights_fingerprint
-from mpsearch.profile_store import Profile, ProfileError, Store, merge  # noqa: F401 (re-exported)
+from mpsearch.profile_store import KEY, Profile, ProfileError, Store, merge  # noqa: F401 (re-exported)
 from mpsearch.quant import ActQuantConfig, Candidates, QuantSession, WeightQuantConfig
 
 MODES = ("exact", "batched", "fisher")
@@ -449,7 +449,7 @@ class _MemoryStore:
 
     def append(self, rows: list[dict]) -> None:
         for r in rows:
-            k = (r["layer"], r["tensor"], r["bits"], r["metric"], r["step_group"])
+            k = tuple(r[c] for c in KEY)
             if k not in self.done:
                 self.done.add(k)
                 self.rows.append(r)

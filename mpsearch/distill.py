@@ -66,9 +66,9 @@ class Student:
     """
 
     def __init__(self, pipe, plan: Plan, calib) -> None:
-        from mpsearch.exporter import _quantized, activation_bits, weight_config
+        from mpsearch.exporter import _bos_targets, activation_bits, weight_config
         from mpsearch.pruning import remove_units
-        from mpsearch.quant import Candidates, bos_layers, quantize_pipeline
+        from mpsearch.quant import Candidates, quantize_pipeline
 
         _, den = find_denoiser(pipe)
         self.den, self.calib = den, calib
@@ -93,7 +93,7 @@ class Student:
                 self.session.apply({n: (None, b.a_bits) for n, b in plan.layers.items() if not b.pruned},
                                    plan.step_overrides)
             self.handles = [den.get_submodule(n).register_forward_hook(_fp_bos_row)
-                            for n in bos_layers(den, pipe) if _quantized(plan, n)]
+                            for n in _bos_targets(plan, den, pipe)]
         except BaseException:
             self.close()
             raise

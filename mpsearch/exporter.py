@@ -242,7 +242,7 @@ def fake_quantize(
         fq.session = quantize_pipeline(pipe, Candidates(weight=(), act=tuple(sorted(acts))), calib=calib,
                                        progressive=progressive, weight_cfg=cfg)
         fq.session.apply({n: (None, b.a_bits) for n, b in plan.layers.items() if not b.pruned}, plan.step_overrides)
-    rows = bos_rows(pipe, [n for n in bos_layers(den, pipe) if _quantized(plan, n)]) if bos else {}
+    rows = bos_rows(pipe, _bos_targets(plan, den, pipe)) if bos else {}
     with torch.no_grad():
         for pname, p in den.named_parameters():
             module, _, kind = pname.rpartition(".")
@@ -274,6 +274,11 @@ def _quantized(plan: Plan, name: str) -> bool:
     if b is not None and (b.w_bits < FLOAT_BITS or b.a_bits < FLOAT_BITS):
         return True
     return any(o["layers"].get(name, {}).get("a_bits", FLOAT_BITS) < FLOAT_BITS for o in plan.step_overrides)
+
+
+def _bos_targets(plan: Plan, den: nn.Module, pipe: Any) -> list[str]:
+    """The BOS-aware K/V layers the plan quantizes: their BOS row stays full precision."""
+    return [n for n in bos_layers(den, pipe) if _quantized(plan, n)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -416,7 +421,7 @@ def export(
     else:
         save_file({**tensors, **buffers}, str(path), metadata={**meta, "layout": layout})
 
-    rows = bos_rows(pipe, [n for n in bos_layers(den, pipe) if _quantized(plan, n)]) if bos else {}
+    rows = bos_rows(pipe, _bos_targets(plan, den, pipe)) if bos else {}
     bos_bytes = 0
     if rows:
         save_file({n: r.contiguous() for n, r in rows.items()}, str(folder / BOS_FILE), metadata={"schema": SCHEMA})

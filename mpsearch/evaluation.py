@@ -17,6 +17,7 @@ checkpoint sample at exactly those timesteps; FP samples at the full `steps`.
 
 from __future__ import annotations
 
+import json
 import random
 import tempfile
 import threading
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpsearch.cost import FLOAT_BITS, WEIGHT_BITS, get_format, mean_bits, model_bytes
+from mpsearch.cost import FLOAT_BITS, WEIGHT_BITS, get_format, layer_bytes, mean_bits, model_bytes
 from mpsearch.model import Inventory, find_denoiser, inventory
 from mpsearch.plan import LayerBits, Plan
 
@@ -113,9 +114,7 @@ def random_plan(inv: Inventory, plan: Plan, seed: int = 0) -> Plan:
     rng = random.Random(seed)
     bits = dict.fromkeys(inv.names, widths[0])
     total = model_bytes(inv, bits, fmt)
-    open_ = [l for l in inv.layers]
-    from mpsearch.cost import layer_bytes
-
+    open_ = list(inv.layers)
     while open_:
         layer = open_[rng.randrange(len(open_))]
         i = widths.index(bits[layer.name])
@@ -331,8 +330,6 @@ def evaluate(
         log(f"export {main.format} checkpoint to {folder}")
         ev.export = export(main, folder, model=pipe).to_dict()
     elif folder is not None and (folder / "export.json").exists():
-        import json
-
         ev.export = json.loads((folder / "export.json").read_text())
     if folder is not None:
         with PeakRSS() as load_mem:

@@ -130,7 +130,8 @@ def model_bytes(inv: Inventory, w_bits: dict[str, int], fmt: str | WeightFormat 
 
     `pruned_fixed_params`: unquantized parameters (norms) that left with pruned units."""
     f = get_format(fmt)
-    return (inv.fixed_params - pruned_fixed_params) * f.float_bytes + sum(layer_bytes(l, w_bits.get(l.name, FLOAT_BITS), f) for l in inv.layers)
+    return (fixed_bytes(inv, f) - pruned_fixed_params * f.float_bytes
+            + sum(layer_bytes(l, w_bits.get(l.name, FLOAT_BITS), f) for l in inv.layers))
 
 
 def mean_bits(inv: Inventory, w_bits: dict[str, int]) -> float:

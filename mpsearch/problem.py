@@ -246,8 +246,10 @@ def solution_to_plan(
 ) -> Plan:
     """The plan of a solution; layers that chose "pruned" are recorded with their units (`units`: the
     profile's unit table, as for `build_problem`)."""
+    from mpsearch.pruning import PRUNED_KEY
+
     solution.raise_if_infeasible()
-    layers = {name: LayerBits(PRUNED, PRUNED) if key == "pruned" else LayerBits(int(key[0]), int(key[1]))
+    layers = {name: LayerBits(PRUNED, PRUNED) if key == PRUNED_KEY else LayerBits(int(key[0]), int(key[1]))
               for name, key in zip(inv.names, solution.keys, strict=True)}
     pruned_layers = {n for n, b in layers.items() if b.pruned}
     pruned_units, fixed = [], 0

@@ -48,9 +48,8 @@ def group_metrics(df: pd.DataFrame, meta: dict[str, Any]) -> dict[str, str]:
     from mpsearch.metrics import get_metric
 
     measured = list(dict.fromkeys(df["metric"]))
-    kinds = {m: (meta.get("metrics") or {}).get(m, {}).get("kind") if isinstance(meta.get("metrics"), dict) else None
-             for m in measured}
-    kinds = {m: k or get_metric(m).kind for m, k in kinds.items()}
+    declared = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    kinds = {m: (declared.get(m) or {}).get("kind") or get_metric(m).kind for m in measured}
     out = {}
     for group in ("quality", "content"):
         names = [m for m in measured if kinds[m] == group]

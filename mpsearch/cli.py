@@ -254,7 +254,7 @@ def solve(
     """Find the per-layer bits (and, with --steps, the kept denoising steps) that minimise the profiled
     degradation under a budget; write a plan."""
     from mpsearch.budget import Budget, BudgetError
-    from mpsearch.planner import BudgetInfeasible, load_profile, pareto_front
+    from mpsearch.planner import load_profile, pareto_front
     from mpsearch.planner import solve as run
     from mpsearch.problem import SearchSpace
 
@@ -291,9 +291,7 @@ def solve(
         fail("--pool, --model and --fitness belong to the timestep search: add --steps N")
     try:
         plan = run(profile, b, solver=solver, backend=backend, fmt=fmt, space=space, time_limit=time_limit, **options)
-    except BudgetInfeasible as e:
-        fail(str(e))
-    except ValueError as e:
+    except ValueError as e:  # BudgetInfeasible among them: its message names the smallest feasible budget
         fail(str(e))
     plan.save(out)
     print_plan_summary(plan, inv, b)

@@ -44,9 +44,8 @@ def main() -> None:
     from mpsearch.budget import Budget
     from mpsearch.calibration import reference
     from mpsearch.exporter import fake_quantize
-    from mpsearch.fitness import to_tensor
     from mpsearch.generate import generate
-    from mpsearch.metrics import ssim
+    from mpsearch.metrics import images_to_tensor, ssim
     from mpsearch.model import load_pipeline
     from mpsearch.plan import Plan
     from mpsearch.planner import load_profile, solve
@@ -71,7 +70,7 @@ def main() -> None:
         ctx = fake_quantize(pipe, plan, inv=inv, calib=calib) if plan is not None else None
         try:
             for split, ps in prompts.items():
-                out[split] = to_tensor(generate(pipe, ps, seed=img_seed, guidance=guidance, timesteps=timesteps))
+                out[split] = images_to_tensor(generate(pipe, ps, seed=img_seed, guidance=guidance, timesteps=timesteps))
         finally:
             if ctx is not None:
                 ctx.restore()

@@ -197,17 +197,12 @@ def default_prompts(pipe: Any, n: int, seed: int = 1) -> dict[str, list[str]]:
         return {"calib": list(FALLBACK_PROMPTS[:n]), "heldout": []}
 
 
-def _to_tensor(images: list) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-                        for im in images])
-
-
 def image_metrics(reference: list, candidate: list, prompts: list[str], names: list[str] | None = None) -> dict:
     """Every registered image metric (value, e.g. SSIM itself) plus pixel MSE; None where a metric fails
     (adherence on captions the demo detector cannot parse)."""
-    from mpsearch.metrics import METRICS
+    from mpsearch.metrics import METRICS, images_to_tensor
 
-    ref, cand = _to_tensor(reference), _to_tensor(candidate)
+    ref, cand = images_to_tensor(reference), images_to_tensor(candidate)
     out: dict[str, float | None] = {}
     for name, metric in METRICS.items():
         if metric.stage != "image" or (names is not None and name not in names):

@@ -22,19 +22,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
-from mpsearch.metrics import Metric, get_metric
+from mpsearch.metrics import Metric, get_metric, images_to_tensor
 from mpsearch.quant import ActQuantConfig, Candidates, QuantSession, WeightQuantConfig
 
 TIE_BREAK = 1e-3  # pixel MSE lies in [0, 1]: below one prompt's worth of adherence for < 1000 prompts
-
-
-def to_tensor(images: list) -> torch.Tensor:
-    """PIL images → float32 `[N, 3, H, W]` in [0, 1] (what image metrics read)."""
-    return torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-                        for im in images])  # fmt: skip
 
 
 @dataclass
@@ -91,7 +84,7 @@ class Fitness:
                             width=self.resolution, timesteps=[int(t) for t in timesteps])  # fmt: skip
         finally:
             self.session.reset()
-        return to_tensor(pics)
+        return images_to_tensor(pics)
 
     def score(self, bits: Mapping[str, Any] | None, timesteps: Sequence[int]) -> dict[str, Any]:
         """One candidate's record: timesteps, the metric's value (as people quote it, e.g. adherence) and

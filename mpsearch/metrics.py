@@ -31,6 +31,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+
+def images_to_tensor(images: list) -> torch.Tensor:
+    """PIL images → float32 `[N, 3, H, W]` in [0, 1], the layout image metrics read."""
+    return torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+                        for im in images])  # fmt: skip
+
 KINDS = ("quality", "content")
 STAGES = ("output", "image")
 

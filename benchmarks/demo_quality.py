@@ -21,7 +21,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import argparse
 import json
 import platform
-import re
 import sys
 import time
 import warnings
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 
 from mpsearch.generate import generate, image_grid
+from mpsearch.model import classify
 from mpsearch.zoo import DEMO_PATH, detector, scenes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def fake_quant_weights(module: torch.nn.Module, bits_of) -> int:
 
 
 def _is_content(name: str) -> bool:
-    return bool(re.search(r"(^|\.)(attn2|ff)(\.|$)", name))
+    return classify(name) == "content"  # MixDQ's attn2/ff rule, as the inventory groups layers
 
 
 QUANT_PLANS = {

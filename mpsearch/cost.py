@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mpsearch.model import Inventory, Layer
+from solvers.registry import Registry
 
 FLOAT_BITS = 16
 WEIGHT_BITS = (2, 3, 4, 5, 6, 8, 16)
@@ -59,12 +60,12 @@ class WeightFormat:
         return asdict(self)
 
 
-FORMATS: dict[str, WeightFormat] = {}
+FORMATS: Registry[WeightFormat] = Registry("weight format", unknown="unknown {kind} {name!r}; known: {names}")
 
 
 def register_format(fmt: WeightFormat) -> WeightFormat:
-    FORMATS[fmt.name] = fmt
-    return fmt
+    """Make `fmt` known to the cost model by its name (`--format NAME`)."""
+    return FORMATS.add(fmt.name, fmt)
 
 
 # Our own bit-exact packing: every nominal width stored at exactly that many bits, one fp16 scale per
@@ -90,10 +91,7 @@ DEFAULT_FORMAT = "packed"
 def get_format(fmt: str | WeightFormat | None) -> WeightFormat:
     if isinstance(fmt, WeightFormat):
         return fmt
-    name = fmt or DEFAULT_FORMAT
-    if name not in FORMATS:
-        raise ValueError(f"unknown weight format {name!r}; known: {', '.join(sorted(FORMATS))}")
-    return FORMATS[name]
+    return FORMATS.lookup(fmt or DEFAULT_FORMAT)
 
 
 def layer_bytes(layer: Layer, w_bits: int, fmt: str | WeightFormat | None = None) -> int:

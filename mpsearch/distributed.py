@@ -27,26 +27,21 @@ from typing import Any
 
 from mpsearch.profiler import Profiler, Unit, _batches
 from mpsearch.progress import unit_bar
+from solvers.registry import Registry
 
-BACKENDS: dict[str, type] = {}
+BACKENDS: Registry[type] = Registry("backend", unknown="backend must be one of {names}, got {name!r}")
 RAY_HINT = "the ray backend needs Ray: pip install 'mpsearch[ray]'"
 
 
 def register_backend(name: str):
     """Class decorator: make a backend available to `profile(backend=name)` and `--backend name`."""
 
-    def deco(cls: type) -> type:
-        BACKENDS[name] = cls
-        return cls
-
-    return deco
+    return BACKENDS.register(name)
 
 
 def get_backend(name: str, **options: Any):
     """An instance of backend `name` with its options checked, e.g. `get_backend("ray", workers=2)`."""
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {name!r}")
-    return BACKENDS[name](**options)
+    return BACKENDS.lookup(name)(**options)
 
 
 @dataclass

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from solvers.registry import Registry
+
 
 def images_to_tensor(images: list) -> torch.Tensor:
     """PIL images → float32 `[N, 3, H, W]` in [0, 1], the layout image metrics read."""
@@ -65,7 +67,7 @@ class Metric:
         return {"kind": self.kind, "stage": self.stage, "version": self.version}
 
 
-METRICS: dict[str, Metric] = {}
+METRICS: Registry[Metric] = Registry("metric", error=KeyError, unknown="unknown metric {name!r}; registered: {names}")
 
 
 def register_metric(name: str, *, kind: str, stage: str, version: str = "1", replace: bool = False):
@@ -76,19 +78,17 @@ def register_metric(name: str, *, kind: str, stage: str, version: str = "1", rep
         raise ValueError(f"metric {name!r}: stage must be one of {STAGES}, got {stage!r}")
 
     def deco(fn: Callable) -> Callable:
-        if name in METRICS and not replace and METRICS[name].fn is not fn:
-            raise ValueError(f"metric {name!r} is already registered (pass replace=True to override)")
-        METRICS[name] = Metric(name, kind, stage, fn, str(version), (fn.__doc__ or "").strip())
+        old = METRICS.get(name)
+        same = old is not None and old.fn is fn  # re-importing a plug-in is not a conflict
+        METRICS.add(name, Metric(name, kind, stage, fn, str(version), (fn.__doc__ or "").strip()),
+                    replace=replace or same)
         return fn
 
     return deco
 
 
 def get_metric(name: str) -> Metric:
-    try:
-        return METRICS[name]
-    except KeyError:
-        raise KeyError(f"unknown metric {name!r}; registered: {', '.join(sorted(METRICS))}") from None
+    return METRICS.lookup(name)
 
 
 def load_plugin(path_or_module: str) -> None:

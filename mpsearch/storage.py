@@ -24,19 +24,20 @@ from typing import ClassVar
 import torch
 
 from mpsearch.packing import pack_bits, packed_nbytes, unpack_bits
+from solvers.registry import Registry
 
-STORAGES: dict[str, Storage] = {}
+STORAGES: Registry[Storage] = Registry("storage", unknown="no storage for weight format {name!r}; known: {names}")
 
 
 def register_storage(cls: type[Storage]) -> type[Storage]:
-    STORAGES[cls.format] = cls()
+    """Class decorator: the storage of weight format `cls.format`."""
+    old = STORAGES.get(cls.format)
+    STORAGES.add(cls.format, cls(), replace=old is not None and type(old) is cls)
     return cls
 
 
 def get_storage(fmt: str) -> Storage:
-    if fmt not in STORAGES:
-        raise ValueError(f"no storage for weight format {fmt!r}; known: {', '.join(sorted(STORAGES))}")
-    return STORAGES[fmt]
+    return STORAGES.lookup(fmt)
 
 
 def scale_shape(weight_shape: tuple[int, ...]) -> tuple[int, ...]:

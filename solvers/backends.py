@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_BACKENDS: dict[str, Callable[..., MipResult]] = {}
+from .registry import Registry
+
+BACKENDS: Registry[Callable[..., MipResult]] = Registry("ILP backend")
 
 
 @dataclass
@@ -33,22 +35,15 @@ class MipResult:
     note: str = ""
 
 
-def backend(name: str):
-    def deco(fn):
-        _BACKENDS[name] = fn
-        return fn
-    return deco
+backend = BACKENDS.register  # decorator: @backend("name")
 
 
 def get_backend(name: str) -> Callable[..., MipResult]:
-    try:
-        return _BACKENDS[name]
-    except KeyError:
-        raise ValueError(f"unknown ILP backend {name!r}; available: {sorted(_BACKENDS)}") from None
+    return BACKENDS.lookup(name)
 
 
 def available_backends() -> list[str]:
-    return sorted(_BACKENDS)
+    return BACKENDS.names()
 
 
 def _row_scale(A: np.ndarray) -> np.ndarray:

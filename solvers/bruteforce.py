@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -11,7 +12,12 @@ from .problem import Problem, Solution
 from .registry import register_solver
 
 
-@register_solver("bruteforce")
+@dataclass(frozen=True)
+class BruteforceOptions:
+    max_combinations: int = 200_000
+
+
+@register_solver("bruteforce", options=BruteforceOptions)
 def solve_bruteforce(problem: Problem, *, max_combinations: int = 200_000) -> Solution:
     """Try every choice; optimal by construction. Ties and ties-in-objective break to the first found
     (lexicographic option order). Infeasible → smallest_feasible of the first upper constraint whose

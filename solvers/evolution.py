@@ -218,7 +218,15 @@ def _repair(m: UnitModel, genome: _Genome, choice: np.ndarray, flags: np.ndarray
     return (choice, flags) if m.feasible(dec, rtol=0.0) else None
 
 
-@register_solver("evolution")
+@dataclass(frozen=True)
+class EvolutionOptions:
+    """The options of `solve_evolution` besides the step-search callbacks (start, step_fitness, evaluate)."""
+
+    config: EvolutionConfig = EvolutionConfig()
+    seed: int | None = None
+
+
+@register_solver("evolution", consumes="steps", options=EvolutionOptions)
 def solve_evolution(
     problem: Problem | StepProblem,
     *,

@@ -13,7 +13,7 @@ slip, the row is tightened by the excess and the model re-solved (recorded in `i
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -154,7 +154,21 @@ def _diagnose(problem: Problem, t0: float, backend: str, **opts: Any) -> Solutio
                                backend=backend)
 
 
-@register_solver("ilp")
+@dataclass(frozen=True)
+class IlpOptions:
+    """The options of `solve_ilp` (see there): backend, time limit (s), relative gap, threads, ..."""
+
+    backend: str = "cbc"
+    time_limit: float | None = None
+    gap: float = 1e-9
+    threads: int = 1
+    core: bool = True
+    prune: bool = True
+    hint: np.ndarray | None = None
+    diagnose: bool = True
+
+
+@register_solver("ilp", options=IlpOptions)
 def solve_ilp(problem: Problem, *, backend: str = "cbc", time_limit: float | None = None, gap: float = 1e-9,
               threads: int = 1, core: bool = True, prune: bool = True, hint: np.ndarray | None = None,
               diagnose: bool = True) -> Solution:

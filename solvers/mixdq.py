@@ -154,7 +154,25 @@ def mixdq_search(
     return MixDQResult(best_sol, tuple(plans), tuple(skipped))
 
 
-@register_solver("mixdq")
+@dataclass(frozen=True)
+class MixDQOptions:
+    """The options of `mixdq_search` (see there); the target mean bits come from the budget."""
+
+    group_metric: Mapping[str, str] = (("quality", "sqnr"), ("content", "ssim"))
+    resource: str = "wbits"
+    bits: Callable[[Hashable], float] = default_bits
+    k_grid: Sequence[float] = WEIGHT_GRID["k"]
+    b_span: float = WEIGHT_GRID["b_span"]
+    b_points: int = WEIGHT_GRID["b_points"]
+    band: float = BAND
+    group_ranges: Mapping[str, tuple[float, float]] | None = None
+    pick: Callable[[Solution], float] | None = None
+    backend: str = "scip"  # ~200 small group ILPs per sweep: in-process SCIP, as MixDQ does
+
+
+# MixDQ allocates with the band ±0.02 bits around the target itself, not under a ceiling
+@register_solver("mixdq", budget="target", budget_kinds=("bits",), weight_only=True, prunes=False,
+                 options=MixDQOptions, refusal="MixDQ's procedure targets a mean weight bit-width")
 def solve_mixdq(problem: Problem, *, target: float, **options) -> Solution:
     """MixDQ's pick as a `Solution` (see `mixdq_search` for options and the family of plans)."""
     return mixdq_search(problem, target, **options).best

@@ -1,38 +1,139 @@
-"""Solvers by name. A solver is `f(problem, **options) -> Solution`; adding one is a new file with
-`@register_solver("name")`, never an edit to a dispatcher."""
+"""Registries by name, and the solver contract.
+
+`Registry` is the one registry helper of the project (solvers, MIP backends, metrics, weight formats,
+storages, profiling backends, pipeline adapters): a dict of name → entry with one duplicate rule
+(re-registering the same entry is a no-op, a different one under a taken name is an error unless
+`replace=True`) and one lookup error that names the choices. It lives here because `solvers` is the
+package everything else may import (no torch, no diffusers).
+
+A solver is `f(problem, **options) -> Solution` registered with `@register_solver("name", ...)`, which
+declares what it consumes, so the planner (`mpsearch.planning.solve`) dispatches without naming solvers.
+Adding a solver is one new file, imported by `solvers/__init__.py`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+from typing import Any, Generic, TypeVar
 
 from .problem import Problem, Solution
 
+T = TypeVar("T")
+
+
+class Registry(dict[str, T], Generic[T]):
+    """Entries by name. `kind` names them in errors; `error` is the exception type of an unknown name;
+    `unknown` formats that error with `{kind}`, `{name}` and `{names}` (the registered names, sorted)."""
+
+    def __init__(self, kind: str, *, error: type[Exception] = ValueError,
+                 unknown: str = "unknown {kind} {name!r}; available: {names}") -> None:
+        super().__init__()
+        self.kind, self.error, self.unknown = kind, error, unknown
+
+    def add(self, name: str, entry: T, *, replace: bool = False) -> T:
+        """Register `entry` as `name`; a different entry under a taken name needs `replace=True`."""
+        old = super().get(name)
+        if old is not None and not replace and old is not entry and old != entry:
+            raise ValueError(f"{self.kind} {name!r} is already registered (pass replace=True to override)")
+        self[name] = entry
+        return entry
+
+    def register(self, name: str, *, replace: bool = False) -> Callable[[T], T]:
+        """Decorator form of `add`: `@registry.register("name")`."""
+
+        def deco(entry: T) -> T:
+            return self.add(name, entry, replace=replace)
+
+        return deco
+
+    def lookup(self, name: str) -> T:
+        """The entry of `name`, or `self.error` naming the registered choices."""
+        try:
+            return self[name]
+        except KeyError:
+            names = ", ".join(sorted(self))
+            raise self.error(self.unknown.format(kind=self.kind, name=name, names=names)) from None
+
+    def names(self) -> list[str]:
+        return sorted(self)
+
+
 SolverFn = Callable[..., Solution]
-_SOLVERS: dict[str, SolverFn] = {}
+CONSUMES = ("problem", "steps")
+BUDGET_USES = ("ceiling", "target")
 
 
-def register_solver(name: str) -> Callable[[SolverFn], SolverFn]:
-    """Decorator: make `fn` reachable as `get_solver(name)`."""
+@dataclass(frozen=True)
+class SolverSpec:
+    """What a solver consumes, so a planner can feed it without knowing its name.
+
+    consumes:     "problem" (a `Problem`: bits only; with kept steps, the planner keeps evenly spaced
+                  ones) or "steps" (a `StepProblem`: the solver searches kept steps and bits jointly, and
+                  takes `start=`, `step_fitness=` and `evaluate=` callbacks).
+    budget:       "ceiling" (the budget is a hard constraint row of the problem) or "target" (the
+                  problem has no budget row; the budget's value is passed as `target=`).
+    budget_kinds: the budget kinds accepted (`Budget.kind`: bytes, percent, bits, bitops, ...); None = all.
+    weight_only:  allocates weight bits only (activations stay at 16 bits).
+    prunes:       can choose to prune whole units.
+    options:      the solver's options dataclass: its fields are the keyword options the solver accepts
+                  (a planner fills same-named fields, e.g. `backend`, `time_limit`, from its own options).
+    refusal:      why a budget kind is refused, in the solver's own words (shown to the user).
+    """
+
+    name: str
+    fn: SolverFn
+    consumes: str = "problem"
+    budget: str = "ceiling"
+    budget_kinds: tuple[str, ...] | None = None
+    weight_only: bool = False
+    prunes: bool = True
+    options: type | None = None
+    refusal: str = ""
+
+    def __post_init__(self) -> None:
+        if self.consumes not in CONSUMES:
+            raise ValueError(f"solver {self.name!r}: consumes must be one of {CONSUMES}, got {self.consumes!r}")
+        if self.budget not in BUDGET_USES:
+            raise ValueError(f"solver {self.name!r}: budget must be one of {BUDGET_USES}, got {self.budget!r}")
+
+    def option_names(self) -> set[str]:
+        """Names of the options the solver accepts (the fields of its options dataclass)."""
+        return {f.name for f in fields(self.options)} if self.options is not None else set()
+
+    def accepts(self, budget_kind: str) -> bool:
+        return self.budget_kinds is None or budget_kind in self.budget_kinds
+
+    def __call__(self, problem: Any, **options: Any) -> Solution:
+        return self.fn(problem, **options)
+
+
+SOLVERS: Registry[SolverSpec] = Registry("solver")
+
+
+def register_solver(name: str, *, consumes: str = "problem", budget: str = "ceiling",
+                    budget_kinds: Iterable[str] | None = None, weight_only: bool = False, prunes: bool = True,
+                    options: type | None = None, refusal: str = "") -> Callable[[SolverFn], SolverFn]:
+    """Decorator: make `fn` reachable as `get_solver(name)`, declaring what it consumes (see `SolverSpec`)."""
 
     def deco(fn: SolverFn) -> SolverFn:
-        if name in _SOLVERS and _SOLVERS[name] is not fn:
+        kinds = tuple(budget_kinds) if budget_kinds is not None else None
+        old = SOLVERS.get(name)
+        if old is not None and old.fn is not fn:
             raise ValueError(f"solver {name!r} is already registered")
-        _SOLVERS[name] = fn
+        SOLVERS[name] = SolverSpec(name, fn, consumes, budget, kinds, weight_only, prunes, options, refusal)
         return fn
 
     return deco
 
 
-def get_solver(name: str) -> SolverFn:
-    try:
-        return _SOLVERS[name]
-    except KeyError:
-        raise ValueError(f"unknown solver {name!r}; available: {available_solvers()}") from None
+def get_solver(name: str) -> SolverSpec:
+    """The spec of solver `name`; call it like the function: `get_solver("ilp")(problem, backend="cbc")`."""
+    return SOLVERS.lookup(name)
 
 
 def available_solvers() -> list[str]:
-    return sorted(_SOLVERS)
+    return SOLVERS.names()
 
 
 def solve(problem: Problem, method: str = "ilp", **options: Any) -> Solution:

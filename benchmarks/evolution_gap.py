@@ -56,9 +56,9 @@ def small(n_seeds: int) -> dict:
 
 
 def demo(n_seeds: int) -> list[dict]:
-    from mpsearch.plan import Plan
-    from mpsearch.planner import load_profile
-    from mpsearch.problem import SearchSpace, build_problem
+    from mpsearch.planning.plan import Plan
+    from mpsearch.planning.planner import load_profile
+    from mpsearch.planning.problem import SearchSpace, build_problem
     from solvers import solve_evolution
     from solvers.ilp import solve_ilp
 

@@ -34,7 +34,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
     from mpsearch.evaluation import evaluate, random_plan, uniform_plan
     from mpsearch.model import load_pipeline
-    from mpsearch.planner import load_profile, solve
+    from mpsearch.planning.planner import load_profile, solve
 
     t0 = time.perf_counter()
     _, _, inv = load_profile(args.profile)

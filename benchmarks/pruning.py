@@ -37,7 +37,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def load_problem_inputs(path: Path):
-    from mpsearch.planner import load_profile
+    from mpsearch.planning.planner import load_profile
 
     df, meta, inv = load_profile(path)
     if not (df.tensor == "unit").any():
@@ -46,8 +46,8 @@ def load_problem_inputs(path: Path):
 
 
 def plans_at(df, meta, inv, budget_bytes: int, ks=(1, 2, 3)) -> dict:
-    from mpsearch.planner import BudgetInfeasible, solve
-    from mpsearch.problem import SearchSpace, build_problem, solution_to_plan
+    from mpsearch.planning.planner import BudgetInfeasible, solve
+    from mpsearch.planning.problem import SearchSpace, build_problem, solution_to_plan
     from solvers.ilp import solve_ilp
 
     budget = f"{budget_bytes}B"
@@ -131,7 +131,7 @@ def main() -> None:
     from mpsearch.distill import distill
     from mpsearch.evaluation import _generate, default_prompts
     from mpsearch.model import load_pipeline
-    from mpsearch.plan import Plan
+    from mpsearch.planning.plan import Plan
 
     t0 = time.perf_counter()
     df, meta, inv = load_problem_inputs(Path(args.profile))

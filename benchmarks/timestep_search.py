@@ -5,7 +5,7 @@
 For BitOPs budgets given per image (X% of W16A16 over the demo's 8-step schedule), compare at the same
 budget: all 8 steps at the best uniform bits and at ILP-mixed bits; the evenly spaced 4 steps
 (999, 749, 499, 249: DDIM's own 4-step schedule) at uniform and ILP bits; and the evolution's searched
-4 steps + bits (TMPQ-DM, `mpsearch.step_search`; every kept-step set it meets is sampled once with the
+4 steps + bits (TMPQ-DM, `mpsearch.planning.steps`; every kept-step set it meets is sampled once with the
 ILP's bits), without and with re-ranking its finalists by the real fitness (SSIM against the FP 8-step
 images of 32 other in-domain captions, sampled through the shared QuantSession). Every plan is
 simulated with the exporter's fake quantization, sampled at its kept timesteps with the same seeds, and
@@ -41,15 +41,15 @@ def main() -> None:
     import torch
 
     torch.set_flush_denormal(True)
-    from mpsearch.budget import Budget
     from mpsearch.calibration import reference
     from mpsearch.exporter import fake_quantize
     from mpsearch.generate import generate
     from mpsearch.metrics import images_to_tensor, ssim
     from mpsearch.model import load_pipeline
-    from mpsearch.plan import Plan
-    from mpsearch.planner import load_profile, solve
-    from mpsearch.step_search import run_bitops
+    from mpsearch.planning.budget import Budget
+    from mpsearch.planning.plan import Plan
+    from mpsearch.planning.planner import load_profile, solve
+    from mpsearch.planning.steps import run_bitops
     from mpsearch.zoo.detector import adherence
     from mpsearch.zoo.scenes import sample_prompts
 

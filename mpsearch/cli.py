@@ -53,8 +53,8 @@ def inspect(
     limit: Annotated[int, typer.Option(help="Rows of the layer table (0 = all).")] = 0,
 ) -> None:
     """List the quantizable layers of a model's denoiser: sizes, groups, fp16 bytes and MACs."""
-    from mpsearch.cost import fixed_bytes, fp16_bytes
     from mpsearch.model import ModelError, inventory
+    from mpsearch.planning.cost import fixed_bytes, fp16_bytes
 
     overrides = []
     for g in group or []:
@@ -116,7 +116,7 @@ def generate(
     from mpsearch.generate import generate as run
     from mpsearch.generate import image_grid
     from mpsearch.model import ModelError, load_pipeline
-    from mpsearch.plan import Plan, PlanError
+    from mpsearch.planning.plan import Plan, PlanError
     from mpsearch.sampling import sampling_defaults
     from mpsearch.timesteps import TimestepError
 
@@ -176,7 +176,7 @@ def print_plan_summary(plan, inv, budget=None) -> None:
     """Bits histogram per group, predicted bytes vs budget, loss, solver status and time."""
     from collections import Counter
 
-    from mpsearch.cost import fp16_bytes
+    from mpsearch.planning.cost import fp16_bytes
 
     table = Table(title="bits per group (layers; share of group weights)")
     table.add_column("group")
@@ -253,10 +253,10 @@ def solve(
 ) -> None:
     """Find the per-layer bits (and, with --steps, the kept denoising steps) that minimise the profiled
     degradation under a budget; write a plan."""
-    from mpsearch.budget import Budget, BudgetError
-    from mpsearch.planner import load_profile, pareto_front
-    from mpsearch.planner import solve as run
-    from mpsearch.problem import SearchSpace
+    from mpsearch.planning.budget import Budget, BudgetError
+    from mpsearch.planning.planner import load_profile, pareto_front
+    from mpsearch.planning.planner import solve as run
+    from mpsearch.planning.problem import SearchSpace
 
     def bits(text):
         try:
@@ -306,7 +306,7 @@ def solve(
         csv = out.with_suffix(".pareto.csv")
         front.to_csv(csv, index=False)
         png = out.with_suffix(".pareto.png")
-        from mpsearch.planner import plot_front
+        from mpsearch.planning.planner import plot_front
 
         plot_front(front, png, title=f"{inv.model}: predicted loss vs size")
         console.print(f"pareto front: {len(front)} points → {csv}, {png}")

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         (`mpsearch evaluate --plan P --model OUT`, `mpsearch export --plan P --model OUT`)."""
         from mpsearch.distill import distill as run
         from mpsearch.model import ModelError
-        from mpsearch.plan import PlanError
+        from mpsearch.planning.plan import PlanError
 
         try:
             _, result = run(plan, model=model, out=out, steps=steps, batch=batch, lr=lr, n_prompts=n_prompts,

@@ -40,7 +40,7 @@ def export_cmd(
     """Write a plan's packed low-bit checkpoint; its denoiser bytes equal the cost model's prediction."""
     from mpsearch.exporter import ExportError, export
     from mpsearch.model import ModelError
-    from mpsearch.plan import Plan, PlanError
+    from mpsearch.planning.plan import Plan, PlanError
 
     try:
         p = Plan.load(plan)
@@ -80,7 +80,7 @@ def evaluate_cmd(
     from mpsearch.exporter import ExportError
     from mpsearch.metrics import load_plugin
     from mpsearch.model import ModelError
-    from mpsearch.plan import PlanError
+    from mpsearch.planning.plan import PlanError
     from mpsearch.report import write_report
 
     if not plan and quantized is None:

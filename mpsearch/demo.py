@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mpsearch.plan import Plan
+from mpsearch.planning.plan import Plan
 
 PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "demo"
 BUDGETS = ("3bits", "2.5bits", "4bits")
@@ -24,7 +24,7 @@ def run_demo(
     """Returns `(evaluation, report_path)`. The first budget's plan is exported, reloaded and evaluated
     with the baselines (uniform W8/W4, the uniform width nearest its bytes, random at equal bytes)."""
     from mpsearch.evaluation import evaluate
-    from mpsearch.planner import solve
+    from mpsearch.planning.planner import solve
     from mpsearch.report import write_report
 
     out, profile = Path(out), Path(profile)

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from mpsearch.model import find_denoiser, inventory
-from mpsearch.plan import Plan
+from mpsearch.planning.plan import Plan
 
 
 class _SteQuant(nn.Module):

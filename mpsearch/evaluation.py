@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpsearch.cost import FLOAT_BITS, WEIGHT_BITS, get_format, layer_bytes, mean_bits, model_bytes
 from mpsearch.model import Inventory, find_denoiser, inventory
-from mpsearch.plan import LayerBits, Plan
+from mpsearch.planning.cost import FLOAT_BITS, WEIGHT_BITS, get_format, layer_bytes, mean_bits, model_bytes
+from mpsearch.planning.plan import LayerBits, Plan
 
 SPLITS = ("calib", "heldout")
 

@@ -36,9 +36,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from mpsearch.cost import FLOAT_BITS, WeightFormat, fp16_bytes, get_format, layer_bytes, model_bytes
 from mpsearch.model import Inventory, find_denoiser, fingerprint, inventory, load_pipeline
-from mpsearch.plan import Plan, PlanError
+from mpsearch.planning.cost import FLOAT_BITS, WeightFormat, fp16_bytes, get_format, layer_bytes, model_bytes
+from mpsearch.planning.plan import Plan, PlanError
 from mpsearch.quant import WeightQuantConfig, bos_layers, fake_quant_weight, quantize_weight
 from mpsearch.storage import get_storage, zero_point
 
@@ -322,7 +322,7 @@ def safetensors_header_bytes(path: str | Path) -> int:
 def _budget_bytes(plan: Plan, inv: Inventory) -> int | None:
     if not plan.budget:
         return None
-    from mpsearch.budget import Budget
+    from mpsearch.planning.budget import Budget
 
     b = Budget.parse(plan.budget)
     return int(b.resolve(inv, plan.format)) if b.resource == "bytes" else None

@@ -2,7 +2,7 @@
 
 Code `i` of a flattened tensor occupies stream bits `[i*b, (i+1)*b)`, least significant bit first;
 stream bit `k` is bit `k % 8` of byte `k // 8`. `n` codes take exactly `ceil(n*b/8)` bytes, the
-count `mpsearch.cost.layer_bytes` charges. Used for the widths no backend stores densely (3, 5, 6 bits)
+count `mpsearch.planning.cost.layer_bytes` charges. Used for the widths no backend stores densely (3, 5, 6 bits)
 and for the whole `packed` format, so one layout covers every width.
 
 >>> codes = torch.tensor([0, 7, 5, 1], dtype=torch.uint8)

@@ -403,7 +403,7 @@ class QuantSession:
 
     def apply(self, plan_like, step_overrides=None) -> None:
         """Set every layer from a plan: `{name: (w_bits, a_bits)}`, `{name: {"w_bits":…, "a_bits":…}}`
-        or an `mpsearch.plan.Plan`. Layers not named stay full precision. `step_overrides`: the plan
+        or an `mpsearch.planning.plan.Plan`. Layers not named stay full precision. `step_overrides`: the plan
         format's `[{"steps": [i, …], "layers": {name: {"a_bits": 8}}}]` or `{step: {name: (w, a)}}`;
         they replace (per field) the plan's bits at those denoising steps (PCR-style per-step bits)."""
         if hasattr(plan_like, "layers") and not isinstance(plan_like, dict):

@@ -12,10 +12,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mpsearch.cost import FLOAT_BITS
 from mpsearch.evaluation import Evaluation
 from mpsearch.model import Inventory
-from mpsearch.plan import Plan
+from mpsearch.planning.cost import FLOAT_BITS
+from mpsearch.planning.plan import Plan
 
 GROUP_COLORS = {"quality": "#1f77b4", "content": "#d62728"}
 KIND_STYLE = {"fp": ("black", "s"), "plan": ("#d62728", "*"), "uniform": ("#1f77b4", "o"),

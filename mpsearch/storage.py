@@ -1,4 +1,4 @@
-"""On-disk layout of one quantized layer, one storage per weight format of `mpsearch.cost`.
+"""On-disk layout of one quantized layer, one storage per weight format of `mpsearch.planning.cost`.
 
 Every storage writes the signed integer codes `q` of `mpsearch.quant.quantize_weight` (symmetric,
 `q ∈ [-2^(b-1), 2^(b-1) - 1]` for `b` nominal bits) as unsigned codes `q + 2^(s-1)` in `s` stored bits,

@@ -1,6 +1,6 @@
 """Sampling at a chosen subset of timesteps, and the step groups the timestep search keeps one step of.
 
-A plan that keeps N of a model's timesteps (TMPQ-DM, `mpsearch.step_search`) must sample at exactly those
+A plan that keeps N of a model's timesteps (TMPQ-DM, `mpsearch.planning.steps`) must sample at exactly those
 timesteps. diffusers schedulers differ here (read from their `set_timesteps`, diffusers 0.42):
 
 | scheduler | how |

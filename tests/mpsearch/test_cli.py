@@ -61,7 +61,7 @@ def test_generate_writes_an_image_and_a_grid(tmp_path):
 
 
 def test_solve_with_the_shipped_profile(tmp_path):
-    from mpsearch.plan import Plan
+    from mpsearch.planning.plan import Plan
 
     out = tmp_path / "plan.json"
     result = runner.invoke(app, ["solve", "--budget", "3bits", "-o", str(out), "--pareto", "2.5bits:4bits:4"])
@@ -82,7 +82,7 @@ def test_solve_infeasible_budget_names_the_smallest():
 
 def test_solve_prune_on_the_shipped_profile(tmp_path):
     """1 MB is below uniform 2-bit: only --prune fits it; the plan names its pruned blocks."""
-    from mpsearch.plan import Plan
+    from mpsearch.planning.plan import Plan
 
     assert runner.invoke(app, ["solve", "--budget", "1MB", "-o", str(tmp_path / "no.json")]).exit_code == 2
     for solver in ("ilp", "evolution"):

@@ -12,7 +12,7 @@ from mpsearch import calibration as cal
 from mpsearch.cli import app
 from mpsearch.exporter import fake_quantize
 from mpsearch.model import find_denoiser, inventory, load_pipeline
-from mpsearch.plan import LayerBits, Plan
+from mpsearch.planning.plan import LayerBits, Plan
 from mpsearch.pruning import find_units
 
 runner = CliRunner()

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from mpsearch.cli import app
 from mpsearch.model import inventory
-from mpsearch.plan import LayerBits, Plan
+from mpsearch.planning.plan import LayerBits, Plan
 
 runner = CliRunner()
 

@@ -9,7 +9,7 @@ from mpsearch import calibration as cal
 from mpsearch.distill import Student, distill
 from mpsearch.exporter import fake_quantize
 from mpsearch.model import find_denoiser, inventory, load_pipeline
-from mpsearch.plan import LayerBits, Plan
+from mpsearch.planning.plan import LayerBits, Plan
 from mpsearch.pruning import find_units
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from mpsearch.cost import model_bytes
 from mpsearch.evaluation import PeakRSS, baselines, evaluate, nearest_uniform_bits, random_plan
 from mpsearch.model import inventory
-from mpsearch.plan import LayerBits, Plan
+from mpsearch.planning.cost import model_bytes
+from mpsearch.planning.plan import LayerBits, Plan
 from mpsearch.report import write_report
 
 PROMPTS = {"calib": ["a red circle at the top left", "a blue square in the center"],

@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from mpsearch.cost import model_bytes
 from mpsearch.exporter import (
     WEIGHTS_FILE,
     ExportError,
@@ -20,7 +19,8 @@ from mpsearch.exporter import (
 )
 from mpsearch.model import find_denoiser, inventory
 from mpsearch.packing import pack_bits, packed_nbytes, unpack_bits
-from mpsearch.plan import LayerBits, Plan, PlanError
+from mpsearch.planning.cost import model_bytes
+from mpsearch.planning.plan import LayerBits, Plan, PlanError
 from mpsearch.quant import fake_quant_weight
 from mpsearch.storage import get_storage
 

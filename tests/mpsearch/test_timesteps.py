@@ -5,7 +5,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, PNDMScheduler
 
 from mpsearch.generate import generate
-from mpsearch.plan import Plan
+from mpsearch.planning.plan import Plan
 from mpsearch.timesteps import (
     KeptStepsDDIMScheduler,
     TimestepError,

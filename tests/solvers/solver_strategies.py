@@ -37,12 +37,12 @@ def small_problems(draw, max_items: int = 5, max_options: int = 3, ties: bool = 
         return Problem(keys=keys, costs=costs, losses=losses, constraints=cons)
 
 
-PAIRS = [(w, a) for w in (4, 8, 16) for a in (8, 16)]  # a full product, as `mpsearch.problem` builds
+PAIRS = [(w, a) for w in (4, 8, 16) for a in (8, 16)]  # a full product, as `mpsearch.planning.problem` builds
 
 
 def pruning_problem(seed: int, budget_frac: float | None = None, resource: str = "bytes") -> Problem:
     """6 layers: two prunable units (layers 0-2 and 3-4; the unit's score on its first layer, its other
-    layers' "pruned" free, as `mpsearch.problem` writes it) and a free layer; bytes and BitOPs costs."""
+    layers' "pruned" free, as `mpsearch.planning.problem` writes it) and a free layer; bytes and BitOPs costs."""
     rng = np.random.default_rng(seed)
     units = [[0, 1, 2], [3, 4]]
     in_unit = {i for u in units for i in u}

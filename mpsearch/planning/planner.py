@@ -7,10 +7,10 @@ from typing import Any
 
 import pandas as pd
 
-from mpsearch.budget import Budget
 from mpsearch.model import Inventory, inventory
-from mpsearch.plan import Plan
-from mpsearch.problem import SearchSpace, budget_error_text, build_problem, solution_to_plan
+from mpsearch.planning.budget import Budget
+from mpsearch.planning.plan import Plan
+from mpsearch.planning.problem import SearchSpace, budget_error_text, build_problem, solution_to_plan
 from solvers.problem import InfeasibleBudget
 from solvers.registry import get_solver
 
@@ -77,12 +77,12 @@ def solve(
     >>> plan = solve("profiles/demo", "3bits")          # doctest: +SKIP
     >>> plan.predicted["bytes"], plan.solver["status"]  # doctest: +SKIP
 
-    `steps`: keep that many of the model's denoising steps (`mpsearch.step_search.solve_steps`, whose
+    `steps`: keep that many of the model's denoising steps (`mpsearch.planning.steps.solve_steps`, whose
     keyword arguments `options` may hold: model, pool, grouping, fitness_metric, rerank, ...).
     Raises `BudgetInfeasible` naming the smallest feasible budget when none fits.
     """
     if steps is not None:
-        from mpsearch.step_search import solve_steps
+        from mpsearch.planning.steps import solve_steps
 
         return solve_steps(profile, budget, steps, solver=solver, backend=backend, fmt=fmt, space=space,
                            time_limit=time_limit, **options)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from mpsearch.cost import model_bytes
 from mpsearch.model import inventory
-from mpsearch.plan import SCHEMA, LayerBits, Plan, PlanError
+from mpsearch.planning.cost import model_bytes
+from mpsearch.planning.plan import SCHEMA, LayerBits, Plan, PlanError
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def good(inv):
 
 def test_not_json_names_the_line(tmp_path):
     p = tmp_path / "p.json"
-    p.write_text('{\n "schema": "mpsearch.plan/1",\n "layers": {,\n}')
+    p.write_text('{\n "schema": "mpsearch.planning.plan/1",\n "layers": {,\n}')
     with pytest.raises(PlanError, match=r"p.json:3: not valid JSON"):
         Plan.load(p)
 

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mpsearch.budget import Budget, BudgetError
-from mpsearch.cost import fp16_bytes
 from mpsearch.model import inventory
+from mpsearch.planning.budget import Budget, BudgetError
+from mpsearch.planning.cost import fp16_bytes
 
 
 @pytest.mark.parametrize(

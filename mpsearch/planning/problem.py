@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mpsearch.budget import Budget
-from mpsearch.cost import FLOAT_BITS, PRUNED, fixed_bytes, get_format, layer_bitops, layer_bytes
 from mpsearch.model import Inventory
-from mpsearch.plan import LayerBits, Plan
+from mpsearch.planning.budget import Budget
+from mpsearch.planning.cost import FLOAT_BITS, PRUNED, fixed_bytes, get_format, layer_bitops, layer_bytes
+from mpsearch.planning.plan import LayerBits, Plan
 from solvers.all_or_nothing import all_or_nothing_rows
 from solvers.problem import Constraint, Problem, Solution, StepProblem
 

@@ -5,7 +5,8 @@ import math
 import pytest
 from torch import nn
 
-from mpsearch.cost import (
+from mpsearch.model import inventory
+from mpsearch.planning.cost import (
     FORMATS,
     fixed_bytes,
     fp16_bytes,
@@ -15,7 +16,6 @@ from mpsearch.cost import (
     mean_bits,
     model_bytes,
 )
-from mpsearch.model import inventory
 
 
 class Small(nn.Module):

@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from mpsearch.budget import Budget
-from mpsearch.cost import FLOAT_BITS
 from mpsearch.model import Inventory
-from mpsearch.plan import Plan
-from mpsearch.problem import SearchSpace, build_problem, solution_to_plan
+from mpsearch.planning.budget import Budget
+from mpsearch.planning.cost import FLOAT_BITS
+from mpsearch.planning.plan import Plan
+from mpsearch.planning.problem import SearchSpace, build_problem, solution_to_plan
 from mpsearch.timesteps import GROUPINGS, TimestepError, even_steps, group_steps, kept_scheduler, schedule
 from solvers.problem import Constraint, InfeasibleBudget, StepProblem
 from solvers.units import build_units
@@ -100,7 +100,7 @@ def _check_scheduler_name(name: str | None) -> None:
 
 def _fitness_metric(meta: dict[str, Any], df) -> str:
     """The profile's content metric (SSIM preferred: continuous, so close candidates differ), else SSIM."""
-    from mpsearch.planner import group_metrics
+    from mpsearch.planning.planner import group_metrics
 
     try:
         return group_metrics(df, meta)["content"]
@@ -146,7 +146,7 @@ def solve_steps(
     surrogate, which uniform groups make exact; kept-step sets are sampled with them) or "median" (each
     layer's median-cost option, as `solvers.evolution` does; kept-step sets are sampled in FP). `config`: a `solvers.evolution.EvolutionConfig`.
     """
-    from mpsearch.planner import BudgetInfeasible, load_profile
+    from mpsearch.planning.planner import BudgetInfeasible, load_profile
     from mpsearch.progress import count_bar
     from solvers.evolution import EvolutionConfig
     from solvers.registry import get_solver

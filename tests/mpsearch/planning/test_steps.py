@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mpsearch.budget import Budget
 from mpsearch.model import inventory
-from mpsearch.plan import Plan
-from mpsearch.planner import BudgetInfeasible, solve
-from mpsearch.step_search import run_bitops, solve_steps
+from mpsearch.planning.budget import Budget
+from mpsearch.planning.plan import Plan
+from mpsearch.planning.planner import BudgetInfeasible, solve
+from mpsearch.planning.steps import run_bitops, solve_steps
 from solvers.evolution import EvolutionConfig
 
 POOL = [999, 749, 499, 249]
@@ -104,7 +104,7 @@ def test_step_search_errors(profile, tiny_pipe):
         solve_steps(pndm, "20%bitops", 2, solver="ilp")
     units = (pd.concat([df, pd.DataFrame([{**df.iloc[0].to_dict(), "tensor": "unit", "layer": "down_blocks.0"}])]),
              inv, meta)
-    from mpsearch.problem import SearchSpace
+    from mpsearch.planning.problem import SearchSpace
 
     with pytest.raises(ValueError, match="does not prune blocks"):
         solve_steps(units, "20%bitops", 2, solver="ilp", space=SearchSpace(prune=True))

@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mpsearch.budget import Budget
-from mpsearch.cost import fixed_bytes, layer_bytes, model_bytes
 from mpsearch.model import inventory
-from mpsearch.planner import BudgetInfeasible, solve
-from mpsearch.problem import SearchSpace, build_problem
+from mpsearch.planning.budget import Budget
+from mpsearch.planning.cost import fixed_bytes, layer_bytes, model_bytes
+from mpsearch.planning.planner import BudgetInfeasible, solve
+from mpsearch.planning.problem import SearchSpace, build_problem
 
 W_BITS, A_BITS = (2, 4, 8), (4, 8)
 
@@ -111,7 +111,7 @@ def test_step_groups_are_kept_for_the_timestep_search(inv):
 
 
 def test_pareto_front_is_monotone_and_within_budgets(inv):
-    from mpsearch.planner import pareto_front
+    from mpsearch.planning.planner import pareto_front
 
     df = synthetic_profile(inv)
     front = pareto_front((df, inv), "20%", "50%", 8, space=SearchSpace(weight_only=True))
@@ -140,7 +140,7 @@ def test_evolution_respects_the_budget(inv):
 def test_search_profiles_then_solves(tmp_path, tiny_pipe):
     """mpsearch.search = profile + solve, on a tiny pipeline; the profile folder is reused on a second call."""
     from mpsearch.model import inventory as inv_of
-    from mpsearch.planner import search
+    from mpsearch.planning.planner import search
 
     opts = dict(bits=(2, 4, 8), tensors=("weight",), metrics=("sqnr",), prompts=["a cat", "a dog"], steps=2,
                 guidance=1.0)

@@ -1,12 +1,12 @@
 """The plan: per-layer weight/activation bits (and kept timesteps), as a readable, diffable JSON file.
 
-    {"schema": "mpsearch.plan/1", "model": "demo", "fingerprint": "…", "format": "packed",
+    {"schema": "mpsearch.planning.plan/1", "model": "demo", "fingerprint": "…", "format": "packed",
      "budget": "4GB", "layers": {"conv_in": {"w_bits": 8, "a_bits": 16}, …},
      "step_overrides": [{"steps": [0, 1], "layers": {"conv_in": {"a_bits": 8}}}],
      "kept_timesteps": null, "pruned_units": [], "predicted": {"bytes": …, "loss": …}, "solver": {…}}
 
 `kept_timesteps` (null = the model's own schedule): the timesteps a plan samples at, in sampling order,
-when a timestep search (`mpsearch.step_search`) kept N of them; `mpsearch.generate`, `evaluate` and
+when a timestep search (`mpsearch.planning.steps`) kept N of them; `mpsearch.generate`, `evaluate` and
 exported checkpoints sample at exactly those, and `predicted` adds `steps` and `bitops_run` (BitOPs of
 one image: steps × BitOPs per denoiser call).
 
@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mpsearch.cost import (
+from mpsearch.model import Inventory
+from mpsearch.planning.cost import (
     ACT_BITS,
     FLOAT_BITS,
     PRUNED,
@@ -37,9 +38,8 @@ from mpsearch.cost import (
     model_bitops,
     model_bytes,
 )
-from mpsearch.model import Inventory
 
-SCHEMA = "mpsearch.plan/1"
+SCHEMA = "mpsearch.planning.plan/1"
 
 
 class PlanError(ValueError):

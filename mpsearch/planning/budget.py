@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mpsearch.cost import FLOAT_BITS, WeightFormat, fp16_bytes
 from mpsearch.model import Inventory
+from mpsearch.planning.cost import FLOAT_BITS, WeightFormat, fp16_bytes
 
 _BYTE_UNITS = {
     "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,

@@ -56,8 +56,8 @@ def small(n_seeds: int) -> dict:
 
 
 def demo(n_seeds: int) -> list[dict]:
+    from mpsearch.planning.inputs import load_profile
     from mpsearch.planning.plan import Plan
-    from mpsearch.planning.planner import load_profile
     from mpsearch.planning.problem import SearchSpace, build_problem
     from solvers import solve_evolution
     from solvers.ilp import solve_ilp

@@ -34,7 +34,8 @@ def main() -> None:
     torch.set_flush_denormal(True)
     from mpsearch.evaluation import evaluate, random_plan, uniform_plan
     from mpsearch.model import load_pipeline
-    from mpsearch.planning.planner import load_profile, solve
+    from mpsearch.planning.inputs import load_profile
+    from mpsearch.planning.planner import solve
 
     t0 = time.perf_counter()
     _, _, inv = load_profile(args.profile)

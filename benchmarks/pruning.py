@@ -37,7 +37,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def load_problem_inputs(path: Path):
-    from mpsearch.planning.planner import load_profile
+    from mpsearch.planning.inputs import load_profile
 
     df, meta, inv = load_profile(path)
     if not (df.tensor == "unit").any():
@@ -46,7 +46,8 @@ def load_problem_inputs(path: Path):
 
 
 def plans_at(df, meta, inv, budget_bytes: int, ks=(1, 2, 3)) -> dict:
-    from mpsearch.planning.planner import BudgetInfeasible, solve
+    from mpsearch.planning.budget import BudgetInfeasible
+    from mpsearch.planning.planner import solve
     from mpsearch.planning.problem import SearchSpace, build_problem, solution_to_plan
     from solvers.ilp import solve_ilp
 

@@ -47,9 +47,9 @@ def main() -> None:
     from mpsearch.metrics import images_to_tensor, ssim
     from mpsearch.model import load_pipeline
     from mpsearch.planning.budget import Budget
+    from mpsearch.planning.inputs import load_profile
     from mpsearch.planning.plan import Plan
-    from mpsearch.planning.planner import load_profile, solve
-    from mpsearch.planning.steps import run_bitops
+    from mpsearch.planning.planner import solve
     from mpsearch.zoo.detector import adherence
     from mpsearch.zoo.scenes import sample_prompts
 
@@ -97,7 +97,7 @@ def main() -> None:
     a_cands = sorted({*meta["candidates"]["act"], 16})
     for text in args.budgets:
         budget = Budget.parse(text)
-        ceiling = run_bitops(budget, inv, len(pool))
+        ceiling = budget.per_image(inv, len(pool))
         candidates: list[tuple[str, int, Plan, float]] = []
         for n_steps, kept in ((len(pool), pool), (KEEP, even)):
             per_call = ceiling / n_steps

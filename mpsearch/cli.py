@@ -254,7 +254,8 @@ def solve(
     """Find the per-layer bits (and, with --steps, the kept denoising steps) that minimise the profiled
     degradation under a budget; write a plan."""
     from mpsearch.planning.budget import Budget, BudgetError
-    from mpsearch.planning.planner import load_profile, pareto_front
+    from mpsearch.planning.inputs import load_profile
+    from mpsearch.planning.planner import pareto_front
     from mpsearch.planning.planner import solve as run
     from mpsearch.planning.problem import SearchSpace
 
@@ -277,7 +278,13 @@ def solve(
     if steps is not None and b.resource == "bitops":
         console.print(f"  with --steps {steps}: BitOPs of one image, kept steps × per call (a % is of W16A16 over "
                       "the profile's full schedule)")
-    options = {"seed": seed} if solver == "evolution" else {}
+    from solvers.registry import get_solver
+
+    try:
+        spec = get_solver(solver)
+    except ValueError as e:
+        fail(str(e))
+    options = {"seed": seed} if "seed" in spec.option_names() else {}
     if steps is not None:
         from mpsearch.metrics import load_plugin
 
@@ -285,7 +292,7 @@ def solve(
             load_plugin(p)
         options.update(steps=steps, pool=pool, grouping=step_groups, progress=True,
                        log=lambda m: err.print(f"[dim]{m}[/]"))
-        if solver == "evolution":
+        if spec.consumes == "steps":  # it searches kept steps by sampling the model
             options.update(model=model, fitness_metric=fitness, fitness_prompts=fitness_prompts, rerank=rerank)
     elif pool is not None or model is not None or fitness is not None:
         fail("--pool, --model and --fitness belong to the timestep search: add --steps N")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -225,6 +225,11 @@ class EvolutionOptions:
     config: EvolutionConfig = EvolutionConfig()
     seed: int | None = None
 
+    def max_candidates(self) -> int:
+        """How many candidates a search can score at most (the initial population and every epoch's)."""
+        c = self.config
+        return c.population + c.epochs * (c.mutations + c.crossovers + c.population)
+
 
 @register_solver("evolution", consumes="steps", options=EvolutionOptions)
 def solve_evolution(
@@ -235,6 +240,7 @@ def solve_evolution(
     seed: int | None = None,
     start: Sequence[int] | None = None,
     step_fitness: Callable[[tuple[int, ...]], float] | None = None,
+    finalists: int | None = None,
 ) -> Solution:
     """Search kept steps and option per item; returns the best `Solution` with info["kept_steps"],
     info["step_groups"], info["history"] (best surrogate fitness after each epoch), info["fitness"],
@@ -245,9 +251,11 @@ def solve_evolution(
     all-or-nothing group taken.
     step_fitness: a measured cost of a whole kept-step set (e.g. of sampling with it), replacing the sum of
     per-group `timestep_loss` when steps do not add up; called once per distinct set (memoised).
+    finalists: how many best candidates `evaluate` re-ranks (default `config.rerank_top`).
     """
     t0 = time.perf_counter()
-    cfg = config if seed is None else EvolutionConfig(**{**config.__dict__, "seed": seed})
+    cfg = replace(config, **({} if seed is None else {"seed": seed}),
+                  **({} if finalists is None else {"rerank_top": finalists}))
     rng = np.random.default_rng(cfg.seed)
     steps = problem if isinstance(problem, StepProblem) else None
     base = steps.problem if steps else problem

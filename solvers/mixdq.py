@@ -172,7 +172,7 @@ class MixDQOptions:
 
 # MixDQ allocates with the band ±0.02 bits around the target itself, not under a ceiling
 @register_solver("mixdq", budget="target", budget_kinds=("bits",), weight_only=True, prunes=False,
-                 options=MixDQOptions, refusal="MixDQ's procedure targets a mean weight bit-width")
+                 options=MixDQOptions, label="MixDQ's procedure")
 def solve_mixdq(problem: Problem, *, target: float, **options) -> Solution:
     """MixDQ's pick as a `Solution` (see `mixdq_search` for options and the family of plans)."""
     return mixdq_search(problem, target, **options).best

@@ -78,7 +78,11 @@ class SolverSpec:
     prunes:       can choose to prune whole units.
     options:      the solver's options dataclass: its fields are the keyword options the solver accepts
                   (a planner fills same-named fields, e.g. `backend`, `time_limit`, from its own options).
-    refusal:      why a budget kind is refused, in the solver's own words (shown to the user).
+    label:        how messages name the solver (default: "solver 'name'").
+
+    A "steps" solver also takes `finalists=` (how many of its best candidates `evaluate` re-ranks); its
+    options dataclass may define `max_candidates() -> int`, an upper bound on the candidates it scores
+    (for progress bars).
     """
 
     name: str
@@ -89,13 +93,15 @@ class SolverSpec:
     weight_only: bool = False
     prunes: bool = True
     options: type | None = None
-    refusal: str = ""
+    label: str = ""
 
     def __post_init__(self) -> None:
         if self.consumes not in CONSUMES:
             raise ValueError(f"solver {self.name!r}: consumes must be one of {CONSUMES}, got {self.consumes!r}")
         if self.budget not in BUDGET_USES:
             raise ValueError(f"solver {self.name!r}: budget must be one of {BUDGET_USES}, got {self.budget!r}")
+        if not self.label:
+            object.__setattr__(self, "label", f"solver {self.name!r}")
 
     def option_names(self) -> set[str]:
         """Names of the options the solver accepts (the fields of its options dataclass)."""
@@ -113,7 +119,7 @@ SOLVERS: Registry[SolverSpec] = Registry("solver")
 
 def register_solver(name: str, *, consumes: str = "problem", budget: str = "ceiling",
                     budget_kinds: Iterable[str] | None = None, weight_only: bool = False, prunes: bool = True,
-                    options: type | None = None, refusal: str = "") -> Callable[[SolverFn], SolverFn]:
+                    options: type | None = None, label: str = "") -> Callable[[SolverFn], SolverFn]:
     """Decorator: make `fn` reachable as `get_solver(name)`, declaring what it consumes (see `SolverSpec`)."""
 
     def deco(fn: SolverFn) -> SolverFn:
@@ -121,7 +127,7 @@ def register_solver(name: str, *, consumes: str = "problem", budget: str = "ceil
         old = SOLVERS.get(name)
         if old is not None and old.fn is not fn:
             raise ValueError(f"solver {name!r} is already registered")
-        SOLVERS[name] = SolverSpec(name, fn, consumes, budget, kinds, weight_only, prunes, options, refusal)
+        SOLVERS[name] = SolverSpec(name, fn, consumes, budget, kinds, weight_only, prunes, options, label)
         return fn
 
     return deco

@@ -8,11 +8,13 @@ inventory into one resource ceiling the solver enforces: `bytes` (denoiser bytes
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from mpsearch.model import Inventory
 from mpsearch.planning.cost import FLOAT_BITS, WeightFormat, fp16_bytes
+from solvers.problem import InfeasibleBudget, Solution
 
 _BYTE_UNITS = {
     "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -28,8 +30,18 @@ ACCEPTED = (
 )
 
 
+# per budget kind: what it measures and an example, for messages
+KIND_TEXT = {
+    "bytes": ("a size in bytes", "4GB"),
+    "percent": ("a percent of the fp16 size", "30%"),
+    "bits": ("a mean weight bit-width", "4bits"),
+    "bitops": ("BitOPs per denoiser call", "2Tbitops"),
+    "bitops_percent": ("a percent of the W16A16 BitOPs", "25%bitops"),
+}
+
+
 class BudgetError(ValueError):
-    pass
+    """A budget text that cannot be read."""
 
 
 def _number(mantissa: str, exponent: str | None) -> float:
@@ -105,3 +117,37 @@ class Budget:
 
     def __str__(self) -> str:
         return self.text
+
+    def per_image(self, inv: Inventory, full_steps: int) -> float:
+        """The BitOPs ceiling of one image: `X%bitops` of W16A16 over `full_steps` steps, or an absolute value."""
+        if self.kind == "bitops":
+            return self.value
+        if self.kind == "bitops_percent":
+            return inv.total_macs * FLOAT_BITS * FLOAT_BITS * full_steps * self.value / 100
+        raise ValueError(f"{self} is not a BitOPs budget")
+
+
+class BudgetInfeasible(InfeasibleBudget):
+    """The budget cannot be met; the message names the smallest feasible budget in the budget's own units.
+    It is a `solvers.InfeasibleBudget` (the solvers' error, in the planner's words)."""
+
+    def __init__(self, message: str, smallest_feasible: float | None):
+        ValueError.__init__(self, message)
+        self.constraint, self.upper, self.resource = "budget", None, None
+        self.smallest_feasible = smallest_feasible
+
+    @classmethod
+    def of(cls, solution: Solution, budget: Budget, inv: Inventory) -> BudgetInfeasible:
+        """'budget X is infeasible; the smallest feasible is Y' for an infeasible solution."""
+        smallest = solution.smallest_feasible
+        if smallest is None:
+            text = f"budget {budget} cannot be met together with the other constraints"
+        elif budget.kind in ("bytes", "percent"):
+            text = (f"budget {budget} is infeasible: the smallest plan needs {math.ceil(smallest):,} bytes "
+                    f"(try --budget {math.ceil(smallest)}B)")
+        elif budget.kind == "bits":
+            mean = smallest / sum(layer.params for layer in inv.layers)
+            text = f"budget {budget} is infeasible: the smallest feasible is {math.ceil(mean * 1000) / 1000:g}bits"
+        else:
+            text = f"budget {budget} is infeasible: the smallest feasible is {smallest:,.0f} BitOPs"
+        return cls(text, smallest)

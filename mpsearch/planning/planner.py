@@ -1,131 +1,177 @@
-"""`solve` (profile + budget → Plan) and `search` (model + budget → Plan: profile, then solve)."""
+"""The one `solve` (profile + budget → Plan), `search` (model + budget → Plan: profile, then solve) and
+the Pareto front.
+
+`solve` dispatches through the solver registry, never by name: each solver's `SolverSpec`
+(`solvers.registry`) says whether it takes the budget as a ceiling (a constraint row) or a target, which
+budget kinds it accepts, whether it allocates weights only or can prune, which options it has, and
+whether it consumes a flat `Problem` or a `StepProblem`. With `steps=N` a steps solver searches the kept
+steps with the bits (`mpsearch.planning.steps`); a flat solver keeps evenly spaced steps.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from mpsearch.model import Inventory, inventory
-from mpsearch.planning.budget import Budget
+from mpsearch.model import Inventory
+from mpsearch.planning.budget import KIND_TEXT, Budget, BudgetInfeasible
+from mpsearch.planning.inputs import group_metrics, load_profile, profile_name
 from mpsearch.planning.plan import Plan
-from mpsearch.planning.problem import SearchSpace, budget_error_text, build_problem, solution_to_plan
-from solvers.problem import InfeasibleBudget
-from solvers.registry import get_solver
+from mpsearch.planning.problem import SearchSpace, build_problem, solution_to_plan
+from mpsearch.planning.steps import StepOptions, joint_search, step_pool, step_problem
+from mpsearch.timesteps import even_steps
+from solvers.pareto import pareto_front as front
+from solvers.problem import InfeasibleBudget, Problem, Solution
+from solvers.registry import SolverSpec, available_solvers, get_solver
+
+__all__ = ["SolveOptions", "pareto_front", "plot_front", "search", "solve"]
+
+_STEP_FIELDS = {f.name for f in fields(StepOptions)}
 
 
-class BudgetInfeasible(ValueError):
-    """The budget cannot be met; the message names the smallest feasible budget."""
+@dataclass
+class SolveOptions:
+    """How `solve` works; every field (and every `StepOptions` field) is also a keyword of `solve`.
 
-    def __init__(self, message: str, smallest_feasible: float | None):
-        super().__init__(message)
-        self.smallest_feasible = smallest_feasible
-
-
-def load_profile(profile: Any) -> tuple[pd.DataFrame, dict[str, Any], Inventory]:
-    """(measurements, meta, inventory) of a profile folder, a `Profile` object or `(df, inventory)`."""
-    if isinstance(profile, tuple):  # (df, inventory) or (df, inventory, meta)
-        df, inv, *rest = profile
-        return df, dict(rest[0]) if rest else {}, inv
-    if isinstance(profile, (str, Path)):
-        from mpsearch.profiler import Profile
-
-        profile = Profile.load(profile)
-    df, meta = profile.df, dict(profile.meta)
-    folder = getattr(profile, "path", None)
-    inv_file = Path(folder) / "inventory.json" if folder else None
-    if inv_file is not None and inv_file.is_file():
-        inv = Inventory.load(inv_file)
-    else:
-        model = meta.get("model") or None
-        inv = inventory(None if model == "demo" else model, resolution=meta.get("resolution"))
-    return df, meta, inv
-
-
-def group_metrics(df: pd.DataFrame, meta: dict[str, Any]) -> dict[str, str]:
-    """MixDQ's pairing of layer groups with metrics: the profile's first quality and content metric."""
-    from mpsearch.metrics import get_metric
-
-    measured = list(dict.fromkeys(df["metric"]))
-    declared = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
-    kinds = {m: (declared.get(m) or {}).get("kind") or get_metric(m).kind for m in measured}
-    out = {}
-    for group in ("quality", "content"):
-        names = [m for m in measured if kinds[m] == group]
-        if not names:
-            raise ValueError(f"the profile has no {group} metric; MixDQ pairs quality layers with a quality "
-                             "metric and content layers with a content metric")
-        out[group] = "sqnr" if "sqnr" in names else "ssim" if "ssim" in names else names[0]
-    return out
-
-
-def solve(
-    profile: Any,
-    budget: Budget | str,
-    *,
-    solver: str = "ilp",
-    backend: str | None = None,
-    fmt: str | None = None,
-    space: SearchSpace | None = None,
-    time_limit: float | None = None,
-    steps: int | None = None,
-    **options: Any,
-) -> Plan:
-    """The best plan for `budget` from a profile (a folder written by `mpsearch profile`).
-
-    >>> plan = solve("profiles/demo", "3bits")          # doctest: +SKIP
-    >>> plan.predicted["bytes"], plan.solver["status"]  # doctest: +SKIP
-
-    `steps`: keep that many of the model's denoising steps (`mpsearch.planning.steps.solve_steps`, whose
-    keyword arguments `options` may hold: model, pool, grouping, fitness_metric, rerank, ...).
-    Raises `BudgetInfeasible` naming the smallest feasible budget when none fits.
+    `solver`: a registered solver (`solvers.available_solvers()`). `backend`, `time_limit` (s): given to
+    solvers whose options have them (the ILP's MIP backend, MixDQ's group ILPs); None keeps the solver's
+    default. `fmt`: weight storage format of the cost model. `space`: the bit-widths offered.
+    `steps`: keep that many of the model's denoising steps, searched as `step` says.
+    `solver_options`: more options of the solver: fields of its options dataclass (seed, config, band, ...).
     """
-    if steps is not None:
-        from mpsearch.planning.steps import solve_steps
 
-        return solve_steps(profile, budget, steps, solver=solver, backend=backend, fmt=fmt, space=space,
-                           time_limit=time_limit, **options)
-    budget = Budget.parse(budget)
-    df, meta, inv = load_profile(profile)
-    if solver == "mixdq":
-        if budget.kind != "bits":
-            raise ValueError(f"MixDQ's procedure targets a mean weight bit-width: use e.g. --budget 4bits, not {budget}")
-        if space is not None and space.prune:
-            raise ValueError("MixDQ's procedure allocates bits only: search pruning with the ilp or evolution solver")
-        space = SearchSpace(**{**(space or SearchSpace()).__dict__, "weight_only": True})
-        # MixDQ allocates with the band ±0.02 bits around the target itself, not under a ceiling
-        step_problem = build_problem(inv, df, None, fmt=fmt, space=space, units=meta.get("units"))
-        # MixDQ solves ~200 small group ILPs per sweep: in-process SCIP (as MixDQ does) by default
-        options = {"target": budget.value, "group_metric": group_metrics(df, meta), "backend": backend or "scip",
-                   **options}
-    else:
-        step_problem = build_problem(inv, df, budget, fmt=fmt, space=space, units=meta.get("units"))
-    fn = get_solver(solver)
-    kwargs: dict[str, Any] = dict(options)
-    if solver == "ilp":
-        kwargs.update(backend=backend or "cbc", time_limit=time_limit)
-    target = step_problem if solver == "evolution" else step_problem.problem
+    solver: str = "ilp"
+    backend: str | None = None
+    fmt: str | None = None
+    space: SearchSpace | None = None
+    time_limit: float | None = None
+    steps: int | None = None
+    step: StepOptions = field(default_factory=StepOptions)
+    solver_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, options: SolveOptions | None = None, **kwargs: Any) -> SolveOptions:
+        """`options` (default: all defaults) updated by keywords: its own fields, `StepOptions` fields,
+        and any other keyword as a solver option."""
+        opts = options or cls()
+        own = {k: kwargs.pop(k) for k in [k for k in kwargs if k in {f.name for f in fields(cls)}]}
+        step = {k: kwargs.pop(k) for k in [k for k in kwargs if k in _STEP_FIELDS]}
+        return replace(opts, **own, step=replace(own.get("step", opts.step), **step),
+                       solver_options={**opts.solver_options, **own.get("solver_options", {}), **kwargs})
+
+    def solver_kwargs(self, spec: SolverSpec, group_metric: Any = None) -> dict[str, Any]:
+        """The keyword options for `spec`: `solver_options`, plus `backend`/`time_limit` when given and
+        the solver has them, plus the profile's metric pairing for a solver with a `group_metric` option."""
+        names = spec.option_names()
+        unknown = sorted(set(self.solver_options) - names) if spec.options is not None else []
+        if unknown:
+            raise ValueError(f"{spec.label} has no option {', '.join(unknown)}; its options: {', '.join(sorted(names))}")
+        out = dict(self.solver_options)
+        for name in ("backend", "time_limit"):
+            if name in names and getattr(self, name) is not None:
+                out.setdefault(name, getattr(self, name))
+        if "group_metric" in names and group_metric is not None:
+            out.setdefault("group_metric", group_metric)
+        return out
+
+
+def _checked_space(spec: SolverSpec, budget: Budget, space: SearchSpace | None) -> SearchSpace:
+    """The search space as the solver can take it; a budget kind or pruning it cannot handle is refused."""
+    space = space or SearchSpace()
+    if not spec.accepts(budget.kind):
+        kind = spec.budget_kinds[0]
+        desc, example = KIND_TEXT[kind]
+        raise ValueError(f"{spec.label} targets {desc}: use e.g. --budget {example}, not {budget}")
+    if space.prune and not spec.prunes:
+        others = " or ".join(n for n in available_solvers() if get_solver(n).prunes)
+        raise ValueError(f"{spec.label} allocates bits only: search pruning with the {others} solver")
+    return replace(space, weight_only=True) if spec.weight_only else space
+
+
+def _run(spec: SolverSpec, problem: Any, kwargs: dict[str, Any]) -> Solution:
     try:
-        solution = fn(target, **kwargs)
+        return spec(problem, **kwargs)
     except InfeasibleBudget as e:
         raise BudgetInfeasible(str(e), e.smallest_feasible) from None
+
+
+def solve(profile: Any, budget: Budget | str, options: SolveOptions | None = None, **kwargs: Any) -> Plan:
+    """The best plan for `budget` from a profile (a folder written by `mpsearch profile`, a `Profile`, or
+    `(df, inventory[, meta])`).
+
+    >>> plan = solve("profiles/demo", "3bits")                          # doctest: +SKIP
+    >>> plan = solve("profiles/demo", "4bits", solver="mixdq")          # doctest: +SKIP
+    >>> plan = solve("profiles/demo", "30%bitops", steps=4, solver="evolution", rerank=0)  # doctest: +SKIP
+
+    `options` / keywords: see `SolveOptions` and `StepOptions`. Raises `BudgetInfeasible` naming the
+    smallest feasible budget when none fits.
+    """
+    opts = SolveOptions.of(options, **kwargs)
+    budget = Budget.parse(budget)
+    spec = get_solver(opts.solver)
+    space = _checked_space(spec, budget, opts.space)
+    df, meta, inv = load_profile(profile)
+    pairing = group_metrics(df, meta) if "group_metric" in spec.option_names() else None
+    kwargs = opts.solver_kwargs(spec, pairing)
+    if spec.budget == "target":
+        kwargs["target"] = budget.value
+    extra = {"name": spec.name, "profile": profile_name(profile, meta)}
+    if opts.steps is not None:
+        return _solve_steps(spec, opts, kwargs, df, meta, inv, budget, space, extra)
+    ceiling = None if spec.budget == "target" else budget
+    sp = build_problem(inv, df, ceiling, fmt=opts.fmt, space=space, units=meta.get("units"))
+    solution = _run(spec, sp if spec.consumes == "steps" else sp.problem, kwargs)
     if solution.status == "infeasible":
-        raise BudgetInfeasible(budget_error_text(solution, budget, inv), solution.smallest_feasible)
-    extra = {"name": solver, "profile": str(profile) if isinstance(profile, (str, Path)) else meta.get("name", "")}
+        raise BudgetInfeasible.of(solution, budget, inv)
     if "kept_steps" in solution.info:
         extra["kept_steps"] = list(solution.info["kept_steps"])
-    plan = solution_to_plan(solution, inv, fmt=fmt, budget=budget, extra=extra, units=meta.get("units"))
+    plan = solution_to_plan(solution, inv, fmt=opts.fmt, budget=budget, extra=extra, units=meta.get("units"))
     if plan.predicted["bytes"] and budget.resource == "bytes":
-        assert plan.predicted["bytes"] <= budget.resolve(inv, fmt), "solver broke the byte budget"
+        assert plan.predicted["bytes"] <= budget.resolve(inv, opts.fmt), "solver broke the byte budget"
+    return plan
+
+
+def _solve_steps(spec: SolverSpec, opts: SolveOptions, kwargs: dict[str, Any], df: pd.DataFrame,
+                 meta: dict[str, Any], inv: Inventory, budget: Budget, space: SearchSpace,
+                 extra: dict[str, Any]) -> Plan:  # fmt: skip
+    """`solve` keeping `opts.steps` denoising steps (see `mpsearch.planning.steps`)."""
+    steps, joint = opts.steps, spec.consumes == "steps"
+    pool = step_pool(meta, steps, opts.step, needs_model=joint and opts.step.samples)
+    sp, ceiling = step_problem(inv, df, meta, None if spec.budget == "target" else budget, steps, pool,
+                               fmt=opts.fmt, space=space)  # fmt: skip
+    info: dict[str, Any] = {"steps": steps, "pool": pool.timesteps, "grouping": opts.step.grouping,
+                            "step_groups": [pool.timesteps[a:b] for a, b in pool.groups]}  # fmt: skip
+    if joint:
+        def seed_solver(problem: Problem) -> Solution:  # seed_bits="ilp": the ILP with the planner's backend
+            seed_spec = get_solver(opts.step.seed_bits)
+            return seed_spec(problem, **replace(opts, solver_options={}).solver_kwargs(seed_spec))
+
+        solution, kept, found = joint_search(spec, sp, pool, opts.step, kwargs, inv=inv, df=df, meta=meta,
+                                             budget=budget, fmt=opts.fmt, seed_solver=seed_solver)  # fmt: skip
+        info.update(found)
+    else:
+        kept = even_steps(pool.groups)
+        solution = _run(spec, sp.problem, kwargs)
+        if solution.status == "infeasible":
+            raise BudgetInfeasible(f"budget {budget} cannot be met with {steps} kept steps", None)
+    plan = solution_to_plan(solution, inv, fmt=opts.fmt, budget=budget, extra={**extra, **info},
+                            units=meta.get("units"))  # fmt: skip
+    plan.kept_timesteps = pool.at(kept)
+    plan.predict(inv)
+    if ceiling is not None:
+        assert plan.predicted["bitops_run"] <= ceiling * (1 + 1e-9), "solver broke the BitOPs budget"
     return plan
 
 
 def search(model: Any = None, budget: Budget | str = "4bits", *, profile_dir: str | Path | None = None,
            profile_options: dict[str, Any] | None = None, **solve_options: Any) -> Plan:
     """Profile `model` (or resume its profile in `profile_dir`), then solve for `budget` (with `steps=N`,
-    keeping N denoising steps, sampled with `model`)."""
-    from mpsearch.profiler import profile as run_profile
+    keeping N denoising steps, sampled with `model`). `solve_options`: as for `solve`."""
+    from mpsearch.profiler import profile as run_profile  # profiling loads the quantization engine: on use
 
     result = run_profile(model, out=profile_dir, **(profile_options or {}))
     if solve_options.get("steps") is not None:  # the timestep search samples with the same pipeline
@@ -147,10 +193,6 @@ def pareto_front(
 
     Returns one row per front point: budget (resource units), bytes, mean_w_bits, bitops, loss, status.
     """
-    import numpy as np
-
-    from solvers.pareto import pareto_front as front
-
     lo, hi = Budget.parse(lo), Budget.parse(hi)
     if lo.resource != hi.resource:
         raise ValueError(f"pareto range {lo}..{hi} mixes budget kinds")

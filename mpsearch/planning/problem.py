@@ -221,20 +221,6 @@ def _add_prune_options(inv, unit_df, units, groups, keys, costs, step_losses, co
     return saved
 
 
-def budget_error_text(solution: Solution, budget: Budget, inv: Inventory) -> str:
-    """'budget X is infeasible; the smallest feasible is Y' in the budget's own units."""
-    smallest = solution.smallest_feasible
-    if smallest is None:
-        return f"budget {budget} cannot be met together with the other constraints"
-    if budget.kind in ("bytes", "percent"):
-        return (f"budget {budget} is infeasible: the smallest plan needs {int(np.ceil(smallest)):,} bytes "
-                f"(try --budget {int(np.ceil(smallest))}B)")
-    if budget.kind == "bits":
-        mean = smallest / sum(l.params for l in inv.layers)
-        return f"budget {budget} is infeasible: the smallest feasible is {np.ceil(mean * 1000) / 1000:g}bits"
-    return f"budget {budget} is infeasible: the smallest feasible is {smallest:,.0f} BitOPs"
-
-
 def solution_to_plan(
     solution: Solution,
     inv: Inventory,

@@ -1,14 +1,19 @@
 """Keep N of a model's denoising steps and choose per-layer bits with them (TMPQ-DM, methods.md §2).
 
-    plan = solve_steps("profiles/demo", "30%bitops", steps=4)      # evolution + real fitness
-    plan.kept_timesteps                                            # e.g. [999, 749, 499, 249]
+    plan = solve("profiles/demo", "30%bitops", steps=4, solver="evolution")   # + real fitness
+    plan.kept_timesteps                                                        # e.g. [999, 749, 499, 249]
+
+This module holds the timestep side of `mpsearch.planning.planner.solve`: the candidate pool, the problem
+with its BitOPs ceiling over kept steps, and the joint search of a solver that consumes a `StepProblem`
+(`SolverSpec.consumes == "steps"`), fed by sampling. Solvers that consume a flat problem keep evenly
+spaced steps.
 
 The pool is the model's own schedule (the profile's sampling timesteps, or the scheduler's `pool`-step
 schedule). It is split into N groups of consecutive steps (`mpsearch.timesteps.group_steps`: uniform
 blocks, or TMPQ-DM's quadratic groups for fine pools) and a plan keeps one step per group, every kept step
 running the same bits (TMPQ-DM's `groupwise_consistent` mode).
 
-The evolution solver (`solvers.evolution`) searches kept steps and bits jointly. Bits are scored by the
+A steps solver (the evolution, `solvers.evolution`) searches kept steps and bits jointly. Bits are scored by the
 profile (per-layer degradations per step group, spread over the pool's steps), starting from the ILP's
 optimal bits (TMPQ-DM starts from uniform 6 bits). Steps are scored by sampling: each distinct kept-step
 set the search meets is sampled once with those bits through the shared super-checkpoint
@@ -17,7 +22,7 @@ set the search meets is sampled once with those bits through the shared super-ch
 candidates are then sampled with their own bits and kept steps, as TMPQ-DM re-ranks its top 10 by FID,
 and so are the winner's bits at the `POLISH` best-measured step sets (bits and steps are separable when
 every kept step runs the same bits, and the search's operators, which mutate a quarter of the bit genes
-with any step change, rarely carry good bits to a good step set); the best measured candidate wins. Other solvers keep the evenly spaced steps and choose bits only.
+with any step change, rarely carry good bits to a good step set); the best measured candidate wins.
 
 Budgets: a BitOPs budget counts the kept steps. `X%bitops` is X% of the W16A16 BitOPs of one image over
 the profile's full schedule; an absolute `2Tbitops` is per image (kept steps × Σ MACs·w·a of one
@@ -28,32 +33,263 @@ mean-bit budgets do not depend on steps.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
+import diffusers
 import numpy as np
+import pandas as pd
 
-from mpsearch.model import Inventory
-from mpsearch.planning.budget import Budget
+from mpsearch import calibration as cal
+from mpsearch.exporter import weight_config
+from mpsearch.fitness import Fitness
+from mpsearch.model import Inventory, find_denoiser, load_pipeline, weights_fingerprint
+from mpsearch.planning.budget import Budget, BudgetInfeasible
 from mpsearch.planning.cost import FLOAT_BITS
-from mpsearch.planning.plan import Plan
-from mpsearch.planning.problem import SearchSpace, build_problem, solution_to_plan
-from mpsearch.timesteps import GROUPINGS, TimestepError, even_steps, group_steps, kept_scheduler, schedule
-from solvers.problem import Constraint, InfeasibleBudget, StepProblem
+from mpsearch.planning.inputs import group_metrics
+from mpsearch.planning.problem import SearchSpace, build_problem
+from mpsearch.progress import count_bar
+from mpsearch.quant import ActQuantConfig, Candidates
+from mpsearch.timesteps import GROUPINGS, group_steps, kept_scheduler, schedule
+from solvers.problem import Constraint, Problem, Solution, StepProblem
+from solvers.registry import SolverSpec
 from solvers.units import build_units
 
-__all__ = ["run_bitops", "solve_steps", "step_losses_for_groups"]
+__all__ = ["StepOptions", "StepPool", "joint_search", "step_losses_for_groups", "step_pool", "step_problem"]
 
 POLISH = 3  # best-measured kept-step sets also sampled with the winner's bits
 
 
-def run_bitops(budget: Budget, inv: Inventory, full_steps: int) -> float:
-    """The BitOPs ceiling of one image: `X%bitops` of W16A16 over `full_steps` steps, or an absolute value."""
-    if budget.kind == "bitops":
-        return budget.value
-    if budget.kind == "bitops_percent":
-        return inv.total_macs * FLOAT_BITS * FLOAT_BITS * full_steps * budget.value / 100
-    raise ValueError(f"{budget} is not a BitOPs budget")
+@dataclass
+class StepOptions:
+    """How kept steps are searched (with `solve(..., steps=N)`).
+
+    `model`: the pipeline (or what `load_pipeline` reads; default: the profile's model) to sample with,
+    needed by a steps solver unless `rerank=0` and `measure_steps=False`. `pool`: candidate schedule size
+    (default: the profile's). `grouping`: uniform | quad. `fitness_metric`: an image metric (default: the
+    profile's content metric, SSIM on the demo; adherence and plug-ins work too). `fitness_prompts`:
+    prompts for the real fitness (default: the profile's calibration prompts; an int draws that many demo
+    captions). `rerank`: finalists sampled and scored (0 = surrogate only). `measure_steps`: sample every
+    kept-step set the search meets (else steps are chosen by the re-ranking only). `seed_bits`: the
+    search's seed candidate, "ilp" (the ILP's optimal bits for the surrogate, which uniform groups make
+    exact; kept-step sets are sampled with them) or "median" (each layer's median-cost option, as
+    `solvers.evolution` does; kept-step sets are sampled in FP). `progress`: show a progress bar; `log`:
+    where one-line notes go.
+    """
+
+    model: Any = None
+    pool: int | None = None
+    grouping: str = "uniform"
+    fitness_metric: str | None = None
+    fitness_prompts: Sequence[str] | int | None = None
+    fitness_seed: int = 0
+    rerank: int = 10
+    measure_steps: bool = True
+    seed_bits: str = "ilp"
+    progress: bool = False
+    log: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.seed_bits not in ("ilp", "median"):
+            raise ValueError(f"seed_bits must be 'ilp' or 'median', got {self.seed_bits!r}")
+        if self.grouping not in GROUPINGS:
+            raise ValueError(f"step grouping must be one of {GROUPINGS}, got {self.grouping!r}")
+
+    @property
+    def samples(self) -> bool:
+        """Whether a steps solver samples images (to measure kept-step sets or re-rank finalists)."""
+        return self.rerank > 0 or self.measure_steps
+
+    def note(self, message: str) -> None:
+        if self.log is not None:
+            self.log(message)
+
+
+@dataclass
+class StepPool:
+    """The candidate schedule of a search: pool timesteps, N groups of pool positions (one kept step per
+    group), the profile's full schedule length, and the pipeline to sample with (None when not needed)."""
+
+    timesteps: list[int]
+    groups: list[tuple[int, int]]
+    full_steps: int
+    profile_timesteps: list[int] | None = None
+    profile_groups: list[list[int]] | None = None
+    pipe: Any = field(default=None, repr=False)
+
+    def at(self, positions: Sequence[int]) -> list[int]:
+        """The timesteps at pool `positions`."""
+        return [self.timesteps[i] for i in positions]
+
+
+def _profile_schedule(meta: dict[str, Any]) -> tuple[list[int] | None, list[list[int]] | None, str | None]:
+    sampling = meta.get("sampling") or {}
+    return sampling.get("timesteps"), meta.get("step_groups"), sampling.get("scheduler")
+
+
+def _check_scheduler_name(name: str | None) -> None:
+    """Refuse early (before any search) a scheduler that cannot sample at chosen timesteps."""
+    cls = getattr(diffusers, name, None) if name else None
+    if cls is not None:
+        kept_scheduler(cls())
+
+
+def step_pool(meta: dict[str, Any], steps: int, opts: StepOptions, *, needs_model: bool) -> StepPool:
+    """The pool to keep `steps` timesteps from: the profile's schedule, or the scheduler's `opts.pool`-step
+    one; the pipeline is loaded when sampling needs it (or the pool does)."""
+    prof_ts, prof_groups, sched_name = _profile_schedule(meta)
+    pipe = None
+    if needs_model or opts.pool is not None:
+        pipe = _pipeline(opts.model, meta)
+        kept_scheduler(pipe.scheduler)
+    else:
+        _check_scheduler_name(sched_name)
+    if opts.pool is not None:
+        pool_ts = schedule(pipe.scheduler, opts.pool)
+    elif prof_ts:
+        pool_ts = [int(t) for t in prof_ts]
+    else:
+        raise ValueError("the profile records no sampling timesteps: pass pool= (a number of steps)")
+    if not 1 <= steps <= len(pool_ts):
+        raise ValueError(f"cannot keep {steps} of the {len(pool_ts)} timesteps of the pool {pool_ts}")
+    groups = group_steps(pool_ts, steps, opts.grouping)
+    return StepPool(pool_ts, groups, len(prof_ts) if prof_ts else len(pool_ts), prof_ts, prof_groups, pipe)
+
+
+def step_problem(inv: Inventory, df: pd.DataFrame, meta: dict[str, Any], budget: Budget | None, steps: int,
+                 pool: StepPool, *, fmt: str | None, space: SearchSpace) -> tuple[StepProblem, float | None]:
+    """The problem of `steps` kept steps and its per-image BitOPs ceiling (None for other budgets).
+
+    A BitOPs budget counts kept steps: every call gets `ceiling / steps`, a hard row; a ceiling no plan
+    meets raises `BudgetInfeasible` with the least BitOPs per image. Other budgets (or None, for solvers
+    that take the budget as a target) go to `build_problem` as they are."""
+    if space.prune and (df["tensor"] == "unit").any():
+        raise ValueError("the timestep search does not prune blocks yet: drop --prune, or solve without --steps")
+    space = SearchSpace(**{**space.__dict__, "prune": False})
+    extra: list[Constraint] = []
+    ceiling = None
+    if budget is not None and budget.resource == "bitops":
+        ceiling = budget.per_image(inv, pool.full_steps)
+        extra.append(Constraint("bitops", upper=ceiling / steps, name="budget"))
+    sp = build_problem(inv, df, None if ceiling is not None else budget, fmt=fmt, space=space,
+                       extra_constraints=extra, units=meta.get("units"))  # fmt: skip
+    if ceiling is not None:
+        m = build_units(sp.problem)
+        least = float(m.min_cost()[m.names.index("budget")]) * steps  # the cheapest plan's BitOPs per image
+        if least > ceiling * (1 + 1e-12):
+            ref = inv.total_macs * FLOAT_BITS * FLOAT_BITS * pool.full_steps
+            raise BudgetInfeasible(f"budget {budget} is infeasible with {steps} kept steps: the smallest plan needs "
+                                   f"{least:,.0f} BitOPs per image ({100 * least / ref:.4g}%bitops of W16A16 at "
+                                   f"{pool.full_steps} steps)", least)  # fmt: skip
+    return sp, ceiling
+
+
+def _fitness_metric(meta: dict[str, Any], df: pd.DataFrame) -> str:
+    """The profile's content metric (SSIM preferred: continuous, so close candidates differ), else SSIM."""
+    try:
+        return group_metrics(df, meta)["content"]
+    except ValueError:
+        return "ssim"
+
+
+@dataclass
+class _Search:
+    """One joint search's state: the sampled fitness (None: surrogate only), the seed plan its kept-step
+    sets are sampled with, and the progress callback."""
+
+    fit: Fitness | None
+    names: list[str]
+    pool: StepPool
+    seed_plan: dict[str, Any] | None
+    advance: Callable[..., None]
+
+    def step_fitness(self, kept: tuple[int, ...]) -> float:
+        self.advance(1, "kept-step sets")
+        return self.fit(self.seed_plan, self.pool.at(kept))
+
+    def evaluate(self, solution: Solution, kept: tuple[int, ...]) -> float:
+        self.advance(1, "re-ranking finalists")
+        return self.fit(dict(zip(self.names, solution.keys, strict=True)), self.pool.at(kept))
+
+
+def joint_search(spec: SolverSpec, sp: StepProblem, pool: StepPool, opts: StepOptions, solver_options: dict[str, Any],
+                 *, inv: Inventory, df: pd.DataFrame, meta: dict[str, Any], budget: Budget, fmt: str | None,
+                 seed_solver: Callable[[Problem], Solution]) -> tuple[Solution, tuple[int, ...], dict[str, Any]]:  # fmt: skip
+    """Run a steps solver on the pool's groups, fed by sampling: returns (solution, kept pool positions, info).
+
+    `seed_solver`: the bits solver of `opts.seed_bits="ilp"` (the planner's ILP with its options)."""
+    metric = opts.fitness_metric or _fitness_metric(meta, df)
+    fit = None
+    if opts.samples:
+        fit = _fitness(pool.pipe, meta, pool.timesteps, metric, opts.fitness_prompts, opts.fitness_seed, fmt)
+        opts.note(f"fitness: {metric} of {len(fit.prompts)} prompts vs FP at {len(pool.timesteps)} steps")
+    try:
+        return _search(spec, sp, pool, opts, solver_options, fit, metric, inv, budget, seed_solver)
+    finally:
+        if fit is not None:
+            fit.close()
+
+
+def _search(spec, sp, pool, opts, solver_options, fit, metric, inv, budget, seed_solver):
+    start_choice, seed_plan = None, None
+    if opts.seed_bits == "ilp":  # the surrogate's optimal bits (exact for uniform groups) as the seed
+        seed = seed_solver(sp.problem)
+        if seed.status != "infeasible":
+            start_choice, seed_plan = seed.choice, dict(zip(inv.names, seed.keys, strict=True))
+    finalists = max(1, opts.rerank)
+    n_sets = int(np.prod([b - a for a, b in pool.groups]))
+    options = spec.options(**{k: v for k, v in solver_options.items() if k in spec.option_names()}) \
+        if spec.options else None
+    born = options.max_candidates() if hasattr(options, "max_candidates") else n_sets
+    measure = fit is not None and opts.measure_steps
+    rerank = fit is not None and opts.rerank > 0
+    total = (min(n_sets, born) if measure else 0) + ((finalists + POLISH) if rerank else 0)
+    info: dict[str, Any] = {}
+    with count_bar(total, opts.progress and total > 0, "timestep search") as advance:
+        run = _Search(fit, inv.names, pool, seed_plan, advance)
+        problem = StepProblem(sp.problem, step_losses_for_groups(sp, pool.groups, pool.timesteps,
+                                                                 pool.profile_timesteps, pool.profile_groups),
+                              pool.groups)  # fmt: skip
+        try:
+            solution = spec(problem, start=start_choice, finalists=finalists,
+                            step_fitness=run.step_fitness if measure else None,
+                            evaluate=run.evaluate if rerank else None, **solver_options)  # fmt: skip
+        except ValueError as e:
+            raise BudgetInfeasible(f"budget {budget}: {e}", None) from None
+        kept = tuple(solution.info["kept_steps"])
+        measured = solution.info.get("step_sets_measured") or {}
+        scores, finalist_log = None, None
+        if rerank:
+            scores = list(solution.info["evaluations"])
+            finalist_log = fit.log[len(fit.log) - len(scores):]
+            if measured:
+                kept = _polish(run, solution, measured, kept, scores, finalist_log)
+    if measured:
+        info["step_sets"] = {"measured": len(measured), "of": n_sets, "bits": "ilp" if seed_plan else "fp",
+                             "best": [{"timesteps": pool.at(ts), "fitness": float(f"{v:.6g}")}
+                                      for ts, v in sorted(measured.items(), key=lambda kv: kv[1])[:10]]}
+    if rerank:
+        info["fitness"] = {"metric": metric, "prompts": len(fit.prompts),
+                           **_rounded(finalist_log[int(np.argmin(scores))]),
+                           "finalists": [_rounded(r) for r in finalist_log]}  # fmt: skip
+    return solution, kept, info
+
+
+def _polish(run: _Search, solution: Solution, measured: dict, kept: tuple[int, ...], scores: list[float],
+            finalist_log: list[dict]) -> tuple[int, ...]:
+    """Bits and kept steps are separable here (same bits at every kept step): the winner's bits are also
+    sampled at the best-measured step sets that the search's operators missed. Appends to `scores` and
+    `finalist_log`; returns the best kept steps."""
+    best = min(scores)
+    others = [ts for ts, _ in sorted(measured.items(), key=lambda kv: kv[1]) if ts != kept][:POLISH]
+    for ts in others:
+        run.advance(1, "best step sets with the winner's bits")
+        f = run.fit(dict(zip(run.names, solution.keys, strict=True)), run.pool.at(ts))
+        finalist_log.append(run.fit.log[-1])
+        scores.append(f)
+        if f < best:
+            kept, best = tuple(ts), f
+    return kept
 
 
 def step_losses_for_groups(sp: StepProblem, groups: Sequence[tuple[int, int]], pool: Sequence[int],
@@ -98,206 +334,11 @@ def _check_scheduler_name(name: str | None) -> None:
         kept_scheduler(cls())
 
 
-def _fitness_metric(meta: dict[str, Any], df) -> str:
-    """The profile's content metric (SSIM preferred: continuous, so close candidates differ), else SSIM."""
-    from mpsearch.planning.planner import group_metrics
-
-    try:
-        return group_metrics(df, meta)["content"]
-    except ValueError:
-        return "ssim"
-
-
-def solve_steps(
-    profile: Any,
-    budget: Budget | str,
-    steps: int,
-    *,
-    solver: str = "evolution",
-    model: Any = None,
-    pool: int | None = None,
-    grouping: str = "uniform",
-    fitness_metric: str | None = None,
-    fitness_prompts: Sequence[str] | int | None = None,
-    fitness_seed: int = 0,
-    rerank: int = 10,
-    measure_steps: bool = True,
-    seed_bits: str = "ilp",
-    fmt: str | None = None,
-    space: SearchSpace | None = None,
-    config: Any = None,
-    seed: int = 0,
-    backend: str | None = None,
-    time_limit: float | None = None,
-    progress: bool = False,
-    log: Callable[[str], None] | None = None,
-) -> Plan:
-    """A plan keeping `steps` of the model's timesteps (in `plan.kept_timesteps`) under `budget`.
-
-    `solver`: "evolution" searches steps and bits (TMPQ-DM); any other registered solver keeps the evenly
-    spaced steps and chooses bits. `model`: the pipeline (or what `load_pipeline` reads; default: the
-    profile's model) to sample with, needed by the evolution unless `rerank=0` and
-    `measure_steps=False`. `pool`: candidate schedule size (default: the profile's). `grouping`:
-    uniform | quad. `fitness_metric`: an image metric (default: the profile's content metric, SSIM on the
-    demo; adherence and plug-ins work too). `fitness_prompts`: prompts for the real fitness (default: the profile's calibration
-    prompts; an int draws that many demo captions). `rerank`: finalists sampled and scored (0 = surrogate
-    only). `measure_steps`: sample every kept-step set the search meets (else steps are chosen by the
-    re-ranking only). `seed_bits`: the evolution's seed candidate, "ilp" (the ILP's optimal bits for the
-    surrogate, which uniform groups make exact; kept-step sets are sampled with them) or "median" (each
-    layer's median-cost option, as `solvers.evolution` does; kept-step sets are sampled in FP). `config`: a `solvers.evolution.EvolutionConfig`.
-    """
-    from mpsearch.planning.planner import BudgetInfeasible, load_profile
-    from mpsearch.progress import count_bar
-    from solvers.evolution import EvolutionConfig
-    from solvers.registry import get_solver
-
-    log = log or (lambda msg: None)
-    budget = Budget.parse(budget)
-    if seed_bits not in ("ilp", "median"):
-        raise ValueError(f"seed_bits must be 'ilp' or 'median', got {seed_bits!r}")
-    if grouping not in GROUPINGS:
-        raise ValueError(f"step grouping must be one of {GROUPINGS}, got {grouping!r}")
-    df, meta, inv = load_profile(profile)
-    prof_ts, prof_groups, sched_name = _profile_schedule(meta)
-    if space is not None and space.prune and (df["tensor"] == "unit").any():
-        raise ValueError("the timestep search does not prune blocks yet: drop --prune, or solve without --steps")
-    space = SearchSpace(**{**(space or SearchSpace()).__dict__, "prune": False})
-    evolution = solver == "evolution"
-    needs_model = evolution and (rerank > 0 or measure_steps)
-    pipe = None
-    if needs_model or pool is not None:
-        pipe = _pipeline(model, meta)
-        sched_name = type(pipe.scheduler).__name__
-    if pipe is None:
-        _check_scheduler_name(sched_name)
-    else:
-        kept_scheduler(pipe.scheduler)
-    if pool is not None:
-        pool_ts = schedule(pipe.scheduler, pool)
-    elif prof_ts:
-        pool_ts = [int(t) for t in prof_ts]
-    else:
-        raise ValueError("the profile records no sampling timesteps: pass pool= (a number of steps)")
-    if not 1 <= steps <= len(pool_ts):
-        raise ValueError(f"cannot keep {steps} of the {len(pool_ts)} timesteps of the pool {pool_ts}")
-    groups = group_steps(pool_ts, steps, grouping)
-    full_steps = len(prof_ts) if prof_ts else len(pool_ts)
-
-    extra: list[Constraint] = []
-    ceiling = None
-    if budget.resource == "bitops":
-        ceiling = run_bitops(budget, inv, full_steps)
-        extra.append(Constraint("bitops", upper=ceiling / steps, name="budget"))
-    sp = build_problem(inv, df, None if ceiling is not None else budget, fmt=fmt, space=space,
-                       extra_constraints=extra, units=meta.get("units"))  # fmt: skip
-    if ceiling is not None:
-        m = build_units(sp.problem)
-        least = float(m.min_cost()[m.names.index("budget")]) * steps  # the cheapest plan's BitOPs per image
-        if least > ceiling * (1 + 1e-12):
-            ref = inv.total_macs * FLOAT_BITS * FLOAT_BITS * full_steps
-            raise BudgetInfeasible(f"budget {budget} is infeasible with {steps} kept steps: the smallest plan needs "
-                                   f"{least:,.0f} BitOPs per image ({100 * least / ref:.4g}%bitops of W16A16 at "
-                                   f"{full_steps} steps)", least)  # fmt: skip
-
-    fit = None
-    info: dict[str, Any] = {"steps": steps, "pool": pool_ts, "grouping": grouping,
-                            "step_groups": [pool_ts[a:b] for a, b in groups]}  # fmt: skip
-    try:
-        if evolution:
-            metric = fitness_metric or _fitness_metric(meta, df)
-            if needs_model:
-                fit = _fitness(pipe, meta, pool_ts, metric, fitness_prompts, fitness_seed, fmt)
-                log(f"fitness: {metric} of {len(fit.prompts)} prompts vs FP at {len(pool_ts)} steps")
-            cfg = config or EvolutionConfig()
-            cfg = EvolutionConfig(**{**cfg.__dict__, "rerank_top": max(1, rerank), "seed": seed})
-            start_choice, seed_plan = None, None
-            if seed_bits == "ilp":  # the surrogate's optimal bits (exact for uniform groups) as the seed
-                ilp = get_solver("ilp")(sp.problem, backend=backend or "cbc", time_limit=time_limit)
-                if ilp.status != "infeasible":
-                    start_choice, seed_plan = ilp.choice, dict(zip(inv.names, ilp.keys, strict=True))
-            n_sets = int(np.prod([b - a for a, b in groups]))
-            born = cfg.population + cfg.epochs * (cfg.mutations + cfg.crossovers + cfg.population)
-            total = (min(n_sets, born) if fit is not None and measure_steps else 0) + \
-                ((cfg.rerank_top + POLISH) if fit is not None and rerank else 0)
-            with count_bar(total, progress and total > 0, "timestep search") as advance:
-                step_fitness = None
-                if fit is not None and measure_steps:
-                    def step_fitness(kept):
-                        advance(1, "kept-step sets")
-                        return fit(seed_plan, [pool_ts[i] for i in kept])
-
-                evaluate = None
-                if fit is not None and rerank > 0:
-                    def evaluate(solution, kept):
-                        advance(1, "re-ranking finalists")
-                        return fit(dict(zip(inv.names, solution.keys, strict=True)), [pool_ts[i] for i in kept])
-
-                problem = StepProblem(sp.problem, step_losses_for_groups(sp, groups, pool_ts, prof_ts, prof_groups),
-                                      groups)  # fmt: skip
-                try:
-                    solution = get_solver("evolution")(problem, config=cfg, evaluate=evaluate, start=start_choice,
-                                                       step_fitness=step_fitness)  # fmt: skip
-                except ValueError as e:
-                    raise BudgetInfeasible(f"budget {budget}: {e}", None) from None
-                kept = tuple(solution.info["kept_steps"])
-                measured = solution.info.get("step_sets_measured") or {}
-                if evaluate is not None and measured:
-                    # bits and kept steps are separable here (same bits at every kept step): the winner's bits
-                    # are also sampled at the best-measured step sets that the search's operators missed
-                    scores = list(solution.info["evaluations"])
-                    best = min(scores)
-                    finalist_log = fit.log[len(fit.log) - len(scores):]
-                    others = [ts for ts, _ in sorted(measured.items(), key=lambda kv: kv[1]) if ts != kept][:POLISH]
-                    for ts in others:
-                        advance(1, "best step sets with the winner's bits")
-                        f = fit(dict(zip(inv.names, solution.keys, strict=True)), [pool_ts[i] for i in ts])
-                        finalist_log.append(fit.log[-1])
-                        scores.append(f)
-                        if f < best:
-                            kept, best = tuple(ts), f
-            if measured:
-                info["step_sets"] = {"measured": len(measured), "of": n_sets, "bits": "ilp" if seed_plan else "fp",
-                                     "best": [{"timesteps": [pool_ts[i] for i in ts], "fitness": float(f"{v:.6g}")}
-                                              for ts, v in sorted(measured.items(), key=lambda kv: kv[1])[:10]]}
-            if evaluate is not None:
-                if not measured:
-                    scores = solution.info["evaluations"]
-                    finalist_log = fit.log[len(fit.log) - len(scores):]
-                info["fitness"] = {"metric": metric, "prompts": len(fit.prompts),
-                                   **_rounded(finalist_log[int(np.argmin(scores))]),
-                                   "finalists": [_rounded(r) for r in finalist_log]}  # fmt: skip
-        else:
-            kept = even_steps(groups)
-            fn = get_solver(solver)
-            kwargs: dict[str, Any] = {}
-            if solver == "ilp":
-                kwargs.update(backend=backend or "cbc", time_limit=time_limit)
-            try:
-                solution = fn(sp.problem, **kwargs)
-            except InfeasibleBudget as e:
-                raise BudgetInfeasible(str(e), e.smallest_feasible) from None
-            if solution.status == "infeasible":
-                raise BudgetInfeasible(f"budget {budget} cannot be met with {steps} kept steps", None)
-    finally:
-        if fit is not None:
-            fit.close()
-
-    name = {"name": solver, "profile": str(profile) if isinstance(profile, (str, Path)) else meta.get("name", "")}
-    plan = solution_to_plan(solution, inv, fmt=fmt, budget=budget, extra={**name, **info}, units=meta.get("units"))
-    plan.kept_timesteps = [pool_ts[i] for i in kept]
-    plan.predict(inv)
-    if ceiling is not None:
-        assert plan.predicted["bitops_run"] <= ceiling * (1 + 1e-9), "solver broke the BitOPs budget"
-    return plan
-
-
 def _rounded(rec: dict[str, Any]) -> dict[str, Any]:
     return {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in rec.items()}
 
 
 def _pipeline(model: Any, meta: dict[str, Any]):
-    from mpsearch.model import load_pipeline
-
     if hasattr(model, "components"):
         return model
     name = model if model is not None else meta.get("model")
@@ -308,12 +349,6 @@ def _pipeline(model: Any, meta: dict[str, Any]):
 
 def _fitness(pipe, meta: dict[str, Any], pool: list[int], metric: str, prompts, seed: int, fmt: str | None):
     """A `Fitness` on `pipe` set up like the profile: its candidates, quantizer settings and calibration."""
-    from mpsearch import calibration as cal
-    from mpsearch.exporter import weight_config
-    from mpsearch.fitness import Fitness
-    from mpsearch.model import find_denoiser, weights_fingerprint
-    from mpsearch.quant import ActQuantConfig, Candidates
-
     _, den = find_denoiser(pipe)
     if meta.get("fingerprint") and weights_fingerprint(den) != meta["fingerprint"]:
         raise ValueError(f"the profile was measured on other weights (fingerprint {meta['fingerprint']}) than the "
@@ -341,6 +376,3 @@ def _fitness(pipe, meta: dict[str, Any], pool: list[int], metric: str, prompts, 
         act_cfg=ActQuantConfig(**act) if act else ActQuantConfig(), bos_aware=quant.get("bos_aware", True),
         split_shortcut=quant.get("split_shortcut", True), progressive=quant.get("progressive", False),
     )  # fmt: skip
-
-
-__all__ += ["TimestepError"]

@@ -10,8 +10,9 @@ import torch
 from mpsearch import calibration as cal
 from mpsearch.exporter import export, fake_quantize, load_quantized
 from mpsearch.model import find_denoiser, inventory
+from mpsearch.planning.budget import BudgetInfeasible
 from mpsearch.planning.plan import LayerBits, Plan, PlanError
-from mpsearch.planning.planner import BudgetInfeasible, solve
+from mpsearch.planning.planner import solve
 from mpsearch.planning.problem import SearchSpace, build_problem, solution_to_plan
 from mpsearch.profiler import profile
 from mpsearch.pruning import find_units, pruned
@@ -255,7 +256,7 @@ def test_shipped_demo_profile_solves_with_pruning_by_ilp_and_evolution():
     pruning; both solvers prune whole units only, and without pruning the budget is infeasible."""
     from pathlib import Path
 
-    from mpsearch.planning.planner import load_profile
+    from mpsearch.planning.inputs import load_profile
 
     prof = Path(__file__).resolve().parents[2] / "profiles" / "demo"
     _, meta, inv = load_profile(prof)

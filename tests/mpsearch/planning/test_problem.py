@@ -1,37 +1,19 @@
-"""Inventory + profile + budget → Problem → Plan, on a synthetic profile of the SD 1.5 meta inventory."""
+"""Inventory + profile + budget → Problem, on a synthetic profile of the SD 1.5 meta inventory."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from mpsearch.model import inventory
 from mpsearch.planning.budget import Budget
-from mpsearch.planning.cost import fixed_bytes, layer_bytes, model_bytes
-from mpsearch.planning.planner import BudgetInfeasible, solve
-from mpsearch.planning.problem import SearchSpace, build_problem
+from mpsearch.planning.cost import fixed_bytes, layer_bytes
+from mpsearch.planning.problem import build_problem
 
-W_BITS, A_BITS = (2, 4, 8), (4, 8)
+from .profiles import synthetic_profile
 
 
 @pytest.fixture(scope="module")
 def inv():
     return inventory("sd15")
-
-
-def synthetic_profile(inv, seed=0, step_groups=1):
-    """Degradation falls ~4x per extra bit; heavy-tailed sensitivity across layers."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for layer in inv.layers:
-        s = rng.lognormal(0, 1.5)
-        metric = "sqnr" if layer.group == "quality" else "ssim"
-        for g in range(step_groups):
-            for tensor, bits in (("weight", W_BITS), ("act", A_BITS)):
-                for b in bits:
-                    d = s * 4.0 ** (-b) * (1 + g)
-                    rows.append(dict(layer=layer.name, tensor=tensor, bits=b, metric=metric, step_group=g,
-                                     value=-10 * np.log10(d) if metric == "sqnr" else 1 - d, degradation=d))
-    return pd.DataFrame(rows)
 
 
 def test_problem_costs_match_cost_model(inv):
@@ -54,45 +36,6 @@ def test_problem_costs_match_cost_model(inv):
     assert p.losses["ssim"][i].sum() == 0  # quality layer: not measured on the content metric
 
 
-def test_solve_respects_byte_budget_and_prefers_sensitive_layers(inv):
-    df = synthetic_profile(inv)
-    plan = solve((df, inv), "30%", space=SearchSpace(weight_only=True))
-    limit = Budget.parse("30%").resolve(inv)
-    assert plan.predicted["bytes"] == model_bytes(inv, plan.w_bits()) <= limit
-    assert plan.predicted["bytes"] > 0.97 * limit  # it spends the budget
-    plan.validate(inv)
-    assert {b.a_bits for b in plan.layers.values()} == {16}
-    # the most sensitive layer gets at least as many bits as the least sensitive one
-    sens = df[(df.tensor == "weight") & (df.bits == 2)].set_index("layer").degradation
-    assert plan.layers[sens.idxmax()].w_bits >= plan.layers[sens.idxmin()].w_bits
-
-
-def test_mean_bits_and_bitops_budgets(inv):
-    df = synthetic_profile(inv)
-    plan = solve((df, inv), "4bits", space=SearchSpace(weight_only=True))
-    assert plan.predicted["mean_w_bits"] <= 4 + 1e-9
-    plan = solve((df, inv), "20%bitops")
-    assert plan.predicted["bitops"] <= Budget.parse("20%bitops").resolve(inv) * (1 + 1e-9)
-
-
-def test_infeasible_budget_names_the_smallest_feasible(inv):
-    df = synthetic_profile(inv)
-    with pytest.raises(BudgetInfeasible, match="smallest") as e:
-        solve((df, inv), "10%", space=SearchSpace(weight_only=True))
-    smallest = e.value.smallest_feasible
-    all2 = model_bytes(inv, {l.name: 2 for l in inv.layers})
-    assert smallest == pytest.approx(all2)
-    ok = solve((df, inv), f"{int(np.ceil(smallest))}B", space=SearchSpace(weight_only=True))
-    assert ok.predicted["bytes"] <= int(np.ceil(smallest))
-
-
-def test_protect_keeps_layers_at_16_bits(inv):
-    df = synthetic_profile(inv)
-    plan = solve((df, inv), "30%", space=SearchSpace(protect=[r"^conv_(in|out)$"], protect_top=0.01))
-    assert plan.layers["conv_in"].w_bits == plan.layers["conv_out"].a_bits == 16
-    assert sum(b.w_bits == 16 and b.a_bits == 16 for b in plan.layers.values()) >= 2 + 2
-
-
 def test_profile_for_another_model_is_refused(inv):
     df = synthetic_profile(inventory("sdxl-base"))
     with pytest.raises(ValueError, match="not a quantizable layer of 'sd15'"):
@@ -108,49 +51,3 @@ def test_step_groups_are_kept_for_the_timestep_search(inv):
     sp = build_problem(inv, df, "30%")
     assert sp.step_losses["sqnr"].shape[0] == 3
     np.testing.assert_allclose(sp.problem.losses["sqnr"], sp.step_losses["sqnr"].sum(axis=0))
-
-
-def test_pareto_front_is_monotone_and_within_budgets(inv):
-    from mpsearch.planning.planner import pareto_front
-
-    df = synthetic_profile(inv)
-    front = pareto_front((df, inv), "20%", "50%", 8, space=SearchSpace(weight_only=True))
-    assert len(front) >= 2
-    assert (front["bytes"].diff().dropna() > 0).all()
-    assert (front["loss"].diff().dropna() < 0).all()
-    assert front["bytes"].max() <= Budget.parse("50%").resolve(inv)
-
-
-def test_mixdq_mode_keeps_its_band(inv):
-    df = synthetic_profile(inv)
-    plan = solve((df, inv), "4bits", solver="mixdq", backend="cbc")
-    assert abs(plan.predicted["mean_w_bits"] - 4) <= 0.3 + 0.02  # B swept over [T-0.3, T] ± 0.02
-    with pytest.raises(ValueError, match="mean weight bit-width"):
-        solve((df, inv), "30%", solver="mixdq")
-
-
-def test_evolution_respects_the_budget(inv):
-    df = synthetic_profile(inv, step_groups=2)
-    plan = solve((df, inv), "25%bitops", solver="evolution", seed=0)
-    assert plan.predicted["bitops"] <= Budget.parse("25%bitops").resolve(inv) * (1 + 1e-9)
-    again = solve((df, inv), "25%bitops", solver="evolution", seed=0)
-    assert again.to_dict()["layers"] == plan.to_dict()["layers"]
-
-
-def test_search_profiles_then_solves(tmp_path, tiny_pipe):
-    """mpsearch.search = profile + solve, on a tiny pipeline; the profile folder is reused on a second call."""
-    from mpsearch.model import inventory as inv_of
-    from mpsearch.planning.planner import search
-
-    opts = dict(bits=(2, 4, 8), tensors=("weight",), metrics=("sqnr",), prompts=["a cat", "a dog"], steps=2,
-                guidance=1.0)
-    plan = search(tiny_pipe, "4bits", profile_dir=tmp_path / "p", profile_options=opts)
-    inv = inv_of(tiny_pipe)
-    plan.validate(inv)
-    assert plan.predicted["mean_w_bits"] <= 4 + 1e-9
-    assert {b.w_bits for b in plan.layers.values()} <= {2, 4, 8, 16}
-    rows = (tmp_path / "p" / "measurements.jsonl").read_text().count("\n")
-    assert rows == len(inv) * 3
-    again = search(tiny_pipe, "4bits", profile_dir=tmp_path / "p", profile_options=opts)
-    assert (tmp_path / "p" / "measurements.jsonl").read_text().count("\n") == rows  # nothing measured twice
-    assert again.to_dict()["layers"] == plan.to_dict()["layers"]

@@ -6,10 +6,9 @@ import pandas as pd
 import pytest
 
 from mpsearch.model import inventory
-from mpsearch.planning.budget import Budget
+from mpsearch.planning.budget import Budget, BudgetInfeasible
 from mpsearch.planning.plan import Plan
-from mpsearch.planning.planner import BudgetInfeasible, solve
-from mpsearch.planning.steps import run_bitops, solve_steps
+from mpsearch.planning.planner import solve
 from solvers.evolution import EvolutionConfig
 
 POOL = [999, 749, 499, 249]
@@ -42,7 +41,7 @@ def profile(tiny_pipe):
 
 def test_evolution_with_real_fitness_keeps_one_step_per_group_within_budget(tiny_pipe, profile):
     inv = profile[1]
-    plan = solve_steps(profile, "20%bitops", 2, model=tiny_pipe, rerank=3, config=SMALL)
+    plan = solve(profile, "20%bitops", steps=2, solver="evolution", model=tiny_pipe, rerank=3, config=SMALL)
     groups = plan.solver["step_groups"]
     assert groups == [[999, 749], [499, 249]]
     assert len(plan.kept_timesteps) == 2 and all(t in g for t, g in zip(plan.kept_timesteps, groups, strict=True))
@@ -57,14 +56,14 @@ def test_evolution_with_real_fitness_keeps_one_step_per_group_within_budget(tiny
     assert sets["bits"] == "ilp" and 1 <= sets["measured"] <= sets["of"] == 4
     assert plan.kept_timesteps in [b["timesteps"] for b in sets["best"]]
     assert not any(hasattr(m, "_mpsearch_orig_forward") for m in tiny_pipe.unet.modules())  # restored
-    again = solve_steps(profile, "20%bitops", 2, model=tiny_pipe, rerank=3, config=SMALL)
+    again = solve(profile, "20%bitops", steps=2, solver="evolution", model=tiny_pipe, rerank=3, config=SMALL)
     assert again.kept_timesteps == plan.kept_timesteps and again.to_dict()["layers"] == plan.to_dict()["layers"]
 
 
 def test_bitops_budget_counts_kept_steps(profile):
     """Half the steps, twice the BitOPs per call under the same per-image budget; still a ceiling."""
     inv = profile[1]
-    ceiling = run_bitops(Budget.parse("15%bitops"), inv, 4)
+    ceiling = Budget.parse("15%bitops").per_image(inv, 4)
     all_steps = solve(profile, "15%bitops")  # per denoiser call: the same ratio over all 4 steps
     half = solve(profile, "15%bitops", steps=2, solver="ilp")
     assert half.kept_timesteps == [999, 499]  # evenly spaced: ILP chooses bits only
@@ -95,21 +94,21 @@ def test_plan_keeps_timesteps_through_save_export_and_generate(tiny_pipe, profil
 
 def test_step_search_errors(profile, tiny_pipe):
     with pytest.raises(ValueError, match="cannot keep 5 of the 4 timesteps"):
-        solve_steps(profile, "20%bitops", 5, solver="ilp")
+        solve(profile, "20%bitops", steps=5, solver="ilp")
     with pytest.raises(ValueError, match="quadratic group"):
-        solve_steps(profile, "20%bitops", 3, solver="ilp", grouping="quad")
+        solve(profile, "20%bitops", steps=3, solver="ilp", grouping="quad")
     df, inv, meta = profile
     pndm = (df, inv, {**meta, "sampling": {**meta["sampling"], "scheduler": "PNDMScheduler"}})
     with pytest.raises(ValueError, match="PNDMScheduler cannot sample at chosen timesteps"):
-        solve_steps(pndm, "20%bitops", 2, solver="ilp")
+        solve(pndm, "20%bitops", steps=2, solver="ilp")
     units = (pd.concat([df, pd.DataFrame([{**df.iloc[0].to_dict(), "tensor": "unit", "layer": "down_blocks.0"}])]),
              inv, meta)
     from mpsearch.planning.problem import SearchSpace
 
     with pytest.raises(ValueError, match="does not prune blocks"):
-        solve_steps(units, "20%bitops", 2, solver="ilp", space=SearchSpace(prune=True))
+        solve(units, "20%bitops", steps=2, solver="ilp", space=SearchSpace(prune=True))
     with pytest.raises(ValueError, match="reads 'output'"):
-        solve_steps(profile, "20%bitops", 2, model=tiny_pipe, fitness_metric="sqnr", config=SMALL)
+        solve(profile, "20%bitops", steps=2, solver="evolution", model=tiny_pipe, fitness_metric="sqnr", config=SMALL)
 
 
 def test_cli_solve_with_steps_and_generate_with_the_plan(tmp_path, monkeypatch):

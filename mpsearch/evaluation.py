@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpsearch.cost import FLOAT_BITS, WEIGHT_BITS, get_format, layer_bytes, mean_bits, model_bytes
+from mpsearch.cost import FLOAT_BITS, get_format, layer_bytes, mean_bits, model_bytes
 from mpsearch.model import Inventory, find_denoiser, inventory
 from mpsearch.plan import LayerBits, Plan
 
@@ -127,15 +127,14 @@ def nearest_uniform_bits(inv: Inventory, plan: Plan) -> int:
     """The uniform weight width whose bytes are nearest the plan's (ties go to the smaller size)."""
     target = model_bytes(inv, plan.w_bits(), plan.format)
     fmt = get_format(plan.format)
-    widths = [b for b in WEIGHT_BITS if b < FLOAT_BITS and b in fmt.storage]
-    return min(widths, key=lambda b: (abs(model_bytes(inv, dict.fromkeys(inv.names, b), fmt) - target), b))
+    return min(fmt.widths, key=lambda b: (abs(model_bytes(inv, dict.fromkeys(inv.names, b), fmt) - target), b))
 
 
 def random_plan(inv: Inventory, plan: Plan, seed: int = 0) -> Plan:
     """A random allocation at (at most, and nearly) the plan's bytes: from all layers at the smallest
     width, raise random layers one width at a time while the bytes stay within the plan's."""
     fmt = get_format(plan.format)
-    widths = sorted({*(b for b in fmt.storage), FLOAT_BITS})
+    widths = [*fmt.widths, FLOAT_BITS]  # only widths the format stores: a container width is no cheaper
     budget = model_bytes(inv, plan.w_bits(), fmt)
     rng = random.Random(seed)
     bits = dict.fromkeys(inv.names, widths[0])

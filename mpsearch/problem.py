@@ -7,8 +7,9 @@ assumption: one-layer-at-a-time measurements add up). A metric a layer was not m
 it (by default quality layers are measured on quality metrics and content layers on content metrics).
 The solver puts the metrics on one scale (see `solvers.problem`).
 
-Costs per option: `bytes` (cost model, the exporter's own accounting), `wbits` (params × w bits, for
-mean-bit budgets) and `bitops` (MACs × w × a).
+Costs per option: `bytes` (cost model, the exporter's own accounting), `wbits` (params × stored w bits,
+for mean-bit budgets: a bits budget counts what the format stores) and `bitops` (MACs × w × a). Only
+widths the format stores as they are are offered (`WeightFormat.widths`; quanto: 2, 4, 8).
 
 Layer pruning (LAPTOP-Diff, `mpsearch.pruning`): when the profile has unit rows (`tensor="unit"`) every
 layer of a prunable unit gets one more option, key `"pruned"`, costing 0 bytes, 0 wbits and 0 BitOPs.
@@ -31,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from mpsearch.budget import Budget
-from mpsearch.cost import FLOAT_BITS, PRUNED, fixed_bytes, get_format, layer_bitops, layer_bytes
+from mpsearch.cost import FLOAT_BITS, PRUNED, fixed_bytes, get_format, layer_bitops, layer_bytes, layer_wbits
 from mpsearch.model import Inventory
 from mpsearch.plan import LayerBits, Plan
 from solvers.all_or_nothing import all_or_nothing_rows
@@ -106,13 +107,15 @@ def build_problem(
     profile_df = profile_df[profile_df["tensor"] != "unit"]
     _check_profile_covers(profile_df, inv)
     metrics = sorted(profile_df["metric"].unique())
-    w_cands = sorted(set(space.w_bits or profile_df.loc[profile_df.tensor == "weight", "bits"].unique()))
+    # the profile's widths that the format stores as they are (quanto: 2, 4, 8; its 3 costs a 4-bit container)
+    w_cands = sorted(set(space.w_bits or [b for b in profile_df.loc[profile_df.tensor == "weight", "bits"].unique()
+                                          if b in f.widths]))
     a_cands = [] if space.weight_only else sorted(
         set(space.a_bits or profile_df.loc[profile_df.tensor == "act", "bits"].unique()))
     w_all = [int(b) for b in w_cands if b < FLOAT_BITS] + ([FLOAT_BITS] if space.allow_fp else [])
     a_all = [int(b) for b in a_cands if b < FLOAT_BITS] + [FLOAT_BITS]
     for b in w_all:
-        f.stored_bits(b)  # clear error if the format cannot hold a candidate
+        f.check_offered(b)  # clear error if the format cannot hold a candidate, or only in a wider container
     wl, groups = _loss_tables(profile_df, "weight", inv, w_all, metrics)
     al, _ = _loss_tables(profile_df, "act", inv, a_all, metrics)
     pairs = [(w, a) for w in w_all for a in a_all]
@@ -121,7 +124,7 @@ def build_problem(
     step_losses = {m: wl[m][:, :, wi] + al[m][:, :, ai] for m in metrics}
     costs = {
         "bytes": [[layer_bytes(l, w, f) for w, _ in pairs] for l in inv.layers],
-        "wbits": [[l.params * w for w, _ in pairs] for l in inv.layers],
+        "wbits": [[layer_wbits(l, w, f) for w, _ in pairs] for l in inv.layers],
         "bitops": [[layer_bitops(l, w, a) for w, a in pairs] for l in inv.layers],
     }
     fixed = {}

@@ -85,3 +85,15 @@ def test_peak_rss_does_not_depend_on_polling():
     if m._thread is not None:
         pytest.skip("no /proc high-water mark on this system: PeakRSS polls")
     assert m.delta > 50e6
+
+
+def test_baselines_use_only_widths_the_format_stores(tiny_pipe):
+    """quanto stores 3 bits in a 4-bit container: a W4-sized plan's nearest uniform width is W4, not W3
+    (equal bytes, worse weights), and the random baseline never picks 3, 5 or 6 bits."""
+    inv = inventory(tiny_pipe)
+    plan = Plan.uniform(inv, 4, fmt="quanto")
+    assert nearest_uniform_bits(inv, plan) == 4
+    assert set(baselines(inv, plan)) == {"uniform-w8", "uniform-w4", "random"}
+    assert {b.w_bits for b in random_plan(inv, six_bit_plan(inv), seed=3).layers.values()} <= {2, 3, 4, 5, 6, 8, 16}
+    quanto_random = random_plan(inv, Plan.uniform(inv, 6, fmt="quanto"), seed=3)
+    assert {b.w_bits for b in quanto_random.layers.values()} <= {2, 4, 8, 16}

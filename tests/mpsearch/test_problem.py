@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from mpsearch.budget import Budget
-from mpsearch.cost import fixed_bytes, layer_bytes, model_bytes
+from mpsearch.cost import fixed_bytes, layer_bytes, model_bytes, stored_mean_bits
 from mpsearch.model import inventory
 from mpsearch.planner import BudgetInfeasible, solve
 from mpsearch.problem import SearchSpace, build_problem
@@ -154,3 +154,24 @@ def test_search_profiles_then_solves(tmp_path, tiny_pipe):
     again = search(tiny_pipe, "4bits", profile_dir=tmp_path / "p", profile_options=opts)
     assert (tmp_path / "p" / "measurements.jsonl").read_text().count("\n") == rows  # nothing measured twice
     assert again.to_dict()["layers"] == plan.to_dict()["layers"]
+
+
+def test_bits_budget_counts_stored_bits_for_container_formats():
+    """The demo profile measured 2..8 bits. quanto offers only the widths it stores (2, 4, 8) and a bits
+    budget counts stored bits: `3bits` used to return W3 layers in 4-bit containers (3.50 stored bits,
+    1,904,912 B), larger and worse than the `1.9MB` plan."""
+    from mpsearch.demo import PROFILE
+    from mpsearch.planner import load_profile
+
+    _, _, demo = load_profile(PROFILE)
+    three = solve(PROFILE, "3bits", fmt="quanto")
+    assert {b.w_bits for b in three.layers.values()} <= {2, 4, 8, 16}
+    assert stored_mean_bits(demo, three.w_bits(), "quanto") <= 3
+    assert three.predicted["bytes"] == model_bytes(demo, three.w_bits(), "quanto") == 1_642_768
+    mb = solve(PROFILE, "1.9MB", fmt="quanto")
+    assert three.predicted["bytes"] < mb.predicted["bytes"] == 1_899_792
+    packed = solve(PROFILE, "3bits")  # packed stores every width as it is: 3-bit layers stay on offer
+    assert packed.predicted["bytes"] == 1_643_280 and 3 in {b.w_bits for b in packed.layers.values()}
+    with pytest.raises(ValueError, match="3-bit weights in 4-bit containers"):
+        solve(PROFILE, "3bits", fmt="quanto", space=SearchSpace(w_bits=(2, 3, 4)))
+

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 import mpsearch
-from mpsearch.cli_common import ModelOpt, console, err, fail
+from mpsearch.cli_common import ModelOpt, OneLineErrors, console, err, fail
 
 app = typer.Typer(
     name="mpsearch",
@@ -21,6 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    cls=OneLineErrors,
 )
 def _version(value: bool) -> None:
     if value:

@@ -11,6 +11,7 @@ from mpsearch.budget import Budget
 from mpsearch.model import Inventory, inventory
 from mpsearch.plan import Plan
 from mpsearch.problem import SearchSpace, budget_error_text, build_problem, solution_to_plan
+from mpsearch.profile_store import Profile, check_inventory, read_inventory
 from solvers.problem import InfeasibleBudget
 from solvers.registry import get_solver
 
@@ -24,22 +25,26 @@ class BudgetInfeasible(ValueError):
 
 
 def load_profile(profile: Any) -> tuple[pd.DataFrame, dict[str, Any], Inventory]:
-    """(measurements, meta, inventory) of a profile folder, a `Profile` object or `(df, inventory)`."""
+    """(measurements, meta, inventory) of a profile folder, a `Profile` object or `(df, inventory)`.
+
+    A folder's meta.json, inventory.json and rows must agree (model, fingerprint, layers, sizes);
+    anything malformed or mixed is a `ProfileError` naming the file (and line)."""
     if isinstance(profile, tuple):  # (df, inventory) or (df, inventory, meta)
         df, inv, *rest = profile
         return df, dict(rest[0]) if rest else {}, inv
     if isinstance(profile, (str, Path)):
-        from mpsearch.profiler import Profile
-
         profile = Profile.load(profile)
     df, meta = profile.df, dict(profile.meta)
     folder = getattr(profile, "path", None)
     inv_file = Path(folder) / "inventory.json" if folder else None
     if inv_file is not None and inv_file.is_file():
-        inv = Inventory.load(inv_file)
+        inv, where = read_inventory(inv_file), str(inv_file)
     else:
         model = meta.get("model") or None
         inv = inventory(None if model == "demo" else model, resolution=meta.get("resolution"))
+        where = f"{folder or 'profile'} (inventory of {inv.model!r})"
+    if "layers" in meta:
+        check_inventory(meta, inv, where)
     return df, meta, inv
 
 
@@ -110,15 +115,32 @@ def solve(
         solution = fn(target, **kwargs)
     except InfeasibleBudget as e:
         raise BudgetInfeasible(str(e), e.smallest_feasible) from None
+    except ValueError:  # MixDQ's sweep or the evolution found nothing: name the smallest budget if none fits
+        if solver != "ilp":
+            _raise_if_infeasible(build_problem(inv, df, budget, fmt=fmt, space=space, units=meta.get("units")),
+                                 budget, inv)
+        raise
     if solution.status == "infeasible":
         raise BudgetInfeasible(budget_error_text(solution, budget, inv), solution.smallest_feasible)
     extra = {"name": solver, "profile": str(profile) if isinstance(profile, (str, Path)) else meta.get("name", "")}
     if "kept_steps" in solution.info:
         extra["kept_steps"] = list(solution.info["kept_steps"])
+    if step_problem.info.get("unmeasured"):  # options the profile never measured: not offered, or at zero loss
+        extra.update(step_problem.info)
     plan = solution_to_plan(solution, inv, fmt=fmt, budget=budget, extra=extra, units=meta.get("units"))
     if plan.predicted["bytes"] and budget.resource == "bytes":
         assert plan.predicted["bytes"] <= budget.resolve(inv, fmt), "solver broke the byte budget"
     return plan
+
+
+def _raise_if_infeasible(step_problem: Any, budget: Budget, inv: Inventory) -> None:
+    """`BudgetInfeasible` naming the smallest feasible budget when the exact ILP finds no plan within it."""
+    try:
+        solution = get_solver("ilp")(step_problem.problem)
+    except InfeasibleBudget as e:
+        raise BudgetInfeasible(str(e), e.smallest_feasible) from None
+    if solution.status == "infeasible":
+        raise BudgetInfeasible(budget_error_text(solution, budget, inv), solution.smallest_feasible)
 
 
 def search(model: Any = None, budget: Budget | str = "4bits", *, profile_dir: str | Path | None = None,

@@ -78,6 +78,10 @@ def test_solve_infeasible_budget_names_the_smallest():
     assert "infeasible" in result.output and "smallest" in result.output
     result = runner.invoke(app, ["solve", "--budget", "lots"])
     assert result.exit_code == 2 and "accepted budgets" in result.output
+    for solver in ("ilp", "mixdq", "evolution"):  # below every width: each solver names the smallest budget
+        result = runner.invoke(app, ["solve", "--budget", "0.5bits", "--solver", solver, "-o", "/tmp/never.json"])
+        assert result.exit_code == 2, result.output
+        assert "0.5bits is infeasible: the smallest feasible is 2bits" in result.output
 
 
 def test_solve_prune_on_the_shipped_profile(tmp_path):

@@ -348,7 +348,7 @@ def evaluate(
     if folder is None and checkpoint:
         folder = Path(tempfile.mkdtemp(prefix="mpsearch-export-") if checkpoint is True else checkpoint)
         log(f"export {main.format} checkpoint to {folder}")
-        ev.export = export(main, folder, model=pipe).to_dict()
+        ev.export = export(main, folder, model=pipe, overwrite=True).to_dict()  # its own earlier checkpoint
     elif folder is not None and (folder / "export.json").exists():
         ev.export = json.loads((folder / "export.json").read_text())
     if folder is not None:

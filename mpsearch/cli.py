@@ -236,6 +236,9 @@ def solve(
     prune: Annotated[bool, typer.Option("--prune", help="Also consider removing whole blocks (LAPTOP-Diff; "
                                         "needs block scores: `mpsearch profile --prune`). Recover a pruned "
                                         "plan with `mpsearch distill`.")] = False,
+    assume_missing: Annotated[str, typer.Option(help="none: offer each layer only the options the profile "
+                                                "measured (a width nobody measured is refused) | zero: count "
+                                                "unmeasured options as lossless.")] = "none",
     out: Annotated[Path, typer.Option("--out", "-o", help="Plan JSON to write.")] = Path("plan.json"),
     steps: Annotated[int | None, typer.Option(help="Keep this many of the model's denoising steps (evolution: "
                                               "which ones is searched; other solvers keep evenly spaced ones). "
@@ -257,7 +260,7 @@ def solve(
     from mpsearch.budget import Budget, BudgetError
     from mpsearch.planner import load_profile, pareto_front
     from mpsearch.planner import solve as run
-    from mpsearch.problem import SearchSpace
+    from mpsearch.problem import ASSUME_MISSING, SearchSpace
 
     def bits(text):
         try:
@@ -272,8 +275,13 @@ def solve(
     if not (profile / "meta.json").is_file():
         fail(f"{profile} is not a profile folder (no meta.json); run `mpsearch profile --out {profile}` first")
     space = SearchSpace(w_bits=bits(w_bits), a_bits=bits(a_bits), weight_only=weight_only,
-                        protect=protect or [], protect_top=protect_top, prune=prune)
-    _, _, inv = load_profile(profile)
+                        protect=protect or [], protect_top=protect_top, prune=prune, assume_missing=assume_missing)
+    if assume_missing not in ASSUME_MISSING:
+        fail(f"--assume-missing {assume_missing!r}: choose {' or '.join(ASSUME_MISSING)}")
+    try:  # a malformed or mixed profile folder: one line naming file:line
+        _, _, inv = load_profile(profile)
+    except ValueError as e:
+        fail(str(e))
     console.print(f"budget: {b.describe(inv)}")
     if steps is not None and b.resource == "bitops":
         console.print(f"  with --steps {steps}: BitOPs of one image, kept steps × per call (a % is of W16A16 over "
@@ -296,6 +304,11 @@ def solve(
         fail(str(e))
     plan.save(out)
     print_plan_summary(plan, inv, b)
+    if plan.solver.get("unmeasured"):
+        names = plan.solver["unmeasured"]
+        how = "offered at zero loss" if assume_missing == "zero" else "not offered"
+        console.print(f"note: {len(names)} option(s) the profile never measured were {how}: {', '.join(names[:4])}"
+                      + (f" and {len(names) - 4} more (plan.json lists them)" if len(names) > 4 else ""))
     console.print(f"wrote {out}")
     if pareto:
         try:

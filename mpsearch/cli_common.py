@@ -50,7 +50,7 @@ def one_line(message: str) -> str:
 def fail(message: str, code: int = 2) -> None:
     """Print `error: message` as one line on stderr and exit with `code` (2 = bad input, 1 = the work failed).
     The message is printed as is: brackets in it are not rich markup."""
-    err.print(f"[bold red]error:[/] {escape(one_line(message))}", soft_wrap=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(one_line(message))}", soft_wrap=True, highlight=False, emoji=False)
     raise typer.Exit(code)
 
 

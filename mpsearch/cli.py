@@ -35,6 +35,9 @@ def main(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """Mixed-precision bit-width search for diffusion models."""
+    from mpsearch.progress import quiet_libraries
+
+    quiet_libraries()  # transformers' and diffusers' loading bars and torchvision notices
 
 
 def human_bytes(n: float) -> str:
@@ -177,7 +180,7 @@ def print_plan_summary(plan, inv, budget=None) -> None:
     """Bits histogram per group, predicted bytes vs budget, loss, solver status and time."""
     from collections import Counter
 
-    from mpsearch.cost import fp16_bytes
+    from mpsearch.cost import FLOAT_BITS, fp16_bytes
 
     table = Table(title="bits per group (layers; share of group weights)")
     table.add_column("group")
@@ -208,6 +211,10 @@ def print_plan_summary(plan, inv, budget=None) -> None:
         console.print(f"kept timesteps ({len(plan.kept_timesteps)} of {len(plan.solver.get('pool') or []) or '?'}): "
                       f"[bold]{plan.kept_timesteps}[/]   BitOPs per image {p['bitops_run']:.3e}"
                       + (f"   fitness {fit['metric']} {fit['value']:.4g} on {fit['prompts']} prompts" if fit else ""))
+    if budget is not None and all(b.w_bits == b.a_bits == FLOAT_BITS for b in plan.layers.values()):
+        full = "W16A16 BitOPs" if budget.resource == "bitops" else f"fp16 size ({fp16_bytes(inv):,} bytes)"
+        console.print(f"note: budget {budget} is at or above the {full}: every layer stays at 16 bits, nothing "
+                      "is quantized")
     if plan.pruned_units:
         console.print(f"pruned units ({len(plan.pruned_units)}; their layers show as W0/A0): {', '.join(plan.pruned_units)}")
     s = plan.solver
@@ -221,7 +228,8 @@ def print_plan_summary(plan, inv, budget=None) -> None:
 @app.command()
 def solve(
     budget: Annotated[str, typer.Option("--budget", "-b", help="4GB, 4GiB, 500MB, 4.5bits, 30%, 2Tbitops, 25%bitops.")],
-    profile: Annotated[Path, typer.Option("--profile", "-p", help="Profile folder from `mpsearch profile`.")] = Path("profiles/demo"),
+    profile: Annotated[Path, typer.Option("--profile", "-p", help="Profile folder from `mpsearch profile` (default: "
+                                          "./profiles/demo if there is one, else the bundled demo profile).")] = Path("profiles/demo"),
     solver: Annotated[str, typer.Option(help="ilp | mixdq | evolution")] = "ilp",
     backend: Annotated[str | None, typer.Option(help="ILP backend: cbc | cpsat | scip (default: cbc; scip for MixDQ mode)")] = None,
     fmt: Annotated[str, typer.Option("--format", help="Weight storage format: packed | quanto")] = "packed",
@@ -258,6 +266,7 @@ def solve(
     """Find the per-layer bits (and, with --steps, the kept denoising steps) that minimise the profiled
     degradation under a budget; write a plan."""
     from mpsearch.budget import Budget, BudgetError
+    from mpsearch.demo import profile_folder
     from mpsearch.planner import load_profile, pareto_front
     from mpsearch.planner import solve as run
     from mpsearch.problem import ASSUME_MISSING, SearchSpace
@@ -272,6 +281,7 @@ def solve(
         b = Budget.parse(budget)
     except BudgetError as e:
         fail(str(e))
+    profile = profile_folder(profile)
     if not (profile / "meta.json").is_file():
         fail(f"{profile} is not a profile folder (no meta.json); run `mpsearch profile --out {profile}` first")
     space = SearchSpace(w_bits=bits(w_bits), a_bits=bits(a_bits), weight_only=weight_only,
@@ -279,13 +289,15 @@ def solve(
     if assume_missing not in ASSUME_MISSING:
         fail(f"--assume-missing {assume_missing!r}: choose {' or '.join(ASSUME_MISSING)}")
     try:  # a malformed or mixed profile folder: one line naming file:line
-        _, _, inv = load_profile(profile)
+        _, meta, inv = load_profile(profile)
     except ValueError as e:
         fail(str(e))
-    console.print(f"budget: {b.describe(inv)}")
-    if steps is not None and b.resource == "bitops":
-        console.print(f"  with --steps {steps}: BitOPs of one image, kept steps × per call (a % is of W16A16 over "
-                      "the profile's full schedule)")
+    if steps is not None:
+        from mpsearch.step_search import describe_budget
+
+        console.print(f"budget: {describe_budget(b, inv, steps, meta, pool)}")
+    else:
+        console.print(f"budget: {b.describe(inv)}")
     options = {"seed": seed} if solver == "evolution" else {}
     if steps is not None:
         from mpsearch.metrics import load_plugin
@@ -352,7 +364,7 @@ def demo(
     t0 = time.perf_counter()
     try:
         ev, report = run_demo(out, budgets=budget or BUDGETS, n_prompts=n_prompts,
-                              log=lambda m: err.print(f"[dim]{m}[/]"))
+                              log=lambda m: err.print(f"[dim]{m}[/]"), progress=True)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     show_evaluation(ev, report)

@@ -97,7 +97,7 @@ def evaluate_cmd(
         ev = evaluate(list(plan or []), model=model, quantized=quantized, prompts=prompts, n_prompts=n_prompts,
                       seed=seed, steps=steps, guidance=guidance, with_baselines=baselines,
                       checkpoint=(out / "checkpoint") if checkpoint and quantized is None else False,
-                      progress=lambda m: err.print(f"[dim]{m}[/]"))
+                      log=lambda m: err.print(f"[dim]{m}[/]"), progress=True)
     except (ExportError, PlanError, ModelError, ValueError, FileNotFoundError) as e:
         fail(str(e))
     show_evaluation(ev, write_report(ev, out))

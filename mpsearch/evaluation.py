@@ -23,6 +23,7 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,19 +278,23 @@ def evaluate(
     uniform: tuple[int, ...] = (8, 4),
     checkpoint: bool | str | Path = False,
     metrics: list[str] | None = None,
-    progress: Any = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> Evaluation:
     """Generate with FP, each plan and the baselines; measure every registered metric per split.
 
     `plans`: one plan or several (all on the Pareto plot; the first gets the baselines). `quantized`: a
     folder written by `export`, evaluated as is (its plan.json is the plan). `checkpoint`: export the
     first plan (to that folder, or a temporary one for `True`), reload it and generate (bytes on disk,
-    peak RSS while loading and while generating, pixel difference to the simulation).
+    peak RSS while loading and while generating, pixel difference to the simulation). `log`: receives a
+    line per stage (the candidate, its bytes). `progress`: a rich bar on stderr over every image sampled
+    (prompts × candidates, the FP calibration reference included) with ETA.
     """
     from mpsearch.calibration import demo_settings, reference
     from mpsearch.exporter import ExportError, _as_pipeline, _plan_of, export, fake_quantize, load_quantized
+    from mpsearch.progress import count_bar
 
-    log = progress or (lambda msg: None)
+    log = log or (lambda msg: None)
     plans = [plans] if not isinstance(plans, (list, tuple)) else list(plans)
     if quantized is not None:
         qplan = Path(quantized) / "plan.json"
@@ -308,9 +313,7 @@ def evaluate(
     prompts = {k: list(v) for k, v in prompts.items() if v}
     fmt = get_format(main.format)
 
-    log("calibration reference (FP)")
-    calib = reference(pipe, prompts.get("calib") or next(iter(prompts.values())), steps=steps, guidance=guidance)
-
+    calib_prompts = prompts.get("calib") or next(iter(prompts.values()))
     todo: list[tuple[str, str, Plan | None]] = [("fp", "fp", None)]
     for i, p in enumerate(plans):
         name = "plan" if i == 0 else str(p.solver.get("name") or f"plan-{i}")
@@ -318,54 +321,69 @@ def evaluate(
     if with_baselines:
         for name, p in baselines(inv, main, uniform=uniform, seed=seed).items():
             todo.append((name, "random" if name == "random" else "uniform", p))
-
-    fp_images: dict[str, list] = {}
-    cands: list[Candidate] = []
-    for name, kind, plan in todo:
-        wb = plan.w_bits() if plan else dict.fromkeys(inv.names, FLOAT_BITS)
-        c = Candidate(name, kind, plan, model_bytes(inv, wb, fmt if plan is None else plan.format,
-                                                    plan.pruned_fixed_params if plan else 0), mean_bits(inv, wb))
-        log(f"{name}: {c.bytes:,} bytes, {c.mean_bits:.2f} mean bits")
-        t0 = time.perf_counter()
-        if plan is None:
-            for split, ps in prompts.items():
-                fp_images[split] = c.images[split] = _generate(pipe, ps, seed, steps, guidance)
-            c.extra["output"] = output_metrics(pipe, calib, metrics)
-        else:
-            with fake_quantize(pipe, plan, inv=inv, calib=calib):
-                for split, ps in prompts.items():
-                    c.images[split] = _generate(pipe, ps, seed, steps, guidance, plan)
-                c.extra["output"] = output_metrics(pipe, calib, metrics)
-        c.extra["seconds"] = round(time.perf_counter() - t0, 2)
-        cands.append(c)
-
-    ev = Evaluation(inv, main, prompts, {"steps": steps, "kept_timesteps": main.kept_timesteps,
-                                         "guidance": guidance, "seed": seed,
-                                         "format": main.format, "n_prompts": {k: len(v) for k, v in prompts.items()}},
-                    cands)
-
     folder = Path(quantized) if quantized is not None else None
-    if folder is None and checkpoint:
-        folder = Path(tempfile.mkdtemp(prefix="mpsearch-export-") if checkpoint is True else checkpoint)
-        log(f"export {main.format} checkpoint to {folder}")
-        ev.export = export(main, folder, model=pipe, overwrite=True).to_dict()  # its own earlier checkpoint
-    elif folder is not None and (folder / "export.json").exists():
-        ev.export = json.loads((folder / "export.json").read_text())
-    if folder is not None:
-        with PeakRSS() as load_mem:
-            qpipe = load_quantized(folder)
-        c = Candidate("checkpoint", "checkpoint", main, cands[1].bytes, cands[1].mean_bits)
-        with PeakRSS() as gen_mem:
-            for split, ps in prompts.items():
-                c.images[split] = _generate(qpipe, ps, seed, steps, guidance, main)
-        c.extra["output"] = output_metrics(qpipe, calib, metrics)
-        sim = cands[1].images
-        c.extra["max_pixel_diff_vs_simulation"] = max(
-            (int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
-             for split in prompts for a, b in zip(c.images[split], sim[split], strict=True)), default=0)
-        ev.memory = {"load": load_mem.to_dict(), "generate": gen_mem.to_dict()}
-        cands.append(c)
-        del qpipe
+    sampled = len(todo) + (folder is not None or bool(checkpoint))  # candidates that generate images
+    n_images = len(calib_prompts) + sampled * sum(len(v) for v in prompts.values())
+
+    with count_bar(n_images, progress, "evaluating") as advance:
+
+        def sample(p, ps, name, split, plan=None):
+            advance(0, f"{name} ({split})")
+            out = _generate(p, ps, seed, steps, guidance, plan)
+            advance(len(ps))
+            return out
+
+        log("calibration reference (FP)")
+        advance(0, "FP calibration reference")
+        calib = reference(pipe, calib_prompts, steps=steps, guidance=guidance)
+        advance(len(calib_prompts))
+
+        fp_images: dict[str, list] = {}
+        cands: list[Candidate] = []
+        for name, kind, plan in todo:
+            wb = plan.w_bits() if plan else dict.fromkeys(inv.names, FLOAT_BITS)
+            c = Candidate(name, kind, plan, model_bytes(inv, wb, fmt if plan is None else plan.format,
+                                                        plan.pruned_fixed_params if plan else 0), mean_bits(inv, wb))
+            log(f"{name}: {c.bytes:,} bytes, {c.mean_bits:.2f} mean bits")
+            t0 = time.perf_counter()
+            if plan is None:
+                for split, ps in prompts.items():
+                    fp_images[split] = c.images[split] = sample(pipe, ps, name, split)
+                c.extra["output"] = output_metrics(pipe, calib, metrics)
+            else:
+                with fake_quantize(pipe, plan, inv=inv, calib=calib):
+                    for split, ps in prompts.items():
+                        c.images[split] = sample(pipe, ps, name, split, plan)
+                    c.extra["output"] = output_metrics(pipe, calib, metrics)
+            c.extra["seconds"] = round(time.perf_counter() - t0, 2)
+            cands.append(c)
+
+        ev = Evaluation(inv, main, prompts, {"steps": steps, "kept_timesteps": main.kept_timesteps,
+                                             "guidance": guidance, "seed": seed, "format": main.format,
+                                             "n_prompts": {k: len(v) for k, v in prompts.items()}}, cands)  # fmt: skip
+
+        if folder is None and checkpoint:
+            folder = Path(tempfile.mkdtemp(prefix="mpsearch-export-") if checkpoint is True else checkpoint)
+            log(f"export {main.format} checkpoint to {folder}")
+            advance(0, "export")
+            ev.export = export(main, folder, model=pipe, overwrite=True).to_dict()  # its own earlier checkpoint
+        elif folder is not None and (folder / "export.json").exists():
+            ev.export = json.loads((folder / "export.json").read_text())
+        if folder is not None:
+            with PeakRSS() as load_mem:
+                qpipe = load_quantized(folder)
+            c = Candidate("checkpoint", "checkpoint", main, cands[1].bytes, cands[1].mean_bits)
+            with PeakRSS() as gen_mem:
+                for split, ps in prompts.items():
+                    c.images[split] = sample(qpipe, ps, "checkpoint", split, main)
+            c.extra["output"] = output_metrics(qpipe, calib, metrics)
+            sim = cands[1].images
+            c.extra["max_pixel_diff_vs_simulation"] = max(
+                (int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
+                 for split in prompts for a, b in zip(c.images[split], sim[split], strict=True)), default=0)
+            ev.memory = {"load": load_mem.to_dict(), "generate": gen_mem.to_dict()}
+            cands.append(c)
+            del qpipe
 
     for c in cands:
         for split, ps in prompts.items():

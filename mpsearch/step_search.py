@@ -42,7 +42,7 @@ from mpsearch.timesteps import GROUPINGS, TimestepError, even_steps, group_steps
 from solvers.problem import Constraint, InfeasibleBudget, StepProblem
 from solvers.units import build_units
 
-__all__ = ["run_bitops", "solve_steps", "step_losses_for_groups"]
+__all__ = ["describe_budget", "run_bitops", "solve_steps", "step_losses_for_groups"]
 
 POLISH = 3  # best-measured kept-step sets also sampled with the winner's bits
 
@@ -54,6 +54,22 @@ def run_bitops(budget: Budget, inv: Inventory, full_steps: int) -> float:
     if budget.kind == "bitops_percent":
         return inv.total_macs * FLOAT_BITS * FLOAT_BITS * full_steps * budget.value / 100
     raise ValueError(f"{budget} is not a BitOPs budget")
+
+
+def describe_budget(budget: Budget, inv: Inventory, steps: int, meta: dict[str, Any], pool: int | None = None) -> str:
+    """A budget of a search keeping `steps` steps, as understood. A BitOPs budget is of one image (a % of
+    W16A16 over the profile's full schedule, or the `pool`-step schedule's without one), and each of the `steps` kept
+    denoiser calls gets an equal share, e.g. `6.25%bitops = 6.25% of the W16A16 BitOPs of one image at 8
+    steps = 12,582,912,000 BitOPs per image; 4 kept steps: at most 3,145,728,000 BitOPs per denoiser call`."""
+    timesteps, _, _ = _profile_schedule(meta)
+    full_steps = len(timesteps) if timesteps else pool  # as solve_steps counts them
+    if budget.resource != "bitops" or not full_steps or steps < 1:
+        return budget.describe(inv)
+    ceiling = run_bitops(budget, inv, full_steps)
+    head = (f"{budget} = {budget.value:g}% of the W16A16 BitOPs of one image at {full_steps} steps = "
+            if budget.kind == "bitops_percent" else f"{budget} = ")
+    return (f"{head}{ceiling:,.0f} BitOPs per image; {steps} kept steps: at most {ceiling / steps:,.0f} BitOPs "
+            "per denoiser call")
 
 
 def step_losses_for_groups(sp: StepProblem, groups: Sequence[tuple[int, int]], pool: Sequence[int],

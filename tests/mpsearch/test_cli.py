@@ -98,3 +98,22 @@ def test_solve_prune_on_the_shipped_profile(tmp_path):
         assert "pruned units" in result.output
     result = runner.invoke(app, ["solve", "--budget", "2bits", "--prune", "--solver", "mixdq"])
     assert result.exit_code == 2 and "bits only" in result.output
+
+
+def test_solve_says_when_the_budget_needs_no_quantization(tmp_path, monkeypatch):
+    """A budget at or above the fp16 size gets an all-16-bit plan and a note saying so. Run where there is
+    no ./profiles/demo: the default profile is the bundled one (package data)."""
+    from mpsearch.demo import PROFILE
+    from mpsearch.plan import Plan
+
+    monkeypatch.chdir(tmp_path)
+    for budget in ("100MB", "16bits", "100%bitops"):
+        result = runner.invoke(app, ["solve", "--budget", budget, "-o", "plan.json"])
+        assert result.exit_code == 0, result.output
+        assert f"note: budget {budget} is at or above the " in result.output
+        assert "every layer stays at 16 bits, nothing is quantized" in result.output
+        assert {(b.w_bits, b.a_bits) for b in Plan.load(tmp_path / "plan.json").layers.values()} == {(16, 16)}
+    assert "fp16 size (8,385,800 bytes)" in runner.invoke(app, ["solve", "--budget", "100MB"]).output
+    result = runner.invoke(app, ["solve", "--budget", "3bits", "-o", "plan.json"])
+    assert result.exit_code == 0 and "note: budget" not in result.output
+    assert Plan.load(tmp_path / "plan.json").solver["profile"] == str(PROFILE)

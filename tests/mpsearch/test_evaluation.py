@@ -97,3 +97,16 @@ def test_baselines_use_only_widths_the_format_stores(tiny_pipe):
     assert {b.w_bits for b in random_plan(inv, six_bit_plan(inv), seed=3).layers.values()} <= {2, 3, 4, 5, 6, 8, 16}
     quanto_random = random_plan(inv, Plan.uniform(inv, 6, fmt="quanto"), seed=3)
     assert {b.w_bits for b in quanto_random.layers.values()} <= {2, 4, 8, 16}
+
+
+def test_evaluate_shows_a_bar_over_every_image_it_samples(tiny_pipe, capsys):
+    """progress=True: one rich bar on stderr over prompts × candidates (+ the FP calibration reference):
+    2 calibration prompts, then FP and the plan on 3 prompts each = 8 images."""
+    inv = inventory(tiny_pipe)
+    lines = []
+    evaluate(six_bit_plan(inv), model=tiny_pipe, prompts=PROMPTS, steps=1, guidance=3.0, with_baselines=False,
+             log=lines.append, progress=True)
+    out, err = capsys.readouterr()
+    assert "evaluating" in err and "8/8" in err and "ETA" in err
+    assert out == ""
+    assert lines[0] == "calibration reference (FP)" and lines[-1].startswith("plan: ")

@@ -329,7 +329,7 @@ def safetensors_header_bytes(path: str | Path) -> int:
     return 8 + n
 
 
-def check_budget(plan: Plan, inv: Inventory) -> int | None:
+def _check_budget(plan: Plan, inv: Inventory) -> int | None:
     """Refuse a plan over the budget it records, before anything is written; returns the budget in bytes
     (None for a budget of another kind). A bits budget counts stored bits (`cost.layer_wbits`: quanto
     keeps 3-bit weights in 4-bit containers); a MixDQ plan may exceed it by MixDQ's band. BitOPs budgets
@@ -441,7 +441,7 @@ def export(
     inv = inventory(pipe)
     check_plan(plan, inv, den)
     fmt = get_format(plan.format)
-    budget_bytes = check_budget(plan, inv)
+    budget_bytes = _check_budget(plan, inv)
 
     tensors, qmap = quantized_state(den, plan, inv, cfg)
     params = {n for n, _ in den.named_parameters()}

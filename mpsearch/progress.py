@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Iterator
 from types import ModuleType
 
+NOT_A_TERMINAL_WIDTH = 10_000  # columns: a bar line is never wrapped or cut in a pipe
+
 
 @contextlib.contextmanager
 def count_bar(total: int, show: bool, label: str) -> Iterator[Callable]:
@@ -33,7 +35,10 @@ def count_bar(total: int, show: bool, label: str) -> Iterator[Callable]:
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("•"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+    console = Console(stderr=True)
+    if not console.is_terminal:  # a pipe or a log: the one finished line is whole, whatever $COLUMNS says
+        console.width = NOT_A_TERMINAL_WIDTH
+    with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n=1, text="": bar.update(task, advance=n, description=f"{label} {text}".rstrip())
 

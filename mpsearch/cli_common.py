@@ -6,8 +6,10 @@ file, a test runner) is never wrapped, whatever COLUMNS says: tables keep full l
 """
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -63,6 +65,7 @@ class OneLineErrors(TyperGroup):
             return super().make_context(info_name, args, parent=parent, **extra)
 
     def invoke(self, ctx):  # noqa: ANN001 - click's signature
+        quiet(False)  # every command starts with its tables on
         with _usage_errors():
             return super().invoke(ctx)
 
@@ -76,3 +79,29 @@ def _usage_errors() -> Iterator[None]:
             raise
         where = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) is not None else ""
         fail(e.format_message() + where)
+
+
+def quiet(on: bool) -> None:
+    """With `on`, the stdout console prints nothing (a command's `--json` prints alone); errors still show."""
+    console.quiet = on
+
+
+def regex(pattern: str, option: str) -> str:
+    """`pattern` if it compiles as a regular expression, else a one-line error naming `option`."""
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        fail(f"{option} {pattern!r} is not a regular expression: {e}")
+    return pattern
+
+
+def writable_file(path: Path, option: str) -> Path:
+    """`path` if a file can be written there (not a folder, no file on the way); checked before any work."""
+    if path.is_dir():
+        fail(f"{option} {path} is a folder: give a file name")
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        fail(f"{option} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        fail(f"{option} {path}: cannot write in {parent}")
+    return path

@@ -73,6 +73,11 @@ class SearchSpace:
     assume_missing: str = "none"
 
 
+def _key(values: Any) -> tuple:
+    """Plain Python values (numpy scalars print as `np.int64(2)`), for messages."""
+    return tuple(v.item() if isinstance(v, np.generic) else v for v in values)
+
+
 def _checked_rows(df: pd.DataFrame) -> pd.DataFrame:
     """`df` without exact duplicate measurements. A NaN, infinite or negative degradation, or two different
     degradations for one measurement, is an error naming it."""
@@ -80,14 +85,14 @@ def _checked_rows(df: pd.DataFrame) -> pd.DataFrame:
     bad = ~(np.isfinite(deg) & (deg >= 0))
     if bad.any():
         row = df.iloc[int(np.argmax(bad))]
-        raise ValueError(f"measurement {tuple(row[list(KEY)])} has degradation {row['degradation']!r}: it must be "
-                         "a finite number ≥ 0")
+        raise ValueError(f"measurement {_key(row[list(KEY)])} has degradation {_key([row['degradation']])[0]!r}: "
+                         "it must be a finite number ≥ 0")
     dup = df.duplicated(list(KEY), keep=False).to_numpy()
     if dup.any():
         spread = df[dup].groupby(list(KEY), sort=False)["degradation"].nunique()
         if (spread > 1).any():
-            raise ValueError(f"measurement {spread.index[int(np.argmax(spread.to_numpy() > 1))]} has two different "
-                             "degradations")
+            raise ValueError(f"measurement {_key(spread.index[int(np.argmax(spread.to_numpy() > 1))])} has two "
+                             "different degradations")
         df = df.drop_duplicates(list(KEY))
     return df
 

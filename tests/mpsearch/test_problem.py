@@ -175,3 +175,143 @@ def test_bits_budget_counts_stored_bits_for_container_formats():
     with pytest.raises(ValueError, match="3-bit weights in 4-bit containers"):
         solve(PROFILE, "3bits", fmt="quanto", space=SearchSpace(w_bits=(2, 3, 4)))
 
+
+
+# --- the solver never invents a measurement (issue 13, item 2) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def demo():
+    """(rows, meta, inventory) of the shipped demo profile."""
+    from mpsearch.demo import PROFILE
+    from mpsearch.planner import load_profile
+
+    return load_profile(PROFILE)
+
+
+def _without(df, **match):
+    hit = np.ones(len(df), dtype=bool)
+    for k, v in match.items():
+        hit &= (df[k] == v).to_numpy()
+    assert hit.any()
+    return df[~hit].reset_index(drop=True)
+
+
+def test_an_unmeasured_option_is_not_offered(demo):
+    """conv_in's 2-bit weight rows deleted: it used to get W2 (a free zero loss); now it keeps its W8,
+    and the plan names the option. `assume_missing="zero"` is the old reading, on request."""
+    df, meta, inv = demo
+    full = solve((df, inv, meta), "3bits")
+    assert full.layers["conv_in"].w_bits == 8 and "unmeasured" not in full.solver
+    holed = _without(df, layer="conv_in", tensor="weight", bits=2)
+    plan = solve((holed, inv, meta), "3bits")
+    assert plan.layers["conv_in"].w_bits == 8
+    assert plan.solver["unmeasured"] == ["conv_in W2"] and plan.solver["assume_missing"] == "none"
+    sp = build_problem(inv, holed, "3bits")
+    assert all(k[0] != 2 for k in sp.problem.keys[inv.index("conv_in")])
+    assert len(sp.problem.keys[inv.index("conv_out")]) == len(sp.problem.keys[inv.index("conv_in")]) + 4
+    zero = solve((holed, inv, meta), "3bits", space=SearchSpace(assume_missing="zero"))
+    assert zero.layers["conv_in"].w_bits == 2 and zero.solver["unmeasured"] == ["conv_in W2"]
+    # a hole inside an option (one metric of one step group) also keeps the option off that layer
+    partial = _without(df, layer="conv_out", tensor="act", bits=8, metric="mse", step_group=1)
+    sp = build_problem(inv, partial, "3bits")
+    assert sp.info["unmeasured"] == ["conv_out A8"]
+    assert all(k[1] != 8 for k in sp.problem.keys[inv.index("conv_out")])
+    assert solve((holed, inv, meta), "25%bitops", solver="evolution").layers["conv_in"].w_bits != 2
+
+
+def test_an_asked_width_nobody_measured_is_refused(demo, tmp_path):
+    """`--a-bits 3` on the demo used to give all 119 layers A3 at zero loss: A3 was never measured."""
+    from typer.testing import CliRunner
+
+    from mpsearch.cli import app
+
+    df, meta, inv = demo
+    with pytest.raises(ValueError, match=r"activations at 3 bits were never measured in this profile \(measured: "
+                                         r"4, 6, 8\)"):
+        solve((df, inv, meta), "3bits", space=SearchSpace(a_bits=[3]))
+    with pytest.raises(ValueError, match=r"weights at 5 bits were never measured in this profile \(measured: "
+                                         r"2, 3, 4, 6, 8\)"):
+        build_problem(inv, _without(df, tensor="weight", bits=5), "3bits", space=SearchSpace(w_bits=[4, 5]))
+    result = CliRunner().invoke(app, ["solve", "-b", "3bits", "--a-bits", "3", "-o", str(tmp_path / "p.json")])
+    errors = [line for line in result.output.splitlines() if "error" in line]
+    assert result.exit_code == 2 and not (tmp_path / "p.json").exists()
+    assert len(errors) == 1 and errors[0].startswith("error: activations at 3 bits were never measured")
+    result = CliRunner().invoke(app, ["solve", "-b", "3bits", "--a-bits", "3", "--assume-missing", "zero",
+                                      "-o", str(tmp_path / "p.json")])
+    assert result.exit_code == 0, result.output
+    assert "note: 119 option(s) the profile never measured were offered at zero loss: conv_in A3" in result.output
+    result = CliRunner().invoke(app, ["solve", "-b", "3bits", "--assume-missing", "maybe"])
+    assert result.exit_code == 2 and "--assume-missing 'maybe': choose none or zero" in result.output
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -1e-3])
+def test_a_bad_degradation_is_an_error_not_a_zero(inv, bad):
+    df = synthetic_profile(inv)
+    df.loc[5, "degradation"] = bad
+    with pytest.raises(ValueError, match=r"measurement \('time_embedding.linear_1', 'weight', 2, 'sqnr', 0\) has "
+                                         "degradation "
+                                         f"{bad!r}: it must be a finite number ≥ 0"):
+        build_problem(inv, df, "30%")
+
+
+def test_duplicate_rows_must_agree_in_a_frame(inv):
+    df = synthetic_profile(inv)
+    same = pd.concat([df, df.iloc[[3]]], ignore_index=True)  # an identical copy is one measurement
+    np.testing.assert_array_equal(build_problem(inv, same, "30%").problem.losses["sqnr"],
+                                  build_problem(inv, df, "30%").problem.losses["sqnr"])
+    other = df.iloc[[3]].assign(degradation=df.degradation[3] * 2)
+    with pytest.raises(ValueError, match=r"measurement \('conv_in', 'act', 4, 'sqnr', 0\) has two different"):
+        build_problem(inv, pd.concat([df, other], ignore_index=True), "30%")
+
+
+def _reference_step_losses(df, inv, pairs):
+    """The row-by-row loss tables the builder had before it was vectorised (its meaning, kept as the
+    reference): metric → (G, L, options) with w and a degradations added, unmeasured = 0."""
+    groups = sorted(df.step_group.unique())
+    out = {}
+    for m in sorted(df.metric.unique()):
+        t = np.zeros((len(groups), len(inv), len(pairs)))
+        for row in df[df.metric == m].itertuples(index=False):
+            for k, (w, a) in enumerate(pairs):
+                if (row.tensor, row.bits) in (("weight", w), ("act", a)):
+                    t[groups.index(row.step_group), inv.index(row.layer), k] += row.degradation
+        out[m] = t
+    return out
+
+
+def test_vectorised_build_matches_the_row_by_row_reference(inv):
+    rng = np.random.default_rng(3)
+    df = synthetic_profile(inv, seed=3, step_groups=2)
+    df = df.drop(index=rng.choice(len(df), 40, replace=False)).reset_index(drop=True)  # holes everywhere
+    sp = build_problem(inv, df, "30%", space=SearchSpace(assume_missing="zero"))
+    pairs = [(w, a) for w in (*W_BITS, 16) for a in (*A_BITS, 16)]
+    assert sp.problem.keys == tuple(tuple(pairs) for _ in inv.layers)
+    for m, ref in _reference_step_losses(df, inv, pairs).items():
+        np.testing.assert_array_equal(sp.step_losses[m], ref)
+    assert len(sp.info["unmeasured"]) == len({(r.layer, r.tensor, r.bits) for r in
+                                              synthetic_profile(inv, 3, 2).merge(df, how="left", indicator=True)
+                                              .query("_merge == 'left_only'").itertuples()})
+    offered = build_problem(inv, df, "30%")  # the same numbers, only measured options kept per layer
+    for i, keys in enumerate(offered.problem.keys):
+        for k, key in enumerate(keys):
+            j = pairs.index(key)
+            assert offered.problem.costs["bytes"][i, k] == sp.problem.costs["bytes"][i, j]
+            assert offered.step_losses["sqnr"][:, i, k].tolist() == sp.step_losses["sqnr"][:, i, j].tolist()
+
+
+def test_the_demo_plans_are_unchanged(demo):
+    """The shipped profile is complete: the stricter reading and the vectorised build give exactly the
+    plans the README's figures were made with (digests recorded before the change)."""
+    import hashlib
+    import json
+
+    df, meta, inv = demo
+    expected = {"3bits": ("f509bbc59fd7d1f5", 1_643_280), "2MB": ("f891b2d936005bb9", 1_999_880),
+                "30%bitops": ("f099470ae2e8c22c", 3_588_488)}
+    for budget, (digest, size) in expected.items():
+        plan = solve((df, inv, meta), budget)
+        layers = json.dumps(plan.to_dict()["layers"], sort_keys=True).encode()
+        assert (hashlib.sha256(layers).hexdigest()[:16], plan.predicted["bytes"]) == (digest, size), budget
+    pruned = solve((df, inv, meta), "1MB", space=SearchSpace(prune=True))
+    assert hashlib.sha256(json.dumps(pruned.to_dict()["layers"], sort_keys=True).encode()).hexdigest()[:16] == \
+        "f6888bf3d7e9828b"

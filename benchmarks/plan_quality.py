@@ -70,7 +70,7 @@ def main() -> None:
             plans.append(rnd)
             meta[rnd.solver["name"]] = ("random", b)
     ev = evaluate(plans, model=pipe, n_prompts=args.n_prompts, with_baselines=False, checkpoint=False,
-                  progress=lambda m: print(m, flush=True))
+                  log=lambda m: print(m, flush=True))
     rows = []
     for c in ev.candidates:
         method, b = meta.get(c.plan.solver.get("name"), ("fp", 16.0)) if c.plan else ("fp", 16.0)

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 import mpsearch
-from mpsearch.cli_common import ModelOpt, console, err, fail
+from mpsearch.cli_common import ModelOpt, OneLineErrors, console, err, fail, quiet, regex, writable_file
 
 app = typer.Typer(
     name="mpsearch",
@@ -21,6 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    cls=OneLineErrors,
 )
 def _version(value: bool) -> None:
     if value:
@@ -34,6 +35,9 @@ def main(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """Mixed-precision bit-width search for diffusion models."""
+    from mpsearch.progress import quiet_libraries
+
+    quiet_libraries()  # transformers' and diffusers' loading bars and torchvision notices
 
 
 def human_bytes(n: float) -> str:
@@ -176,7 +180,7 @@ def print_plan_summary(plan, inv, budget=None) -> None:
     """Bits histogram per group, predicted bytes vs budget, loss, solver status and time."""
     from collections import Counter
 
-    from mpsearch.planning.cost import fp16_bytes
+    from mpsearch.planning.cost import FLOAT_BITS, fp16_bytes
 
     table = Table(title="bits per group (layers; share of group weights)")
     table.add_column("group")
@@ -207,6 +211,10 @@ def print_plan_summary(plan, inv, budget=None) -> None:
         console.print(f"kept timesteps ({len(plan.kept_timesteps)} of {len(plan.solver.get('pool') or []) or '?'}): "
                       f"[bold]{plan.kept_timesteps}[/]   BitOPs per image {p['bitops_run']:.3e}"
                       + (f"   fitness {fit['metric']} {fit['value']:.4g} on {fit['prompts']} prompts" if fit else ""))
+    if budget is not None and all(b.w_bits == b.a_bits == FLOAT_BITS for b in plan.layers.values()):
+        full = "W16A16 BitOPs" if budget.resource == "bitops" else f"fp16 size ({fp16_bytes(inv):,} bytes)"
+        console.print(f"note: budget {budget} is at or above the {full}: every layer stays at 16 bits, nothing "
+                      "is quantized")
     if plan.pruned_units:
         console.print(f"pruned units ({len(plan.pruned_units)}; their layers show as W0/A0): {', '.join(plan.pruned_units)}")
     s = plan.solver
@@ -220,7 +228,8 @@ def print_plan_summary(plan, inv, budget=None) -> None:
 @app.command()
 def solve(
     budget: Annotated[str, typer.Option("--budget", "-b", help="4GB, 4GiB, 500MB, 4.5bits, 30%, 2Tbitops, 25%bitops.")],
-    profile: Annotated[Path, typer.Option("--profile", "-p", help="Profile folder from `mpsearch profile`.")] = Path("profiles/demo"),
+    profile: Annotated[Path, typer.Option("--profile", "-p", help="Profile folder from `mpsearch profile` (default: "
+                                          "./profiles/demo if there is one, else the bundled demo profile).")] = Path("profiles/demo"),
     solver: Annotated[str, typer.Option(help="ilp | mixdq | evolution")] = "ilp",
     backend: Annotated[str | None, typer.Option(help="ILP backend: cbc | cpsat | scip (default: cbc; scip for MixDQ mode)")] = None,
     fmt: Annotated[str, typer.Option("--format", help="Weight storage format: packed | quanto")] = "packed",
@@ -229,35 +238,41 @@ def solve(
     weight_only: Annotated[bool, typer.Option(help="Quantize weights only (activations stay 16-bit).")] = False,
     w_bits: Annotated[str | None, typer.Option(help="Weight candidates, e.g. 2,4,8 (default: the profile's).")] = None,
     a_bits: Annotated[str | None, typer.Option(help="Activation candidates, e.g. 8,16 (default: the profile's).")] = None,
-    pareto: Annotated[str | None, typer.Option(help="LO:HI:N — also write the front over N budgets (CSV + plot).")] = None,
+    pareto: Annotated[str | None, typer.Option(help="LO:HI:N — also write the front over N budgets (CSV + plot; "
+                                               "N from 2 to 1000).")] = None,
     time_limit: Annotated[float | None, typer.Option(help="Solver time limit in seconds.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the evolutionary search.")] = 0,
     prune: Annotated[bool, typer.Option("--prune", help="Also consider removing whole blocks (LAPTOP-Diff; "
                                         "needs block scores: `mpsearch profile --prune`). Recover a pruned "
                                         "plan with `mpsearch distill`.")] = False,
+    assume_missing: Annotated[str, typer.Option(help="none: offer each layer only the options the profile "
+                                                "measured (a width nobody measured is refused) | zero: count "
+                                                "unmeasured options as lossless.")] = "none",
     out: Annotated[Path, typer.Option("--out", "-o", help="Plan JSON to write.")] = Path("plan.json"),
-    steps: Annotated[int | None, typer.Option(help="Keep this many of the model's denoising steps (evolution: "
+    steps: Annotated[int | None, typer.Option(min=1, help="Keep this many of the model's denoising steps (evolution: "
                                               "which ones is searched; other solvers keep evenly spaced ones). "
                                               "BitOPs budgets then count kept steps.")] = None,
-    pool: Annotated[int | None, typer.Option(help="Choose kept steps from the scheduler's POOL-step schedule "
+    pool: Annotated[int | None, typer.Option(min=1, help="Choose kept steps from the scheduler's POOL-step schedule "
                                              "(default: the profile's).")] = None,
     step_groups: Annotated[str, typer.Option(help="uniform | quad (TMPQ-DM; needs a fine pool): one kept step "
                                              "per group.")] = "uniform",
     model: ModelOpt = None,
     fitness: Annotated[str | None, typer.Option(help="Image metric scoring sampled kept-step sets and finalists "
                                                 "(default: the profile's content metric, ssim on the demo).")] = None,
-    fitness_prompts: Annotated[int | None, typer.Option(help="Demo captions sampled for the fitness "
+    fitness_prompts: Annotated[int | None, typer.Option(min=1, help="Demo captions sampled for the fitness "
                                                         "(default: the profile's calibration prompts).")] = None,
-    rerank: Annotated[int, typer.Option(help="Finalists sampled and scored by the fitness (0 = surrogate only).")] = 10,
+    rerank: Annotated[int, typer.Option(min=0, help="Finalists sampled and scored by the fitness (0 = surrogate only).")] = 10,
     plugin: Annotated[list[str] | None, typer.Option(help="Python file or module registering metrics.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan (and the front) as JSON, not tables.")] = False,
 ) -> None:
     """Find the per-layer bits (and, with --steps, the kept denoising steps) that minimise the profiled
     degradation under a budget; write a plan."""
+    from mpsearch.demo import profile_folder
     from mpsearch.planning.budget import Budget, BudgetError
     from mpsearch.planning.inputs import load_profile
-    from mpsearch.planning.planner import pareto_front
     from mpsearch.planning.planner import solve as run
-    from mpsearch.planning.problem import SearchSpace
+    from mpsearch.planning.problem import ASSUME_MISSING, SearchSpace
+    from solvers.registry import get_solver
 
     def bits(text):
         try:
@@ -269,17 +284,33 @@ def solve(
         b = Budget.parse(budget)
     except BudgetError as e:
         fail(str(e))
+    quiet(as_json)
+    front_range = _pareto_range(pareto) if pareto else None
+    for pattern in protect or []:
+        regex(pattern, "--protect")
+    if not 0 <= protect_top <= 1:
+        fail(f"--protect-top {protect_top:g}: a fraction of the layers, from 0 to 1")
+    if time_limit is not None and not time_limit > 0:
+        fail(f"--time-limit {time_limit:g}: seconds, more than 0")
+    for path in (out, *([out.with_suffix(".pareto.csv"), out.with_suffix(".pareto.png")] if pareto else [])):
+        writable_file(path, "--out")
+    profile = profile_folder(profile)
     if not (profile / "meta.json").is_file():
         fail(f"{profile} is not a profile folder (no meta.json); run `mpsearch profile --out {profile}` first")
     space = SearchSpace(w_bits=bits(w_bits), a_bits=bits(a_bits), weight_only=weight_only,
-                        protect=protect or [], protect_top=protect_top, prune=prune)
-    _, _, inv = load_profile(profile)
-    console.print(f"budget: {b.describe(inv)}")
-    if steps is not None and b.resource == "bitops":
-        console.print(f"  with --steps {steps}: BitOPs of one image, kept steps × per call (a % is of W16A16 over "
-                      "the profile's full schedule)")
-    from solvers.registry import get_solver
+                        protect=protect or [], protect_top=protect_top, prune=prune, assume_missing=assume_missing)
+    if assume_missing not in ASSUME_MISSING:
+        fail(f"--assume-missing {assume_missing!r}: choose {' or '.join(ASSUME_MISSING)}")
+    try:  # a malformed or mixed profile folder: one line naming file:line
+        _, meta, inv = load_profile(profile)
+    except ValueError as e:
+        fail(str(e))
+    if steps is not None:
+        from mpsearch.planning.steps import describe_budget
 
+        console.print(f"budget: {describe_budget(b, inv, steps, meta, pool)}")
+    else:
+        console.print(f"budget: {b.describe(inv)}")
     try:
         spec = get_solver(solver)
     except ValueError as e:
@@ -300,23 +331,68 @@ def solve(
         plan = run(profile, b, solver=solver, backend=backend, fmt=fmt, space=space, time_limit=time_limit, **options)
     except ValueError as e:  # BudgetInfeasible among them: its message names the smallest feasible budget
         fail(str(e))
-    plan.save(out)
+    front = _front(profile, front_range, inv, fmt=fmt, space=space, backend=backend) if pareto else None
+    try:
+        plan.save(out)
+    except OSError as e:
+        fail(f"--out {out}: {e.strerror or e}")
     print_plan_summary(plan, inv, b)
+    if plan.solver.get("unmeasured"):
+        names = plan.solver["unmeasured"]
+        how = "offered at zero loss" if assume_missing == "zero" else "not offered"
+        console.print(f"note: {len(names)} option(s) the profile never measured were {how}: {', '.join(names[:4])}"
+                      + (f" and {len(names) - 4} more (plan.json lists them)" if len(names) > 4 else ""))
     console.print(f"wrote {out}")
-    if pareto:
-        try:
-            lo, hi, n = pareto.split(":")
-            front = pareto_front(profile, Budget.parse(lo), Budget.parse(hi), int(n), backend=backend or "cpsat",
-                                 fmt=fmt, space=space)
-        except (ValueError, BudgetError) as e:
-            fail(f"--pareto {pareto!r}: {e}")
-        csv = out.with_suffix(".pareto.csv")
-        front.to_csv(csv, index=False)
-        png = out.with_suffix(".pareto.png")
+    if front is not None:
         from mpsearch.planning.planner import plot_front
 
+        csv, png = out.with_suffix(".pareto.csv"), out.with_suffix(".pareto.png")
+        front.to_csv(csv, index=False)
         plot_front(front, png, title=f"{inv.model}: predicted loss vs size")
         console.print(f"pareto front: {len(front)} points → {csv}, {png}")
+    if as_json:
+        typer.echo(json.dumps({"out": str(out), "budget": b.describe(inv), "plan": plan.to_dict(),
+                               "pareto": None if front is None else {"csv": str(csv), "png": str(png),
+                                                                     "points": front.to_dict("records")}}, indent=1))
+
+
+PARETO_MAX = 1000  # points of a --pareto front
+
+
+def _pareto_range(text: str) -> tuple:
+    """--pareto LO:HI:N as (Budget, Budget, N), checked before any work; a one-line error when malformed."""
+    from mpsearch.planning.budget import Budget, BudgetError
+
+    parts = text.split(":")
+    if len(parts) != 3:
+        fail(f"--pareto {text!r}: expected LO:HI:N, e.g. 1.5MB:3MB:10")
+    try:
+        lo, hi = Budget.parse(parts[0]), Budget.parse(parts[1])
+    except BudgetError as e:
+        fail(f"--pareto {text!r}: {e}")
+    if lo.resource != hi.resource:
+        fail(f"--pareto {text!r}: LO and HI must budget the same thing (bytes, bits or BitOPs)")
+    n = parts[2].strip()
+    if not (n.isdigit() and 2 <= int(n) <= PARETO_MAX):
+        fail(f"--pareto {text!r}: N is the number of budgets, a whole number from 2 to {PARETO_MAX}")
+    return lo, hi, int(n)
+
+
+def _front(profile: Path, front_range: tuple, inv, *, fmt: str, space, backend: str | None):
+    """The loss-budget front of --pareto (a DataFrame), or a one-line error when it has no point."""
+    from mpsearch.planning.planner import pareto_front
+
+    lo, hi, n = front_range
+    text = f"{lo}:{hi}:{n}"
+    if not lo.resolve(inv, fmt) < hi.resolve(inv, fmt):
+        fail(f"--pareto {text!r}: LO must be a smaller budget than HI")
+    try:
+        front = pareto_front(profile, lo, hi, n, backend=backend or "cpsat", fmt=fmt, space=space)
+    except ValueError as e:
+        fail(f"--pareto {text!r}: {e}")
+    if front.empty:
+        fail(f"--pareto {text!r}: no budget from {lo} to {hi} can be met")
+    return front
 
 
 from mpsearch.cli_export import register as _register_export  # noqa: E402
@@ -345,7 +421,7 @@ def demo(
     t0 = time.perf_counter()
     try:
         ev, report = run_demo(out, budgets=budget or BUDGETS, n_prompts=n_prompts,
-                              log=lambda m: err.print(f"[dim]{m}[/]"))
+                              log=lambda m: err.print(f"[dim]{m}[/]"), progress=True)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     show_evaluation(ev, report)

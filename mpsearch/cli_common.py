@@ -1,12 +1,41 @@
-"""What every `mpsearch` command module shares: the consoles, the error exit and the --model option."""
+"""What every `mpsearch` command module shares: the consoles, the error exit and the --model option.
 
+The error contract: bad input (a budget, a file, an option value, a usage mistake) prints ONE line
+`error: …` on stderr, exits with code 2 and writes nothing. Output that is not a terminal (a pipe, a
+file, a test runner) is never wrapped, whatever COLUMNS says: tables keep full layer names.
+"""
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
+from rich.markup import escape
+from typer.core import TyperGroup
 
-console = Console()
-err = Console(stderr=True)
+try:  # typer ≥ 0.24 carries its own copy of click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer runs on click itself
+    from click.exceptions import ClickException
+
+WIDE = 100_000  # columns of a console that is not a terminal: lines and tables keep their natural width
+
+
+class _Console(Console):
+    """A rich Console that does not wrap at 80 columns (or $COLUMNS) when it does not write to a terminal."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(WIDE, size.height)
+
+
+console = _Console()
+err = _Console(stderr=True)
 
 ModelOpt = Annotated[
     str | None,
@@ -15,7 +44,64 @@ ModelOpt = Annotated[
 ]
 
 
+def one_line(message: str) -> str:
+    """`message` with its line breaks (and the spaces around them) folded into single spaces."""
+    return re.sub(r"\s*\n\s*", " ", str(message).strip())
+
+
 def fail(message: str, code: int = 2) -> None:
-    """Print `error: message` on stderr and exit with `code` (2 = bad input, 1 = the work failed)."""
-    err.print(f"[bold red]error:[/] {message}")
+    """Print `error: message` as one line on stderr and exit with `code` (2 = bad input, 1 = the work failed).
+    The message is printed as is: brackets in it are not rich markup."""
+    err.print(f"[bold red]error:[/] {escape(one_line(message))}", soft_wrap=True, highlight=False, emoji=False)
     raise typer.Exit(code)
+
+
+class OneLineErrors(TyperGroup):
+    """The app's command group: click's usage errors (a missing option, a value out of range, an unknown
+    command) become one `error:` line and exit 2 instead of a usage block or a rich panel."""
+
+    def make_context(self, info_name, args, parent=None, **extra):  # noqa: ANN001 - click's signature
+        with _usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):  # noqa: ANN001 - click's signature
+        quiet(False)  # every command starts with its tables on
+        with _usage_errors():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except ClickException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `mpsearch` alone prints the help
+            raise
+        where = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) is not None else ""
+        fail(e.format_message() + where)
+
+
+def quiet(on: bool) -> None:
+    """With `on`, the stdout console prints nothing (a command's `--json` prints alone); errors still show."""
+    console.quiet = on
+
+
+def regex(pattern: str, option: str) -> str:
+    """`pattern` if it compiles as a regular expression, else a one-line error naming `option`."""
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        fail(f"{option} {pattern!r} is not a regular expression: {e}")
+    return pattern
+
+
+def writable_file(path: Path, option: str) -> Path:
+    """`path` if a file can be written there (not a folder, no file on the way); checked before any work."""
+    if path.is_dir():
+        fail(f"{option} {path} is a folder: give a file name")
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        fail(f"{option} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        fail(f"{option} {path}: cannot write in {parent}")
+    return path

@@ -36,18 +36,20 @@ def export_cmd(
     no_components: Annotated[bool, typer.Option("--denoiser-only", help="Write only the denoiser, not the "
                                                 "pipeline's other components.")] = False,
     no_bos: Annotated[bool, typer.Option("--no-bos", help="Do not precompute BOS K/V rows.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing export in --out whole "
+                                            "(without it, a non-empty --out is refused).")] = False,
 ) -> None:
-    """Write a plan's packed low-bit checkpoint; its denoiser bytes equal the cost model's prediction."""
+    """Write a plan's packed low-bit checkpoint; its denoiser bytes equal the cost model's prediction.
+
+    All or nothing: written to a temporary sibling of --out and renamed into place at the end."""
     from mpsearch.exporter import ExportError, export
     from mpsearch.model import ModelError
     from mpsearch.planning.plan import Plan, PlanError
 
     try:
         p = Plan.load(plan)
-        result = export(p, out, model=model, bos=not no_bos, components=not no_components)
-    except ExportError as e:
-        fail(str(e), 1)
-    except (PlanError, ModelError, ValueError, FileNotFoundError) as e:
+        result = export(p, out, model=model, bos=not no_bos, components=not no_components, overwrite=overwrite)
+    except (ExportError, PlanError, ModelError, ValueError, OSError) as e:
         fail(str(e))
     e = result.to_dict()
     console.print(_bytes_table(e))
@@ -95,7 +97,7 @@ def evaluate_cmd(
         ev = evaluate(list(plan or []), model=model, quantized=quantized, prompts=prompts, n_prompts=n_prompts,
                       seed=seed, steps=steps, guidance=guidance, with_baselines=baselines,
                       checkpoint=(out / "checkpoint") if checkpoint and quantized is None else False,
-                      progress=lambda m: err.print(f"[dim]{m}[/]"))
+                      log=lambda m: err.print(f"[dim]{m}[/]"), progress=True)
     except (ExportError, PlanError, ModelError, ValueError, FileNotFoundError) as e:
         fail(str(e))
     show_evaluation(ev, write_report(ev, out))

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 
 from mpsearch.model import Inventory, find_denoiser, inventory
-from mpsearch.planning.cost import FLOAT_BITS, WEIGHT_BITS, get_format, layer_bytes, mean_bits, model_bytes
+from mpsearch.planning.cost import FLOAT_BITS, get_format, layer_bytes, mean_bits, model_bytes
 from mpsearch.planning.plan import LayerBits, Plan
 
 SPLITS = ("calib", "heldout")
@@ -41,14 +43,20 @@ SPLITS = ("calib", "heldout")
 
 
 class PeakRSS:
-    """Context manager: resident set size before, and its peak while inside (bytes), polled every 5 ms.
+    """Context manager: resident set size before, and its peak while inside (bytes).
 
-    The process's own RSS, so the numbers include whatever was loaded before; `delta` is the growth.
+    On Linux the kernel's own high-water mark is reset on entry (`/proc/self/clear_refs`) and read on
+    exit (`VmHWM`), so the peak is exact whatever the machine's load; elsewhere a thread polls the RSS
+    every `interval` seconds. The process's own RSS, so the numbers include whatever was loaded before;
+    `delta` is the growth.
     """
+
+    _STATUS, _CLEAR = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
     def __init__(self, interval: float = 0.005):
         self.interval, self.before, self.peak = interval, 0, 0
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def _rss(self) -> int:
         try:
@@ -60,20 +68,39 @@ class PeakRSS:
 
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
+    def _kernel_peak(self) -> int | None:
+        """The kernel's peak RSS since the last reset (bytes), or None where /proc does not say."""
+        try:
+            kib = re.search(r"^VmHWM:\s+(\d+) kB", self._STATUS.read_text(), re.M)
+        except OSError:
+            return None
+        return int(kib.group(1)) * 1024 if kib else None
+
+    def _reset_kernel_peak(self) -> bool:
+        try:
+            self._CLEAR.write_text("5")  # 5 = reset the peak RSS to the current RSS (Linux >= 4.0)
+        except OSError:
+            return False
+        return self._kernel_peak() is not None
+
     def _poll(self) -> None:
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, self._rss())
 
     def __enter__(self) -> PeakRSS:
         self.before = self.peak = self._rss()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
+        if not self._reset_kernel_peak():
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
+        if self._thread is None:
+            self.peak = max(self.peak, self._rss(), self._kernel_peak() or 0)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._rss())
 
     @property
     def delta(self) -> int:
@@ -101,15 +128,14 @@ def nearest_uniform_bits(inv: Inventory, plan: Plan) -> int:
     """The uniform weight width whose bytes are nearest the plan's (ties go to the smaller size)."""
     target = model_bytes(inv, plan.w_bits(), plan.format)
     fmt = get_format(plan.format)
-    widths = [b for b in WEIGHT_BITS if b < FLOAT_BITS and b in fmt.storage]
-    return min(widths, key=lambda b: (abs(model_bytes(inv, dict.fromkeys(inv.names, b), fmt) - target), b))
+    return min(fmt.widths, key=lambda b: (abs(model_bytes(inv, dict.fromkeys(inv.names, b), fmt) - target), b))
 
 
 def random_plan(inv: Inventory, plan: Plan, seed: int = 0) -> Plan:
     """A random allocation at (at most, and nearly) the plan's bytes: from all layers at the smallest
     width, raise random layers one width at a time while the bytes stay within the plan's."""
     fmt = get_format(plan.format)
-    widths = sorted({*(b for b in fmt.storage), FLOAT_BITS})
+    widths = [*fmt.widths, FLOAT_BITS]  # only widths the format stores: a container width is no cheaper
     budget = model_bytes(inv, plan.w_bits(), fmt)
     rng = random.Random(seed)
     bits = dict.fromkeys(inv.names, widths[0])
@@ -252,19 +278,23 @@ def evaluate(
     uniform: tuple[int, ...] = (8, 4),
     checkpoint: bool | str | Path = False,
     metrics: list[str] | None = None,
-    progress: Any = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> Evaluation:
     """Generate with FP, each plan and the baselines; measure every registered metric per split.
 
     `plans`: one plan or several (all on the Pareto plot; the first gets the baselines). `quantized`: a
     folder written by `export`, evaluated as is (its plan.json is the plan). `checkpoint`: export the
     first plan (to that folder, or a temporary one for `True`), reload it and generate (bytes on disk,
-    peak RSS while loading and while generating, pixel difference to the simulation).
+    peak RSS while loading and while generating, pixel difference to the simulation). `log`: receives a
+    line per stage (the candidate, its bytes). `progress`: a rich bar on stderr over every image sampled
+    (prompts × candidates, the FP calibration reference included) with ETA.
     """
     from mpsearch.calibration import demo_settings, reference
     from mpsearch.exporter import ExportError, _as_pipeline, _plan_of, export, fake_quantize, load_quantized
+    from mpsearch.progress import count_bar
 
-    log = progress or (lambda msg: None)
+    log = log or (lambda msg: None)
     plans = [plans] if not isinstance(plans, (list, tuple)) else list(plans)
     if quantized is not None:
         qplan = Path(quantized) / "plan.json"
@@ -283,9 +313,7 @@ def evaluate(
     prompts = {k: list(v) for k, v in prompts.items() if v}
     fmt = get_format(main.format)
 
-    log("calibration reference (FP)")
-    calib = reference(pipe, prompts.get("calib") or next(iter(prompts.values())), steps=steps, guidance=guidance)
-
+    calib_prompts = prompts.get("calib") or next(iter(prompts.values()))
     todo: list[tuple[str, str, Plan | None]] = [("fp", "fp", None)]
     for i, p in enumerate(plans):
         name = "plan" if i == 0 else str(p.solver.get("name") or f"plan-{i}")
@@ -293,54 +321,69 @@ def evaluate(
     if with_baselines:
         for name, p in baselines(inv, main, uniform=uniform, seed=seed).items():
             todo.append((name, "random" if name == "random" else "uniform", p))
-
-    fp_images: dict[str, list] = {}
-    cands: list[Candidate] = []
-    for name, kind, plan in todo:
-        wb = plan.w_bits() if plan else dict.fromkeys(inv.names, FLOAT_BITS)
-        c = Candidate(name, kind, plan, model_bytes(inv, wb, fmt if plan is None else plan.format,
-                                                    plan.pruned_fixed_params if plan else 0), mean_bits(inv, wb))
-        log(f"{name}: {c.bytes:,} bytes, {c.mean_bits:.2f} mean bits")
-        t0 = time.perf_counter()
-        if plan is None:
-            for split, ps in prompts.items():
-                fp_images[split] = c.images[split] = _generate(pipe, ps, seed, steps, guidance)
-            c.extra["output"] = output_metrics(pipe, calib, metrics)
-        else:
-            with fake_quantize(pipe, plan, inv=inv, calib=calib):
-                for split, ps in prompts.items():
-                    c.images[split] = _generate(pipe, ps, seed, steps, guidance, plan)
-                c.extra["output"] = output_metrics(pipe, calib, metrics)
-        c.extra["seconds"] = round(time.perf_counter() - t0, 2)
-        cands.append(c)
-
-    ev = Evaluation(inv, main, prompts, {"steps": steps, "kept_timesteps": main.kept_timesteps,
-                                         "guidance": guidance, "seed": seed,
-                                         "format": main.format, "n_prompts": {k: len(v) for k, v in prompts.items()}},
-                    cands)
-
     folder = Path(quantized) if quantized is not None else None
-    if folder is None and checkpoint:
-        folder = Path(tempfile.mkdtemp(prefix="mpsearch-export-") if checkpoint is True else checkpoint)
-        log(f"export {main.format} checkpoint to {folder}")
-        ev.export = export(main, folder, model=pipe).to_dict()
-    elif folder is not None and (folder / "export.json").exists():
-        ev.export = json.loads((folder / "export.json").read_text())
-    if folder is not None:
-        with PeakRSS() as load_mem:
-            qpipe = load_quantized(folder)
-        c = Candidate("checkpoint", "checkpoint", main, cands[1].bytes, cands[1].mean_bits)
-        with PeakRSS() as gen_mem:
-            for split, ps in prompts.items():
-                c.images[split] = _generate(qpipe, ps, seed, steps, guidance, main)
-        c.extra["output"] = output_metrics(qpipe, calib, metrics)
-        sim = cands[1].images
-        c.extra["max_pixel_diff_vs_simulation"] = max(
-            (int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
-             for split in prompts for a, b in zip(c.images[split], sim[split], strict=True)), default=0)
-        ev.memory = {"load": load_mem.to_dict(), "generate": gen_mem.to_dict()}
-        cands.append(c)
-        del qpipe
+    sampled = len(todo) + (folder is not None or bool(checkpoint))  # candidates that generate images
+    n_images = len(calib_prompts) + sampled * sum(len(v) for v in prompts.values())
+
+    with count_bar(n_images, progress, "evaluating") as advance:
+
+        def sample(p, ps, name, split, plan=None):
+            advance(0, f"{name} ({split})")
+            out = _generate(p, ps, seed, steps, guidance, plan)
+            advance(len(ps))
+            return out
+
+        log("calibration reference (FP)")
+        advance(0, "FP calibration reference")
+        calib = reference(pipe, calib_prompts, steps=steps, guidance=guidance)
+        advance(len(calib_prompts))
+
+        fp_images: dict[str, list] = {}
+        cands: list[Candidate] = []
+        for name, kind, plan in todo:
+            wb = plan.w_bits() if plan else dict.fromkeys(inv.names, FLOAT_BITS)
+            c = Candidate(name, kind, plan, model_bytes(inv, wb, fmt if plan is None else plan.format,
+                                                        plan.pruned_fixed_params if plan else 0), mean_bits(inv, wb))
+            log(f"{name}: {c.bytes:,} bytes, {c.mean_bits:.2f} mean bits")
+            t0 = time.perf_counter()
+            if plan is None:
+                for split, ps in prompts.items():
+                    fp_images[split] = c.images[split] = sample(pipe, ps, name, split)
+                c.extra["output"] = output_metrics(pipe, calib, metrics)
+            else:
+                with fake_quantize(pipe, plan, inv=inv, calib=calib):
+                    for split, ps in prompts.items():
+                        c.images[split] = sample(pipe, ps, name, split, plan)
+                    c.extra["output"] = output_metrics(pipe, calib, metrics)
+            c.extra["seconds"] = round(time.perf_counter() - t0, 2)
+            cands.append(c)
+
+        ev = Evaluation(inv, main, prompts, {"steps": steps, "kept_timesteps": main.kept_timesteps,
+                                             "guidance": guidance, "seed": seed, "format": main.format,
+                                             "n_prompts": {k: len(v) for k, v in prompts.items()}}, cands)  # fmt: skip
+
+        if folder is None and checkpoint:
+            folder = Path(tempfile.mkdtemp(prefix="mpsearch-export-") if checkpoint is True else checkpoint)
+            log(f"export {main.format} checkpoint to {folder}")
+            advance(0, "export")
+            ev.export = export(main, folder, model=pipe, overwrite=True).to_dict()  # its own earlier checkpoint
+        elif folder is not None and (folder / "export.json").exists():
+            ev.export = json.loads((folder / "export.json").read_text())
+        if folder is not None:
+            with PeakRSS() as load_mem:
+                qpipe = load_quantized(folder)
+            c = Candidate("checkpoint", "checkpoint", main, cands[1].bytes, cands[1].mean_bits)
+            with PeakRSS() as gen_mem:
+                for split, ps in prompts.items():
+                    c.images[split] = sample(qpipe, ps, "checkpoint", split, main)
+            c.extra["output"] = output_metrics(qpipe, calib, metrics)
+            sim = cands[1].images
+            c.extra["max_pixel_diff_vs_simulation"] = max(
+                (int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
+                 for split in prompts for a, b in zip(c.images[split], sim[split], strict=True)), default=0)
+            ev.memory = {"load": load_mem.to_dict(), "generate": gen_mem.to_dict()}
+            cands.append(c)
+            del qpipe
 
     for c in cands:
         for split, ps in prompts.items():

@@ -36,8 +36,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from mpsearch.atomic import check_target, staged
 from mpsearch.model import Inventory, find_denoiser, fingerprint, inventory, load_pipeline
-from mpsearch.planning.cost import FLOAT_BITS, WeightFormat, fp16_bytes, get_format, layer_bytes, model_bytes
+from mpsearch.planning.cost import (
+    FLOAT_BITS,
+    WeightFormat,
+    fp16_bytes,
+    get_format,
+    layer_bytes,
+    model_bytes,
+    stored_mean_bits,
+)
 from mpsearch.planning.plan import Plan, PlanError
 from mpsearch.quant import WeightQuantConfig, bos_layers, fake_quant_weight, quantize_weight
 from mpsearch.storage import get_storage, zero_point
@@ -46,6 +55,7 @@ SCHEMA = "mpsearch.quantized/1"
 WEIGHTS_FILE = "mpsearch_quantized.safetensors"
 QMAP_FILE = "quantization_map.json"
 BOS_FILE = "bos.safetensors"
+EXPORT_FILE = "export.json"  # written last: byte accounting of a finished export
 FLOAT_DTYPE = torch.float16  # unquantized parameters and scales; `WeightFormat.float_bytes == 2`
 
 
@@ -319,13 +329,34 @@ def safetensors_header_bytes(path: str | Path) -> int:
     return 8 + n
 
 
-def _budget_bytes(plan: Plan, inv: Inventory) -> int | None:
+def _check_budget(plan: Plan, inv: Inventory) -> int | None:
+    """Refuse a plan over the budget it records, before anything is written; returns the budget in bytes
+    (None for a budget of another kind). A bits budget counts stored bits (`cost.layer_wbits`: quanto
+    keeps 3-bit weights in 4-bit containers); a MixDQ plan may exceed it by MixDQ's band. BitOPs budgets
+    are the plan's compute, not the checkpoint's."""
     if not plan.budget:
         return None
     from mpsearch.planning.budget import Budget
 
     b = Budget.parse(plan.budget)
-    return int(b.resolve(inv, plan.format)) if b.resource == "bytes" else None
+    fmt = get_format(plan.format)
+    limit = b.resolve(inv, fmt)
+    if b.resource == "bytes":
+        used = model_bytes(inv, plan.w_bits(), fmt, plan.pruned_fixed_params)
+        if used > limit:
+            raise ExportError(f"the plan needs {used:,} bytes in format {fmt.name!r}, over its budget {plan.budget} "
+                              f"= {int(limit):,} bytes; nothing written")
+        return int(limit)
+    if b.resource == "wbits":
+        from solvers.mixdq import BAND
+
+        used = stored_mean_bits(inv, plan.w_bits(), fmt)
+        # MixDQ's procedure meets a bits target within its band (±0.02 bits), not under a ceiling
+        slack = BAND if str(plan.solver.get("backend", "")).startswith("mixdq") else 0.0
+        if used > (b.value + slack) * (1 + 1e-9):
+            raise ExportError(f"the plan stores {used:.4f} bits per weight in format {fmt.name!r}, over its budget "
+                              f"{plan.budget}; nothing written (re-solve it with --format {fmt.name})")
+    return None
 
 
 def quantized_state(den: nn.Module, plan: Plan, inv: Inventory, cfg: WeightQuantConfig | None = None):
@@ -380,31 +411,37 @@ def export(
     bos: bool = True,
     components: bool = True,
     layout: str = "blobs",
+    overwrite: bool = False,
 ) -> ExportResult:
-    """Write the plan's packed checkpoint to `out` and return its byte accounting.
+    """Write the plan's packed checkpoint to the folder `out` and return its byte accounting.
 
     `model`: a pipeline, or anything `load_pipeline` accepts (None = demo). `components`: also save
     the pipeline's other components so that `load_quantized(out)` returns a whole pipeline.
     `layout`: "blobs" concatenates the tensors of each dtype into one safetensors tensor (offsets in
     quantization_map.json), so the file is the predicted bytes plus a header of a few hundred bytes;
     "tensors" writes one named tensor per parameter part (readable with any safetensors tool, but the
-    header grows by ~130 bytes per tensor: several % of a small model). Raises `PlanError` (naming the
-    layer) for a plan made for another model and `ExportError` when the bytes written differ from the
-    cost model's prediction or exceed a byte budget.
+    header grows by ~130 bytes per tensor: several % of a small model).
+
+    All or nothing (`mpsearch.atomic.staged`): the checkpoint is written to a temporary sibling of `out`
+    and renamed into place at the end, so an error or a kill leaves `out` absent or as it was. An
+    existing non-empty `out` is refused unless `overwrite`, which replaces a previous export (a folder
+    with export.json) whole. Before anything is written: raises `PlanError` (naming the layer) for a plan
+    made for another model, `ExportError` for a plan over its own budget, `FileExistsError` /
+    `NotADirectoryError` for an `out` it may not write; `ExportError` when the bytes written differ from
+    the cost model's prediction (then nothing is left either).
     """
     from safetensors.torch import save_file
 
     if layout not in ("blobs", "tensors"):
         raise ValueError(f"layout must be 'blobs' or 'tensors', not {layout!r}")
     plan = _plan_of(plan)
+    check_target(out, overwrite, _is_export)
     pipe = _as_pipeline(model)
     den_name, den = find_denoiser(pipe)
     inv = inventory(pipe)
     check_plan(plan, inv, den)
     fmt = get_format(plan.format)
-    out = Path(out)
-    folder = out / den_name
-    folder.mkdir(parents=True, exist_ok=True)
+    budget_bytes = _check_budget(plan, inv)
 
     tensors, qmap = quantized_state(den, plan, inv, cfg)
     params = {n for n, _ in den.named_parameters()}
@@ -412,50 +449,55 @@ def export(
                if n not in params and not _in_pruned(plan, n)}
     predicted = model_bytes(inv, plan.w_bits(), fmt, plan.pruned_fixed_params)
     tensor_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
-    meta = {"schema": SCHEMA, "format": fmt.name, "fingerprint": inv.fingerprint, "component": den_name}
-    path = folder / WEIGHTS_FILE
-    index = None
-    if layout == "blobs":
-        blobs, index = to_blobs({**tensors, **buffers})
-        save_file(blobs, str(path), metadata={**meta, "layout": layout})
-    else:
-        save_file({**tensors, **buffers}, str(path), metadata={**meta, "layout": layout})
-
+    if tensor_bytes != predicted:
+        raise ExportError(f"the checkpoint would hold {tensor_bytes:,} bytes of denoiser tensors but the cost model "
+                          f"predicts {predicted:,} for format {fmt.name!r}; nothing written")
     rows = bos_rows(pipe, _bos_targets(plan, den, pipe)) if bos else {}
-    bos_bytes = 0
-    if rows:
-        save_file({n: r.contiguous() for n, r in rows.items()}, str(folder / BOS_FILE), metadata={"schema": SCHEMA})
-        bos_bytes = (folder / BOS_FILE).stat().st_size
-    for name in rows:
-        qmap[name]["bos"] = True
+    meta = {"schema": SCHEMA, "format": fmt.name, "fingerprint": inv.fingerprint, "component": den_name}
+    with staged(out, overwrite=overwrite, is_ours=_is_export) as tmp:
+        folder = tmp / den_name
+        folder.mkdir()
+        path = folder / WEIGHTS_FILE
+        index = None
+        if layout == "blobs":
+            blobs, index = to_blobs({**tensors, **buffers})
+            save_file(blobs, str(path), metadata={**meta, "layout": layout})
+        else:
+            save_file({**tensors, **buffers}, str(path), metadata={**meta, "layout": layout})
+        bos_bytes = 0
+        if rows:
+            save_file({n: r.contiguous() for n, r in rows.items()}, str(folder / BOS_FILE), metadata={"schema": SCHEMA})
+            bos_bytes = (folder / BOS_FILE).stat().st_size
+        for name in rows:
+            qmap[name]["bos"] = True
 
-    (folder / QMAP_FILE).write_text(json.dumps({
-        "schema": SCHEMA, "format": fmt.to_dict(), "fingerprint": inv.fingerprint, "model": inv.model,
-        "component": den_name, "denoiser_class": type(den).__name__, "quantizer": asdict(cfg or weight_config(fmt)),
-        "float_dtype": "float16", "bos_layers": sorted(rows), "layout": layout,
-        "pruned_units": list(plan.pruned_units), "modules": qmap,
-        **({"blobs": index} if index is not None else {}),
-    }, indent=1))
-    den.save_config(folder)
-    plan.save(out / "plan.json")
-    if components:
-        _save_components(pipe, den_name, out)
+        (folder / QMAP_FILE).write_text(json.dumps({
+            "schema": SCHEMA, "format": fmt.to_dict(), "fingerprint": inv.fingerprint, "model": inv.model,
+            "component": den_name, "denoiser_class": type(den).__name__,
+            "quantizer": asdict(cfg or weight_config(fmt)), "float_dtype": "float16", "bos_layers": sorted(rows),
+            "layout": layout, "pruned_units": list(plan.pruned_units), "modules": qmap,
+            **({"blobs": index} if index is not None else {}),
+        }, indent=1))
+        den.save_config(folder)
+        plan.save(tmp / "plan.json")
+        if components:
+            _save_components(pipe, den_name, tmp)
 
-    result = ExportResult(
-        out=str(out), format=fmt.name, fp16_bytes=fp16_bytes(inv), predicted_bytes=predicted,
-        tensor_bytes=tensor_bytes, header_bytes=safetensors_header_bytes(path), file_bytes=path.stat().st_size,
-        buffer_bytes=sum(t.numel() * t.element_size() for t in buffers.values()), bos_bytes=bos_bytes,
-        budget=plan.budget, budget_bytes=_budget_bytes(plan, inv), layers=len(inv),
-        quantized_layers=sum(1 for v in qmap.values() if v["weights"] != "none"),
-        pruned_units=len(plan.pruned_units),
-    )
-    (out / "export.json").write_text(json.dumps(result.to_dict(), indent=1))
-    if not result.matches:
-        raise ExportError(f"wrote {tensor_bytes:,} bytes of denoiser tensors but the cost model predicts "
-                          f"{predicted:,} for format {fmt.name!r}")
-    if result.budget_bytes is not None and tensor_bytes > result.budget_bytes:
-        raise ExportError(f"wrote {tensor_bytes:,} bytes, over the budget {plan.budget} = {result.budget_bytes:,} bytes")
+        result = ExportResult(
+            out=str(out), format=fmt.name, fp16_bytes=fp16_bytes(inv), predicted_bytes=predicted,
+            tensor_bytes=tensor_bytes, header_bytes=safetensors_header_bytes(path), file_bytes=path.stat().st_size,
+            buffer_bytes=sum(t.numel() * t.element_size() for t in buffers.values()), bos_bytes=bos_bytes,
+            budget=plan.budget, budget_bytes=budget_bytes, layers=len(inv),
+            quantized_layers=sum(1 for v in qmap.values() if v["weights"] != "none"),
+            pruned_units=len(plan.pruned_units),
+        )
+        (tmp / EXPORT_FILE).write_text(json.dumps(result.to_dict(), indent=1))
     return result
+
+
+def _is_export(folder: Path) -> bool:
+    """Whether a folder holds a finished export (the only kind `overwrite` replaces)."""
+    return (folder / EXPORT_FILE).is_file()
 
 
 def to_blobs(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, list]]:

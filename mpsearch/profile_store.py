@@ -12,6 +12,7 @@ on the next open, dropped and measured again.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -38,13 +39,90 @@ def _dumps(row: dict) -> str:
     return json.dumps(row, separators=(",", ":"))
 
 
-def read_measurements(path: Path, *, repair: bool = False) -> list[dict]:
-    """Rows of a measurements file. A torn last line (no newline, or not JSON) is ignored, and cut off
-    the file when `repair`; a malformed line elsewhere is an error naming it."""
+def _read_json(path: Path) -> Any:
+    """A JSON file, or a `ProfileError` naming file:line of the first syntax error."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ProfileError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProfileError(f"{path}: cannot be read ({e})") from None
+
+
+def read_meta(path: Path) -> dict:
+    """`meta.json` of a profile folder, checked for the keys a profile's rows are checked against."""
+    file = path / "meta.json"
+    if not file.is_file():
+        raise ProfileError(f"{path}: no meta.json (not a profile folder)")
+    meta = _read_json(file)
+    if not isinstance(meta, dict):
+        raise ProfileError(f"{file}: not a JSON object")
+    if meta.get("schema") != SCHEMA:
+        raise ProfileError(f"{file}: schema {meta.get('schema')!r}, expected {SCHEMA!r}")
+    shapes = {"layers": list, "candidates": dict, "metrics": dict, "step_groups": list}
+    for key, kind in shapes.items():
+        if not isinstance(meta.get(key), kind):
+            got = "missing" if key not in meta else f"a {type(meta[key]).__name__}"
+            raise ProfileError(f"{file}: {key!r} is {got}, expected a JSON {'array' if kind is list else 'object'}")
+    if not all(isinstance(n, str) for n in meta["layers"]):
+        raise ProfileError(f"{file}: 'layers' must be a list of layer names")
+    return meta
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_row(row: Any, meta: dict | None, layers: set[str]) -> str | None:
+    """What is wrong with one parsed measurement line (None when nothing): shape, types, a degradation
+    that is finite and ≥ 0, and (given the profile's meta) a layer, bits, metric and step group it declares."""
+    if not isinstance(row, dict):
+        return f"not a JSON object: {json.dumps(row)[:80]}"
+    for k in (*KEY, "degradation"):
+        if k not in row:
+            return f"missing {k!r}"
+    layer, tensor, bits, metric, group, deg = (row[k] for k in (*KEY, "degradation"))
+    if not isinstance(layer, str) or not isinstance(metric, str):
+        return "'layer' and 'metric' must be strings"
+    if tensor not in ("weight", "act", "unit"):
+        return f"tensor {tensor!r}: expected 'weight', 'act' or 'unit'"
+    if not _is_int(bits) or not _is_int(group) or group < 0:
+        return f"'bits' and 'step_group' must be integers ≥ 0, got {bits!r} and {group!r}"
+    if not isinstance(deg, (int, float)) or isinstance(deg, bool) or not math.isfinite(deg) or deg < 0:
+        return f"degradation {deg!r}: must be a finite number ≥ 0"
+    value = row.get("value")
+    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+        return f"value {value!r}: must be a number or null"
+    if meta is None:
+        return None
+    if tensor == "unit":
+        if layer not in (meta.get("units") or {}):
+            return f"unit {layer!r} is not in meta.json's units"
+    elif layer not in layers:
+        return f"layer {layer!r} is not in meta.json's layers (rows and meta.json from different models?)"
+    elif bits not in meta["candidates"].get(tensor, ()):
+        return f"{tensor} bits {bits} are not among meta.json's candidates {meta['candidates'].get(tensor)}"
+    if metric not in meta["metrics"]:
+        return f"metric {metric!r} is not among meta.json's metrics {sorted(meta['metrics'])}"
+    if group >= len(meta["step_groups"]):
+        return f"step_group {group} but meta.json declares {len(meta['step_groups'])} step group(s)"
+    return None
+
+
+def read_measurements(path: Path, *, repair: bool = False, meta: dict | None = None) -> list[dict]:
+    """Rows of a measurements file, each checked (see `_check_row`; against `meta` when given).
+
+    A torn last line (no newline, or not JSON) is what a killed profile run leaves: it is ignored (its
+    measurement counts as never made, and a resumed run makes it again), and cut off the file when
+    `repair`. Any other malformed line is an error naming file:line. Two lines for the same measurement
+    must agree (identical copies, e.g. from an older tool writing twice, are read once)."""
     if not path.exists():
         return []
     data = path.read_bytes()
-    rows, good_end, lines = [], 0, data.split(b"\n")
+    layers = set(meta["layers"]) if meta is not None else set()
+    rows: dict[tuple, dict] = {}
+    lines_of: dict[tuple, int] = {}
+    good_end, lines = 0, data.split(b"\n")
     for i, line in enumerate(lines):
         last = i == len(lines) - 1
         if not line.strip():
@@ -59,12 +137,53 @@ def read_measurements(path: Path, *, repair: bool = False) -> list[dict]:
             if last or i == len(lines) - 2 and not lines[-1]:
                 break  # torn tail: redo it
             raise ProfileError(f"{path}:{i + 1}: not a JSON measurement: {line[:80]!r}") from None
-        rows.append(row)
+        problem = _check_row(row, meta, layers)
+        if problem:
+            raise ProfileError(f"{path}:{i + 1}: {problem}")
+        k = tuple(row[c] for c in KEY)
+        if k in rows:
+            old = rows[k]
+            if (old["degradation"], old.get("value")) != (row["degradation"], row.get("value")):
+                raise ProfileError(f"{path}:{i + 1}: measurement {k} disagrees with line {lines_of[k]} "
+                                   f"(degradation {row['degradation']!r} vs {old['degradation']!r})")
+        else:
+            rows[k], lines_of[k] = row, i + 1
         good_end += len(line) + 1
     if repair and good_end < len(data):
         with open(path, "r+b") as f:
             f.truncate(good_end)
-    return rows
+    return list(rows.values())
+
+
+def read_inventory(path: Path) -> Any:
+    """`mpsearch.model.Inventory` from a profile's inventory.json; a damaged file is a `ProfileError`."""
+    from mpsearch.model import Inventory, ModelError
+
+    d = _read_json(path)
+    try:
+        return Inventory.from_dict(d)
+    except (ModelError, KeyError, TypeError, AttributeError) as e:
+        raise ProfileError(f"{path}: not a valid inventory ({type(e).__name__}: {e})") from None
+
+
+def check_inventory(meta: dict, inv: Any, where: str) -> None:
+    """Refuse an inventory (`mpsearch.model.Inventory`) that is not the one meta.json was measured on:
+    model, inventory fingerprint (class, config, parameter shapes), layer names in order, and layer sizes
+    that agree with their shapes."""
+    if meta.get("model") is not None and meta["model"] != inv.model:
+        raise ProfileError(f"{where}: inventory of model {inv.model!r} but meta.json was measured on "
+                           f"{meta['model']!r}: the folder mixes two models")
+    if meta.get("inventory_fingerprint") not in (None, inv.fingerprint):
+        raise ProfileError(f"{where}: inventory fingerprint {inv.fingerprint} != meta.json's "
+                           f"{meta['inventory_fingerprint']}: the folder mixes two models (or model versions)")
+    if meta["layers"] != inv.names:
+        diff = next((a, b) for a, b in itertools.zip_longest(meta["layers"], inv.names) if a != b)
+        raise ProfileError(f"{where}: layers differ from meta.json's ({len(inv.names)} vs {len(meta['layers'])}; "
+                           f"first difference {diff[1]!r} vs {diff[0]!r}): the folder mixes two models")
+    for layer in inv.layers:
+        if layer.params != math.prod(layer.weight_shape) or min(layer.params, layer.bias, layer.macs) < 0:
+            raise ProfileError(f"{where}: layer {layer.name!r} has {layer.params} params but weight shape "
+                               f"{layer.weight_shape}: the inventory is damaged")
 
 
 def check_compatible(old: dict, new: dict, where: str) -> None:
@@ -112,12 +231,12 @@ class Store:
         self.root.mkdir(parents=True, exist_ok=True)
         self.meta_path, self.path = self.root / "meta.json", self.root / "measurements.jsonl"
         if self.meta_path.exists():
-            old = json.loads(self.meta_path.read_text())
+            old = read_meta(self.root)
             check_compatible(old, meta, str(self.root))
             meta = union_meta(old, meta)
         self.meta = meta
         _write_json(self.meta_path, meta)
-        rows = read_measurements(self.path, repair=True)
+        rows = read_measurements(self.path, repair=True, meta=meta)
         self.done = {tuple(r[k] for k in KEY) for r in rows}
         self._f = open(self.path, "a")
 
@@ -184,13 +303,10 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | Path) -> Profile:
+        """Read and check a profile folder; every malformed file is a `ProfileError` naming file:line."""
         path = Path(path)
-        if not (path / "meta.json").is_file():
-            raise ProfileError(f"{path}: no meta.json (not a profile folder)")
-        meta = json.loads((path / "meta.json").read_text())
-        if meta.get("schema") != SCHEMA:
-            raise ProfileError(f"{path}/meta.json: schema {meta.get('schema')!r}, expected {SCHEMA!r}")
-        rows = read_measurements(path / "measurements.jsonl")
+        meta = read_meta(path)
+        rows = read_measurements(path / "measurements.jsonl", meta=meta)
         return cls(meta, pd.DataFrame(rows, columns=COLUMNS), path)
 
     @property
@@ -230,13 +346,13 @@ def merge(out: str | Path, shards: list[str | Path]) -> Profile:
     metas, rows = [], {}
     for s in shards:
         p = Path(s)
-        if not (p / "meta.json").is_file():
-            raise ProfileError(f"{p}: no meta.json (not a profile folder)")
-        m = json.loads((p / "meta.json").read_text())
+        m = read_meta(p)
         if metas:
             check_compatible(metas[0], m, str(p))
         metas.append(m)
-        for r in read_measurements(p / "measurements.jsonl"):
+        if (p / "inventory.json").is_file():
+            check_inventory(m, read_inventory(p / "inventory.json"), str(p / "inventory.json"))
+        for r in read_measurements(p / "measurements.jsonl", meta=m):
             k = tuple(r[c] for c in KEY)
             if k in rows and (rows[k]["degradation"] != r["degradation"]):
                 raise ProfileError(f"{p}: measurement {k} disagrees with another shard")

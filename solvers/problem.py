@@ -469,12 +469,14 @@ class StepProblem:
                  one timestep per group.
     timestep_loss: optional, per group, a degradation for keeping each timestep of the group (length
                  end - start); default 0, i.e. any step of a group is as good as another.
+    info:        what the builder wants reported with the solution (e.g. options it did not offer).
     """
 
     problem: Problem
     step_losses: Mapping[str, Any]
     step_groups: Sequence[tuple[int, int]]
     timestep_loss: Sequence[Any] | None = None
+    info: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         p = self.problem

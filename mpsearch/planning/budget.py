@@ -45,7 +45,7 @@ class BudgetError(ValueError):
 
 
 def _number(mantissa: str, exponent: str | None) -> float:
-    return float(mantissa) * (10 ** int(exponent) if exponent else 1)
+    return float(f"{mantissa}e{exponent or 0}")  # inf when too large: refused by `_checked`
 
 
 @dataclass(frozen=True)
@@ -77,12 +77,14 @@ class Budget:
 
     @classmethod
     def _checked(cls, kind: str, value: float, text, unit: str = "") -> Budget:
+        if not math.isfinite(value):
+            raise BudgetError(f"budget {str(text)!r} is too large to be a number")
         if value <= 0:
             raise BudgetError(f"budget {str(text)!r} must be positive")
         if kind == "percent" and value > 100:
             raise BudgetError(f"budget {str(text)!r}: a size budget above 100% of fp16 means no quantization")
-        if kind == "bits" and not 1 <= value <= FLOAT_BITS:
-            raise BudgetError(f"budget {str(text)!r}: mean weight bits must lie in [1, {FLOAT_BITS}]")
+        if kind == "bits" and value > FLOAT_BITS:  # below the smallest width: the solver names the smallest budget
+            raise BudgetError(f"budget {str(text)!r}: mean weight bits cannot exceed {FLOAT_BITS}")
         return cls(kind, value, str(text).strip(), unit)
 
     @property

@@ -51,6 +51,20 @@ class WeightFormat:
                 f"format {self.name!r} cannot store {bits}-bit weights (supported: {sorted(self.storage)})"
             ) from None
 
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Widths below 16 bits stored as they are, in no wider container: the only ones worth offering
+        (quanto's 3-bit weights cost what 4-bit ones do and are worse)."""
+        return tuple(sorted(b for b, s in self.storage.items() if b == s))
+
+    def check_offered(self, bits: int) -> None:
+        """Refuse offering a width the format cannot store, or stores in a wider container."""
+        stored = self.stored_bits(bits)
+        if stored != bits and bits < FLOAT_BITS:
+            raise ValueError(f"format {self.name!r} stores {bits}-bit weights in {stored}-bit containers, as large "
+                             f"as {stored}-bit weights and less accurate: choose from its stored widths "
+                             f"{', '.join(map(str, self.widths))}")
+
     def n_scales(self, layer: Layer) -> int:
         row = layer.params // layer.out_channels
         groups = 1 if self.group_size is None else math.ceil(row / self.group_size)
@@ -105,6 +119,18 @@ def layer_bytes(layer: Layer, w_bits: int, fmt: str | WeightFormat | None = None
         return layer.params * f.float_bytes + bias
     packed = math.ceil(layer.params * stored / 8)
     return packed + f.n_scales(layer) * (f.scale_bytes + f.zero_bytes) + bias
+
+
+def layer_wbits(layer: Layer, w_bits: int, fmt: str | WeightFormat | None = None) -> int:
+    """Weight bits one layer stores at `w_bits` nominal bits (params × stored bits): what a bits budget
+    counts, so a 3-bit layer in quanto's 4-bit container costs 4 bits per weight."""
+    return 0 if w_bits == PRUNED else layer.params * get_format(fmt).stored_bits(w_bits)
+
+
+def stored_mean_bits(inv: Inventory, w_bits: dict[str, int], fmt: str | WeightFormat | None = None) -> float:
+    """Size-weighted mean stored weight bits over the quantizable layers (layers not named: 16 bits)."""
+    total = sum(l.params for l in inv.layers)
+    return sum(layer_wbits(l, w_bits.get(l.name, FLOAT_BITS), fmt) for l in inv.layers) / total
 
 
 def fixed_bytes(inv: Inventory, fmt: str | WeightFormat | None = None) -> int:

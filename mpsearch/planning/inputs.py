@@ -9,11 +9,14 @@ import pandas as pd
 
 from mpsearch.metrics import get_metric
 from mpsearch.model import Inventory, inventory
-from mpsearch.profile_store import Profile
+from mpsearch.profile_store import Profile, check_inventory, read_inventory
 
 
 def load_profile(profile: Any) -> tuple[pd.DataFrame, dict[str, Any], Inventory]:
-    """(measurements, meta, inventory) of a profile folder, a `Profile` object or `(df, inventory[, meta])`."""
+    """(measurements, meta, inventory) of a profile folder, a `Profile` object or `(df, inventory[, meta])`.
+
+    A folder's meta.json, inventory.json and rows must agree (model, fingerprint, layers, sizes);
+    anything malformed or mixed is a `ProfileError` naming the file (and line)."""
     if isinstance(profile, tuple):  # (df, inventory) or (df, inventory, meta)
         df, inv, *rest = profile
         return df, dict(rest[0]) if rest else {}, inv
@@ -23,10 +26,13 @@ def load_profile(profile: Any) -> tuple[pd.DataFrame, dict[str, Any], Inventory]
     folder = getattr(profile, "path", None)
     inv_file = Path(folder) / "inventory.json" if folder else None
     if inv_file is not None and inv_file.is_file():
-        inv = Inventory.load(inv_file)
+        inv, where = read_inventory(inv_file), str(inv_file)
     else:
         model = meta.get("model") or None
         inv = inventory(None if model == "demo" else model, resolution=meta.get("resolution"))
+        where = f"{folder or 'profile'} (inventory of {inv.model!r})"
+    if "layers" in meta:
+        check_inventory(meta, inv, where)
     return df, meta, inv
 
 

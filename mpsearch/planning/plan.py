@@ -22,7 +22,10 @@ counts the unquantized parameters (norms) that left with those units, so `predic
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,24 +124,34 @@ class Plan:
         }
 
     def save(self, path: str | Path) -> Path:
+        """Write the plan, one layer per line (readable and diffable). The file is written to a temporary
+        sibling and renamed into place: a reader (or a killed writer) never sees half a plan."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         d = self.to_dict()
         layers = d.pop("layers")
-        # one layer per line: readable and diffable
         body = json.dumps(d, indent=1)[:-2]
         rows = ",\n".join(f"  {json.dumps(n)}: {json.dumps(b)}" for n, b in layers.items())
-        path.write_text(body + ',\n "layers": {\n' + rows + "\n }\n}\n")
+        tmp = path.with_name(f".{path.name[:200]}.{uuid.uuid4().hex[:12]}.tmp")  # created as plain files are (umask)
+        try:
+            tmp.write_text(body + ',\n "layers": {\n' + rows + "\n }\n}\n")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
         path = Path(path)
-        text = path.read_text()
         try:
+            text = path.read_text()
             d = json.loads(text)
+        except UnicodeDecodeError as e:
+            raise PlanError(f"{path}: not a plan: byte {e.start} is not UTF-8 text") from None
         except json.JSONDecodeError as e:
             raise PlanError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+        except RecursionError:
+            raise PlanError(f"{path}: not a plan: JSON nested too deeply") from None
         return cls.from_dict(d, text=text, source=str(path))
 
     @classmethod
@@ -150,6 +163,19 @@ class Plan:
             raise fail("<top>", "a plan is a JSON object")
         if d.get("schema") != SCHEMA:
             raise fail("schema", f"expected {SCHEMA!r}, got {d.get('schema')!r}")
+        for key in ("model", "fingerprint"):
+            if not isinstance(d.get(key, ""), str):
+                raise fail(key, f"must be a string, got {d[key]!r}")
+        budget = d.get("budget")
+        if budget is not None:
+            from mpsearch.planning.budget import Budget  # budget imports the cost model, as this module does
+
+            if not isinstance(budget, str):
+                raise fail("budget", f"must be null or a budget such as \"4bits\", got {budget!r}")
+            try:
+                Budget.parse(budget)
+            except ValueError as e:
+                raise fail("budget", str(e)) from None
         raw = d.get("layers")
         if not isinstance(raw, dict) or not raw:
             raise fail("layers", "must be a non-empty object {layer name: {w_bits, a_bits}}")
@@ -175,6 +201,8 @@ class Plan:
             layers[name] = lb
         fmt = d.get("format", "packed")
         try:
+            if not isinstance(fmt, str):
+                raise ValueError(f"must be a format name, got {fmt!r}")
             get_format(fmt)
         except ValueError as e:
             raise fail("format", str(e)) from None
@@ -184,9 +212,31 @@ class Plan:
             raise fail("kept_timesteps", "must be null or a non-empty, strictly decreasing list of integer timesteps "
                        "(the sampling order)")
         overrides = d.get("step_overrides") or []
+        if not isinstance(overrides, list):
+            raise fail("step_overrides", "must be a list of {\"steps\": [int], \"layers\": {...}}")
         for i, o in enumerate(overrides):
-            if not isinstance(o, dict) or not isinstance(o.get("steps"), list) or not isinstance(o.get("layers"), dict):
-                raise fail(f"step_overrides[{i}]", "must be {\"steps\": [int], \"layers\": {name: {\"a_bits\"|\"w_bits\": int}}}")
+            if not isinstance(o, dict) or set(o) != {"steps", "layers"} or not isinstance(o["layers"], dict) \
+                    or not (isinstance(o["steps"], list) and o["steps"] and all(_is_int(t) and t >= 0 for t in o["steps"])):
+                raise fail(f"step_overrides[{i}]", "must be {\"steps\": [step index ≥ 0, …], \"layers\": "
+                           "{name: {\"a_bits\"|\"w_bits\": int}}}", "step_overrides")
+            for name, bits in o["layers"].items():
+                where = f"step_overrides[{i}].layers[{name!r}]"
+                if not isinstance(bits, dict) or not bits or set(bits) - {"w_bits", "a_bits"}:
+                    raise fail(where, "must be {\"a_bits\"|\"w_bits\": int}", "step_overrides")
+                for attr, allowed in (("w_bits", WEIGHT_BITS), ("a_bits", ACT_BITS)):
+                    if attr in bits and not (_is_int(bits[attr]) and bits[attr] in allowed):
+                        raise fail(f"{where}.{attr}", f"{bits[attr]!r} is not one of {list(allowed)}", "step_overrides")
+        predicted, solver = d.get("predicted") or {}, d.get("solver") or {}
+        if not isinstance(solver, dict):
+            raise fail("solver", f"must be an object, got {solver!r}")
+        if not isinstance(predicted, dict):
+            raise fail("predicted", f"must be an object {{bytes, loss, …}}, got {predicted!r}")
+        for key, value in predicted.items():  # sizes and counts ≥ 0; losses (a solver's objective) any number
+            values = value.values() if key == "losses" and isinstance(value, dict) else [value]
+            floor = -math.inf if key in ("loss", "losses") else 0
+            if not all(_is_number(v) and v >= floor for v in values):
+                raise fail(f"predicted.{key}", f"must be a {'number' if floor else 'number ≥ 0'}"
+                           f"{' per group' if key == 'losses' else ''}, got {value!r}", "predicted")
         return cls(
             layers=layers,
             model=d.get("model", ""),
@@ -197,8 +247,8 @@ class Plan:
             kept_timesteps=kept,
             pruned_units=list(pruned_units),
             pruned_fixed_params=_count(d.get("pruned_fixed_params", 0), fail),
-            predicted=dict(d.get("predicted") or {}),
-            solver=dict(d.get("solver") or {}),
+            predicted=dict(predicted),
+            solver=dict(solver),
         )
 
     # ---------------------------------------------------------------- against a model
@@ -237,8 +287,17 @@ class Plan:
         return self
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite JSON number (not a boolean, not NaN or Infinity)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
 def _count(value: Any, fail) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if not _is_int(value) or value < 0:
         raise fail("pruned_fixed_params", f"{value!r} is not a count of parameters ≥ 0")
     return value
 

@@ -10,6 +10,7 @@ steps with the bits (`mpsearch.planning.steps`); a flat solver keeps evenly spac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -92,11 +93,23 @@ def _checked_space(spec: SolverSpec, budget: Budget, space: SearchSpace | None) 
     return replace(space, weight_only=True) if spec.weight_only else space
 
 
-def _run(spec: SolverSpec, problem: Any, kwargs: dict[str, Any]) -> Solution:
+def _run(spec: SolverSpec, problem: Any, kwargs: dict[str, Any], feasible: Callable[[], Any]) -> Solution:
+    """`spec(problem)`; when a heuristic finds nothing (a ValueError), `feasible()` raises `BudgetInfeasible`
+    naming the smallest feasible budget if the budget is to blame."""
     try:
         return spec(problem, **kwargs)
     except InfeasibleBudget as e:
         raise BudgetInfeasible(str(e), e.smallest_feasible) from None
+    except ValueError:  # MixDQ's sweep or the evolution found nothing: name the smallest budget if none fits
+        feasible()
+        raise
+
+
+def _raise_if_infeasible(problem: Problem, budget: Budget, inv: Inventory) -> None:
+    """`BudgetInfeasible` naming the smallest feasible budget when the exact ILP finds no plan within it."""
+    solution = _run(get_solver("ilp"), problem, {}, lambda: None)
+    if solution.status == "infeasible":
+        raise BudgetInfeasible.of(solution, budget, inv)
 
 
 def solve(profile: Any, budget: Budget | str, options: SolveOptions | None = None, **kwargs: Any) -> Plan:
@@ -124,11 +137,19 @@ def solve(profile: Any, budget: Budget | str, options: SolveOptions | None = Non
         return _solve_steps(spec, opts, kwargs, df, meta, inv, budget, space, extra)
     ceiling = None if spec.budget == "target" else budget
     sp = build_problem(inv, df, ceiling, fmt=opts.fmt, space=space, units=meta.get("units"))
-    solution = _run(spec, sp if spec.consumes == "steps" else sp.problem, kwargs)
+
+    def feasible() -> None:
+        with_ceiling = sp if ceiling is not None else build_problem(inv, df, budget, fmt=opts.fmt, space=space,
+                                                                   units=meta.get("units"))  # fmt: skip
+        _raise_if_infeasible(with_ceiling.problem, budget, inv)
+
+    solution = _run(spec, sp if spec.consumes == "steps" else sp.problem, kwargs, feasible)
     if solution.status == "infeasible":
         raise BudgetInfeasible.of(solution, budget, inv)
     if "kept_steps" in solution.info:
         extra["kept_steps"] = list(solution.info["kept_steps"])
+    if sp.info.get("unmeasured"):  # options the profile never measured: not offered, or at zero loss
+        extra.update(sp.info)
     plan = solution_to_plan(solution, inv, fmt=opts.fmt, budget=budget, extra=extra, units=meta.get("units"))
     if plan.predicted["bytes"] and budget.resource == "bytes":
         assert plan.predicted["bytes"] <= budget.resolve(inv, opts.fmt), "solver broke the byte budget"
@@ -155,7 +176,7 @@ def _solve_steps(spec: SolverSpec, opts: SolveOptions, kwargs: dict[str, Any], d
         info.update(found)
     else:
         kept = even_steps(pool.groups)
-        solution = _run(spec, sp.problem, kwargs)
+        solution = _run(spec, sp.problem, kwargs, lambda: None)
         if solution.status == "infeasible":
             raise BudgetInfeasible(f"budget {budget} cannot be met with {steps} kept steps", None)
     plan = solution_to_plan(solution, inv, fmt=opts.fmt, budget=budget, extra={**extra, **info},

@@ -7,8 +7,16 @@ assumption: one-layer-at-a-time measurements add up). A metric a layer was not m
 it (by default quality layers are measured on quality metrics and content layers on content metrics).
 The solver puts the metrics on one scale (see `solvers.problem`).
 
-Costs per option: `bytes` (cost model, the exporter's own accounting), `wbits` (params × w bits, for
-mean-bit budgets) and `bitops` (MACs × w × a).
+The solver never invents a measurement. A layer's (tensor, bits) option is measured when the profile has
+its row for every metric that layer was measured on and every step group; an option that is not is not
+offered to that layer (listed in `StepProblem.info["unmeasured"]`), and a width asked for explicitly that
+no layer has is refused. `SearchSpace(assume_missing="zero")` (`--assume-missing zero`) offers unmeasured
+options at zero loss instead. A NaN, infinite or negative degradation, or two different ones for one
+measurement, is an error.
+
+Costs per option: `bytes` (cost model, the exporter's own accounting), `wbits` (params × stored w bits,
+for mean-bit budgets: a bits budget counts what the format stores) and `bitops` (MACs × w × a). Only
+widths the format stores as they are are offered (`WeightFormat.widths`; quanto: 2, 4, 8).
 
 Layer pruning (LAPTOP-Diff, `mpsearch.pruning`): when the profile has unit rows (`tensor="unit"`) every
 layer of a prunable unit gets one more option, key `"pruned"`, costing 0 bytes, 0 wbits and 0 BitOPs.
@@ -32,10 +40,21 @@ import pandas as pd
 
 from mpsearch.model import Inventory
 from mpsearch.planning.budget import Budget
-from mpsearch.planning.cost import FLOAT_BITS, PRUNED, fixed_bytes, get_format, layer_bitops, layer_bytes
+from mpsearch.planning.cost import (
+    FLOAT_BITS,
+    PRUNED,
+    fixed_bytes,
+    get_format,
+    layer_bitops,
+    layer_bytes,
+    layer_wbits,
+)
 from mpsearch.planning.plan import LayerBits, Plan
+from mpsearch.profile_store import KEY
 from solvers.all_or_nothing import all_or_nothing_rows
 from solvers.problem import Constraint, Problem, Solution, StepProblem
+
+ASSUME_MISSING = ("none", "zero")  # what an option the profile never measured counts as (see module docstring)
 
 
 @dataclass
@@ -47,6 +66,8 @@ class SearchSpace:
     `protect_top`: fraction of layers, the most sensitive at the lowest candidate bits, kept at 16/16.
     `weight_only`: activations stay at 16 bits (no activation options).
     `prune`: also offer removing whole units (LAPTOP-Diff) the profile scored (`mpsearch profile --prune`).
+    `assume_missing`: "none" offers only measured options (see module docstring); "zero" offers every
+    candidate and counts what the profile never measured as lossless.
     """
 
     w_bits: Sequence[int] | None = None
@@ -57,33 +78,95 @@ class SearchSpace:
     allow_fp: bool = True
     metric_weights: dict[str, float] = field(default_factory=dict)
     prune: bool = False  # also offer "pruned" for the units the profile scored (needs unit rows)
+    assume_missing: str = "none"
 
 
-def _loss_tables(df: pd.DataFrame, tensor: str, inv: Inventory, bits: Sequence[int], metrics: Sequence[str]):
-    """metric → (G, L, len(bits)) degradations of one tensor kind; 16 bits and unmeasured pairs are 0."""
-    groups = sorted(df["step_group"].unique()) if len(df) else [0]
-    out = {m: np.zeros((len(groups), len(inv), len(bits))) for m in metrics}
+def _key(values: Any) -> tuple:
+    """Plain Python values (numpy scalars print as `np.int64(2)`), for messages."""
+    return tuple(v.item() if isinstance(v, np.generic) else v for v in values)
+
+
+def _checked_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` without exact duplicate measurements. A NaN, infinite or negative degradation, or two different
+    degradations for one measurement, is an error naming it."""
+    deg = pd.to_numeric(df["degradation"], errors="coerce").to_numpy(dtype=float)
+    bad = ~(np.isfinite(deg) & (deg >= 0))
+    if bad.any():
+        row = df.iloc[int(np.argmax(bad))]
+        raise ValueError(f"measurement {_key(row[list(KEY)])} has degradation {_key([row['degradation']])[0]!r}: "
+                         "it must be a finite number ≥ 0")
+    dup = df.duplicated(list(KEY), keep=False).to_numpy()
+    if dup.any():
+        spread = df[dup].groupby(list(KEY), sort=False)["degradation"].nunique()
+        if (spread > 1).any():
+            raise ValueError(f"measurement {_key(spread.index[int(np.argmax(spread.to_numpy() > 1))])} has two "
+                             "different degradations")
+        df = df.drop_duplicates(list(KEY))
+    return df
+
+
+def _loss_tables(df: pd.DataFrame, tensor: str, n_layers: int, n_groups: int, bits: Sequence[int],
+                 metrics: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(metric → (G, L, len(bits)) degradations of one tensor kind, (L, len(bits)) rows per option).
+    `df` has integer columns `_l` (layer index) and `_g` (step group index); 16 bits and unmeasured
+    options have degradation 0."""
+    out = {m: np.zeros((n_groups, n_layers, len(bits))) for m in metrics}
+    count = np.zeros((n_layers, len(bits)), dtype=np.int64)
     sub = df[df["tensor"] == tensor]
-    if sub.empty:
-        return out, groups
-    gi = {g: i for i, g in enumerate(groups)}
-    bi = {b: i for i, b in enumerate(bits)}
-    for row in sub.itertuples(index=False):
-        if row.layer in inv and row.bits in bi and row.metric in out:
-            out[row.metric][gi[row.step_group], inv.index(row.layer), bi[row.bits]] = max(0.0, row.degradation)
-    return out, groups
+    bi = sub["bits"].map({b: i for i, b in enumerate(bits)}).to_numpy(dtype=float)
+    keep = ~np.isnan(bi)
+    bi = bi[keep].astype(np.int64)
+    li, gi = sub["_l"].to_numpy()[keep], sub["_g"].to_numpy()[keep]
+    metric, deg = sub["metric"].to_numpy()[keep], sub["degradation"].to_numpy(dtype=float)[keep]
+    for m in metrics:
+        at = metric == m
+        out[m][gi[at], li[at], bi[at]] = deg[at]
+    np.add.at(count, (li, bi), 1)
+    return out, count
 
 
 def _check_profile_covers(df: pd.DataFrame, inv: Inventory) -> None:
-    unknown = sorted(set(df["layer"]) - set(inv.names))
+    present = set(df["layer"].unique())
+    unknown = sorted(present - set(inv.names))
     if unknown:
         raise ValueError(f"the profile measures layer {unknown[0]!r}, which is not a quantizable layer of "
                          f"{inv.model!r}: profile and model do not match")
-    missing = [n for n in inv.names if n not in set(df["layer"])]
+    missing = [n for n in inv.names if n not in present]
     if missing:
         raise ValueError(f"the profile has no measurement for layer {missing[0]!r}"
                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
                          + "; finish or resume the profile run first")
+
+
+def _measured(df: pd.DataFrame, tensor: str, count: np.ndarray, need: np.ndarray, bits: Sequence[int],
+              asked: Sequence[int] | None) -> np.ndarray:
+    """(L, len(bits)) True where a layer's option has all its rows (`need` per layer); 16 bits always.
+    A width asked for explicitly that no layer has is refused."""
+    ok = count >= need[:, None]
+    ok[:, [i for i, b in enumerate(bits) if b >= FLOAT_BITS]] = True
+    for i, b in enumerate(bits):
+        if asked and b in asked and not ok[:, i].any():
+            have = sorted({int(x) for x in df.loc[df["tensor"] == tensor, "bits"].unique()})
+            raise ValueError(f"{'weights' if tensor == 'weight' else 'activations'} at {b} bits were never measured "
+                             f"in this profile (measured: {', '.join(map(str, have)) or 'none'}): profile them, or "
+                             "choose --assume-missing zero to count unmeasured options as lossless")
+    return ok
+
+
+def _offer(ok: np.ndarray, pairs: list, costs: dict, step_losses: dict) -> tuple[list, dict, dict]:
+    """Per layer only the options `ok` (L, P) marks: keys, ragged costs and step losses packed left."""
+    if ok.all():
+        return [list(pairs) for _ in ok], costs, step_losses
+    order = np.argsort(~ok, axis=1, kind="stable")  # each layer's offered options first, in their order
+    n = ok.sum(axis=1)
+    keys = [[pairs[k] for k in row[:k_i]] for row, k_i in zip(order, n, strict=True)]
+    costs = {r: [row[:k_i].tolist() for row, k_i in zip(np.take_along_axis(np.asarray(v), order, axis=1), n,
+                                                          strict=True)]
+             for r, v in costs.items()}
+    valid = np.arange(ok.shape[1])[None, :] < n[:, None]
+    step_losses = {m: (np.take_along_axis(v, order[None], axis=2) * valid[None])[:, :, : n.max()]
+                   for m, v in step_losses.items()}
+    return keys, costs, step_losses
 
 
 def build_problem(
@@ -101,27 +184,41 @@ def build_problem(
     step groups) for the ILP; `.step_losses` feed the timestep search. `units`: the profile's
     `meta["units"]` (unit name → {"fixed_params": n, ...}), needed when it has unit rows."""
     space = space or SearchSpace()
+    if space.assume_missing not in ASSUME_MISSING:
+        raise ValueError(f"assume_missing must be one of {', '.join(ASSUME_MISSING)}, got {space.assume_missing!r}")
     f = get_format(fmt)
     unit_df = profile_df[profile_df["tensor"] == "unit"]
     profile_df = profile_df[profile_df["tensor"] != "unit"]
     _check_profile_covers(profile_df, inv)
+    profile_df = _checked_rows(profile_df)
     metrics = sorted(profile_df["metric"].unique())
-    w_cands = sorted(set(space.w_bits or profile_df.loc[profile_df.tensor == "weight", "bits"].unique()))
+    # the profile's widths that the format stores as they are (quanto: 2, 4, 8; its 3 costs a 4-bit container)
+    w_cands = sorted(set(space.w_bits or [b for b in profile_df.loc[profile_df.tensor == "weight", "bits"].unique()
+                                          if b in f.widths]))
     a_cands = [] if space.weight_only else sorted(
         set(space.a_bits or profile_df.loc[profile_df.tensor == "act", "bits"].unique()))
     w_all = [int(b) for b in w_cands if b < FLOAT_BITS] + ([FLOAT_BITS] if space.allow_fp else [])
     a_all = [int(b) for b in a_cands if b < FLOAT_BITS] + [FLOAT_BITS]
     for b in w_all:
-        f.stored_bits(b)  # clear error if the format cannot hold a candidate
-    wl, groups = _loss_tables(profile_df, "weight", inv, w_all, metrics)
-    al, _ = _loss_tables(profile_df, "act", inv, a_all, metrics)
+        f.check_offered(b)  # clear error if the format cannot hold a candidate, or only in a wider container
+    groups = sorted(profile_df["step_group"].unique()) if len(profile_df) else [0]
+    profile_df = profile_df.assign(_l=profile_df["layer"].map(inv.index).to_numpy(),
+                                   _g=profile_df["step_group"].map({g: i for i, g in enumerate(groups)}).to_numpy())
+    # rows an option needs: one per metric its layer was measured on, per step group
+    per_layer = profile_df.drop_duplicates(["_l", "metric"])["_l"].to_numpy()
+    need = np.bincount(per_layer, minlength=len(inv)) * len(groups)
+    wl, w_count = _loss_tables(profile_df, "weight", len(inv), len(groups), w_all, metrics)
+    al, a_count = _loss_tables(profile_df, "act", len(inv), len(groups), a_all, metrics)
+    zero = space.assume_missing == "zero"
+    w_ok = _measured(profile_df, "weight", w_count, need, w_all, None if zero else space.w_bits)
+    a_ok = _measured(profile_df, "act", a_count, need, a_all, None if zero else space.a_bits)
     pairs = [(w, a) for w in w_all for a in a_all]
     wi = [w_all.index(w) for w, _ in pairs]
     ai = [a_all.index(a) for _, a in pairs]
     step_losses = {m: wl[m][:, :, wi] + al[m][:, :, ai] for m in metrics}
     costs = {
         "bytes": [[layer_bytes(l, w, f) for w, _ in pairs] for l in inv.layers],
-        "wbits": [[l.params * w for w, _ in pairs] for l in inv.layers],
+        "wbits": [[layer_wbits(l, w, f) for w, _ in pairs] for l in inv.layers],
         "bitops": [[layer_bitops(l, w, a) for w, a in pairs] for l in inv.layers],
     }
     fixed = {}
@@ -135,7 +232,17 @@ def build_problem(
             fixed[inv.names[i]] = (FLOAT_BITS, FLOAT_BITS)
     if fixed and (FLOAT_BITS, FLOAT_BITS) not in pairs:
         raise ValueError("protected layers need 16-bit options: do not combine --protect with allow_fp=False")
-    keys = [list(pairs) for _ in inv.layers]
+    ok = np.ones((len(inv), len(pairs)), dtype=bool) if zero else w_ok[:, wi] & a_ok[:, ai]
+    if not ok.any(axis=1).all():
+        raise ValueError(f"layer {inv.names[int(np.argmin(ok.any(axis=1)))]!r} has no measured option among "
+                         f"W{w_all} A{a_all}: allow 16 bits, or choose --assume-missing zero")
+    keys, costs, step_losses = _offer(ok, pairs, costs, step_losses)
+    unmeasured = sorted((i, t, bits[k]) for t, bits, got in (("W", w_all, w_ok), ("A", a_all, a_ok))
+                        for i, k in np.argwhere(~got))
+    # each metric's scale from the bit options alone (see `solvers.problem`): offering pruning must not
+    # re-weight the metrics, so a plan that prunes nothing scores as it does without the option
+    scales = {m: float(v.sum(axis=0).max(axis=1).sum()) or 1.0 for m, v in step_losses.items()} \
+        if space.prune else None
     constraints = list(extra_constraints)
     saved = 0
     if space.prune and unit_df.empty:
@@ -147,11 +254,9 @@ def build_problem(
         b = Budget.parse(budget)
         offset = fixed_bytes(inv, f) - saved if b.resource == "bytes" else 0.0
         constraints.append(Constraint(b.resource, upper=b.resolve(inv, f), offset=offset, name="budget"))
+    width = max(len(k) for k in keys)  # packed options (and "pruned") leave no column unused
+    step_losses = {m: v[:, :, :width] for m, v in step_losses.items()}
     losses = {m: v.sum(axis=0) for m, v in step_losses.items()}
-    # each metric's scale from the bit options alone (see `solvers.problem`): offering pruning must not
-    # re-weight the metrics, so a plan that prunes nothing scores as it does without the option
-    scales = {m: float(v[:, : len(pairs)].max(axis=1).sum()) or 1.0 for m, v in losses.items()} \
-        if space.prune else None
     problem = Problem(
         keys=keys,
         costs=costs,
@@ -165,7 +270,8 @@ def build_problem(
     )
     n = len(groups)
     step_groups = [(i, i + 1) for i in range(n)]
-    return StepProblem(problem=problem, step_losses=step_losses, step_groups=step_groups)
+    info = {"unmeasured": [f"{inv.names[i]} {t}{b}" for i, t, b in unmeasured], "assume_missing": space.assume_missing}
+    return StepProblem(problem=problem, step_losses=step_losses, step_groups=step_groups, info=info)
 
 
 def prunable_units(inv: Inventory, units: Mapping[str, Any] | None, names: Sequence[str]) -> dict[str, dict]:
@@ -198,13 +304,12 @@ def _add_prune_options(inv, unit_df, units, groups, keys, costs, step_losses, co
                 raise ValueError(f"units {taken[i]!r} and {name!r} overlap at layer {inv.names[i]!r}")
             taken[i] = name
     gi = {g: k for k, g in enumerate(groups)}
-    K = len(keys[0])
     for m in list(step_losses):
         step_losses[m] = np.concatenate([step_losses[m], np.zeros((*step_losses[m].shape[:2], 1))], axis=2)
     for row in unit_df.itertuples(index=False):
         if row.metric in step_losses and row.step_group in gi:
             first = table[row.layer]["members"][0]
-            step_losses[row.metric][gi[row.step_group], first, K] = max(0.0, row.degradation)
+            step_losses[row.metric][gi[row.step_group], first, len(keys[first])] = row.degradation
     saved = 0
     for u in table.values():
         extra = u["fixed_params"] * f.float_bytes

@@ -55,7 +55,7 @@ from solvers.problem import Constraint, Problem, Solution, StepProblem
 from solvers.registry import SolverSpec
 from solvers.units import build_units
 
-__all__ = ["StepOptions", "StepPool", "joint_search", "step_losses_for_groups", "step_pool", "step_problem"]
+__all__ = ["StepOptions", "StepPool", "describe_budget", "joint_search", "step_losses_for_groups", "step_pool", "step_problem"]
 
 POLISH = 3  # best-measured kept-step sets also sampled with the winner's bits
 
@@ -132,6 +132,22 @@ def _check_scheduler_name(name: str | None) -> None:
     cls = getattr(diffusers, name, None) if name else None
     if cls is not None:
         kept_scheduler(cls())
+
+
+def describe_budget(budget: Budget, inv: Inventory, steps: int, meta: dict[str, Any], pool: int | None = None) -> str:
+    """A budget of a search keeping `steps` steps, as understood. A BitOPs budget is of one image (a % of
+    W16A16 over the profile's full schedule, or the `pool`-step schedule's without one), and each of the `steps` kept
+    denoiser calls gets an equal share, e.g. `6.25%bitops = 6.25% of the W16A16 BitOPs of one image at 8
+    steps = 12,582,912,000 BitOPs per image; 4 kept steps: at most 3,145,728,000 BitOPs per denoiser call`."""
+    timesteps, _, _ = _profile_schedule(meta)
+    full_steps = len(timesteps) if timesteps else pool  # as `step_pool` counts them
+    if budget.resource != "bitops" or not full_steps or steps < 1:
+        return budget.describe(inv)
+    ceiling = budget.per_image(inv, full_steps)
+    head = (f"{budget} = {budget.value:g}% of the W16A16 BitOPs of one image at {full_steps} steps = "
+            if budget.kind == "bitops_percent" else f"{budget} = ")
+    return (f"{head}{ceiling:,.0f} BitOPs per image; {steps} kept steps: at most {ceiling / steps:,.0f} BitOPs "
+            "per denoiser call")
 
 
 def step_pool(meta: dict[str, Any], steps: int, opts: StepOptions, *, needs_model: bool) -> StepPool:

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 import mpsearch
@@ -78,6 +79,10 @@ def test_solve_infeasible_budget_names_the_smallest():
     assert "infeasible" in result.output and "smallest" in result.output
     result = runner.invoke(app, ["solve", "--budget", "lots"])
     assert result.exit_code == 2 and "accepted budgets" in result.output
+    for solver in ("ilp", "mixdq", "evolution"):  # below every width: each solver names the smallest budget
+        result = runner.invoke(app, ["solve", "--budget", "0.5bits", "--solver", solver, "-o", "/tmp/never.json"])
+        assert result.exit_code == 2, result.output
+        assert "0.5bits is infeasible: the smallest feasible is 2bits" in result.output
 
 
 def test_solve_prune_on_the_shipped_profile(tmp_path):
@@ -94,3 +99,58 @@ def test_solve_prune_on_the_shipped_profile(tmp_path):
         assert "pruned units" in result.output
     result = runner.invoke(app, ["solve", "--budget", "2bits", "--prune", "--solver", "mixdq"])
     assert result.exit_code == 2 and "bits only" in result.output
+
+
+def test_solve_says_when_the_budget_needs_no_quantization(tmp_path, monkeypatch):
+    """A budget at or above the fp16 size gets an all-16-bit plan and a note saying so. Run where there is
+    no ./profiles/demo: the default profile is the bundled one (package data)."""
+    from mpsearch.demo import PROFILE
+    from mpsearch.planning.plan import Plan
+
+    monkeypatch.chdir(tmp_path)
+    for budget in ("100MB", "16bits", "100%bitops"):
+        result = runner.invoke(app, ["solve", "--budget", budget, "-o", "plan.json"])
+        assert result.exit_code == 0, result.output
+        assert f"note: budget {budget} is at or above the " in result.output
+        assert "every layer stays at 16 bits, nothing is quantized" in result.output
+        assert {(b.w_bits, b.a_bits) for b in Plan.load(tmp_path / "plan.json").layers.values()} == {(16, 16)}
+    assert "fp16 size (8,385,800 bytes)" in runner.invoke(app, ["solve", "--budget", "100MB"]).output
+    result = runner.invoke(app, ["solve", "--budget", "3bits", "-o", "plan.json"])
+    assert result.exit_code == 0 and "note: budget" not in result.output
+    assert Plan.load(tmp_path / "plan.json").solver["profile"] == str(PROFILE)
+
+
+@pytest.mark.parametrize("args,why", [
+    (["-b", "1e400B"], "budget '1e400B' is too large"),
+    (["-b", "1e400bits"], "budget '1e400bits' is too large"),
+    (["-b", "3bits", "--protect", "["], "--protect '[' is not a regular expression"),
+    (["-b", "3bits", "--pareto", "2MB:1MB:0"], "N is the number of budgets"),
+    (["-b", "3bits", "--pareto", "2MB:4bits:5"], "LO and HI must budget the same thing"),
+    (["-b", "3bits", "--pareto", "2MB:1MB:5"], "LO must be a smaller budget than HI"),
+    (["-b", "3bits", "--pareto", "1kB:2kB:3"], "no budget from 1kB to 2kB can be met"),
+    (["-b", "3bits", "--time-limit", "-1"], "--time-limit -1: seconds, more than 0"),
+    (["-b", "3bits", "--protect-top", "2"], "--protect-top 2: a fraction of the layers"),
+    (["-b", "3bits", "--steps", "0"], "Invalid value for '--steps'"),
+    (["-b", "3bits", "-o", "{tmp}"], "is a folder: give a file name"),
+    (["-b", "3bits", "-o", "{tmp}/afile/plan.json"], "afile is a file, not a folder"),
+])
+def test_solve_bad_options_are_one_line_and_write_nothing(tmp_path, args, why):
+    (tmp_path / "afile").write_text("")
+    args = [a.format(tmp=tmp_path) for a in args]
+    out = [] if "-o" in args else ["-o", str(tmp_path / "plan.json")]
+    result = runner.invoke(app, ["solve", *args, *out])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [result.stderr.strip()] and result.stderr.startswith("error: ")
+    assert why in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no plan, no front, nothing else
+
+
+def test_solve_json(tmp_path):
+    out = tmp_path / "plan.json"
+    result = runner.invoke(app, ["solve", "-b", "3bits", "-o", str(out), "--pareto", "2.5bits:4bits:3", "--json"])
+    assert result.exit_code == 0, result.output
+    d = json.loads(result.stdout)  # stdout is the JSON alone: no tables, no budget line
+    assert d["plan"] == json.loads(out.read_text()) and d["out"] == str(out)
+    assert d["budget"] == "3bits = size-weighted mean of 3 weight bits"
+    assert d["pareto"]["csv"] == str(out.with_suffix(".pareto.csv")) and len(d["pareto"]["points"]) >= 2
+    assert all(p["mean_w_bits"] <= 4 for p in d["pareto"]["points"])

@@ -48,3 +48,30 @@ def _prompts(tmp_path):
     p = tmp_path / "prompts.txt"
     p.write_text("a red circle at the top left\n# comment\na blue square in the center\n")
     return p
+
+
+def test_export_refuses_a_non_empty_out_unless_overwrite_and_an_over_budget_plan(tiny_pipe, tmp_path):
+    model = tmp_path / "model"
+    tiny_pipe.save_pretrained(model)
+    inv = inventory(tiny_pipe)
+    Plan.uniform(inv, 8).save(tmp_path / "w8.json")
+    Plan.uniform(inv, 4, budget="40%").save(tmp_path / "w4.json")
+    Plan.uniform(inv, 4, budget="20%").save(tmp_path / "over.json")
+    out = tmp_path / "q"
+
+    def run(plan, *extra):
+        return runner.invoke(app, ["export", "--plan", str(tmp_path / plan), "--model", str(model), "--out", str(out),
+                                   "--denoiser-only", *extra])
+
+    assert run("w8.json").exit_code == 0
+    first = (out / "plan.json").read_text()
+    res = run("w4.json")
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "pass --overwrite" in res.output
+    assert (out / "plan.json").read_text() == first
+    res = run("over.json", "--overwrite")
+    assert res.exit_code == 2 and "over its budget 20%" in res.output and "nothing written" in res.output
+    assert (out / "plan.json").read_text() == first
+    res = run("w4.json", "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert Plan.load(out / "plan.json").w_bits() == Plan.uniform(inv, 4).w_bits()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "over.json", "q", "w4.json", "w8.json"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from mpsearch.evaluation import PeakRSS, baselines, evaluate, nearest_uniform_bits, random_plan
 from mpsearch.model import inventory
 from mpsearch.planning.cost import model_bytes
@@ -71,3 +73,40 @@ def test_evaluate_and_report(tiny_pipe, tmp_path):
     assert f"{plan.predicted['bytes']:,}" in text
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     assert results["export"]["matches_prediction"] is True
+
+
+def test_peak_rss_does_not_depend_on_polling():
+    """A peak shorter than any polling interval is still seen (the kernel's high-water mark, on Linux)."""
+    import numpy as np
+
+    with PeakRSS(interval=3600) as m:
+        a = np.ones(60_000_000 // 8)
+        del a
+    if m._thread is not None:
+        pytest.skip("no /proc high-water mark on this system: PeakRSS polls")
+    assert m.delta > 50e6
+
+
+def test_baselines_use_only_widths_the_format_stores(tiny_pipe):
+    """quanto stores 3 bits in a 4-bit container: a W4-sized plan's nearest uniform width is W4, not W3
+    (equal bytes, worse weights), and the random baseline never picks 3, 5 or 6 bits."""
+    inv = inventory(tiny_pipe)
+    plan = Plan.uniform(inv, 4, fmt="quanto")
+    assert nearest_uniform_bits(inv, plan) == 4
+    assert set(baselines(inv, plan)) == {"uniform-w8", "uniform-w4", "random"}
+    assert {b.w_bits for b in random_plan(inv, six_bit_plan(inv), seed=3).layers.values()} <= {2, 3, 4, 5, 6, 8, 16}
+    quanto_random = random_plan(inv, Plan.uniform(inv, 6, fmt="quanto"), seed=3)
+    assert {b.w_bits for b in quanto_random.layers.values()} <= {2, 4, 8, 16}
+
+
+def test_evaluate_shows_a_bar_over_every_image_it_samples(tiny_pipe, capsys):
+    """progress=True: one rich bar on stderr over prompts × candidates (+ the FP calibration reference):
+    2 calibration prompts, then FP and the plan on 3 prompts each = 8 images."""
+    inv = inventory(tiny_pipe)
+    lines = []
+    evaluate(six_bit_plan(inv), model=tiny_pipe, prompts=PROMPTS, steps=1, guidance=3.0, with_baselines=False,
+             log=lines.append, progress=True)
+    out, err = capsys.readouterr()
+    assert "evaluating" in err and "8/8" in err and "ETA" in err
+    assert out == ""
+    assert lines[0] == "calibration reference (FP)" and lines[-1].startswith("plan: ")

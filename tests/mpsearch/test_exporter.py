@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 
 from mpsearch.exporter import (
+    BOS_FILE,
     WEIGHTS_FILE,
     ExportError,
     export,
@@ -21,7 +22,7 @@ from mpsearch.model import find_denoiser, inventory
 from mpsearch.packing import pack_bits, packed_nbytes, unpack_bits
 from mpsearch.planning.cost import model_bytes
 from mpsearch.planning.plan import LayerBits, Plan, PlanError
-from mpsearch.quant import fake_quant_weight
+from mpsearch.quant import bos_layers, fake_quant_weight
 from mpsearch.storage import get_storage
 
 
@@ -162,13 +163,137 @@ def test_unknown_layout_is_refused_before_anything_is_written(tiny_pipe, tmp_pat
     assert not (tmp_path / "q").exists()
 
 
-def test_budget_is_a_hard_ceiling(tiny_pipe, tmp_path):
+def test_budget_is_checked_before_anything_is_written(tiny_pipe, tmp_path):
     inv = inventory(tiny_pipe)
     plan = Plan.uniform(inv, 4, budget=f"{Plan.uniform(inv, 4).predicted['bytes'] - 1}B")
-    with pytest.raises(ExportError, match="over the budget"):
+    with pytest.raises(ExportError, match="over its budget"):
         export(plan, tmp_path / "q", model=tiny_pipe, components=False)
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor a temporary sibling
     plan.budget = f"{plan.predicted['bytes']}B"
     assert export(plan, tmp_path / "q", model=tiny_pipe, components=False).budget_bytes == plan.predicted["bytes"]
+    # a bits budget counts stored bits: quanto keeps 3-bit weights in 4-bit containers
+    w3 = Plan.uniform(inv, 3, fmt="quanto", budget="3bits")
+    with pytest.raises(ExportError, match=r"stores 4\.0000 bits per weight in format 'quanto', over its budget 3bits"):
+        export(w3, tmp_path / "w3", model=tiny_pipe, components=False)
+    assert not (tmp_path / "w3").exists()
+    export(Plan.uniform(inv, 3, budget="3bits"), tmp_path / "p3", model=tiny_pipe, components=False)
+    export(Plan.uniform(inv, 4, fmt="quanto", budget="4bits"), tmp_path / "q4", model=tiny_pipe, components=False)
+    # MixDQ's procedure meets its bits target within ±0.02 bits: its plans are held to that band
+    with pytest.raises(ExportError, match="over its budget 3.99bits"):
+        export(Plan.uniform(inv, 4, budget="3.99bits"), tmp_path / "m", model=tiny_pipe, components=False)
+    export(Plan.uniform(inv, 4, budget="3.99bits", solver={"backend": "mixdq/scip"}), tmp_path / "m",
+           model=tiny_pipe, components=False)
+    with pytest.raises(ExportError, match="over its budget 3.97bits"):
+        export(Plan.uniform(inv, 4, budget="3.97bits", solver={"backend": "mixdq/scip"}), tmp_path / "m2",
+               model=tiny_pipe, components=False)
+
+
+def _snapshot(folder):
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_existing_out_is_refused_unless_overwrite_which_replaces_it_whole(tiny_pipe, tmp_path):
+    inv = inventory(tiny_pipe)
+    out = tmp_path / "q"
+    export(Plan.uniform(inv, 4), out, model=tiny_pipe)
+    assert (out / "unet" / BOS_FILE).is_file()  # W4 quantizes the cross-attention K/V: BOS rows stored
+    before = _snapshot(out)
+    w8 = Plan.uniform(inv, 8)
+    w8.layers.update({n: LayerBits(16) for n in bos_layers(find_denoiser(tiny_pipe)[1], tiny_pipe)})
+    with pytest.raises(FileExistsError, match="exists and is not empty: pass --overwrite"):
+        export(w8, out, model=tiny_pipe)
+    assert _snapshot(out) == before
+    export(w8, out, model=tiny_pipe, overwrite=True)
+    assert not (out / "unet" / BOS_FILE).exists()  # no stale BOS rows of the earlier export
+    assert Plan.load(out / "plan.json").w_bits() == w8.w_bits()
+    assert load_quantized(out).mpsearch_plan.w_bits() == w8.w_bits()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]  # no temporary sibling left
+
+    mine = tmp_path / "mine"  # overwrite replaces only a folder holding an export
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="not a folder this tool wrote"):
+        export(w8, mine, model=tiny_pipe, overwrite=True)
+    assert (mine / "notes.txt").read_text() == "keep"
+    (tmp_path / "empty").mkdir()  # an empty folder is fine without overwrite
+    export(w8, tmp_path / "empty", model=tiny_pipe, components=False)
+    assert (tmp_path / "empty" / "export.json").is_file()
+    (tmp_path / "file").write_text("x")
+    for bad in (tmp_path / "file", tmp_path / "file" / "q"):
+        with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+            export(w8, bad, model=tiny_pipe, overwrite=True)
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_failed_export_leaves_nothing_or_the_previous_export(tiny_pipe, tmp_path, monkeypatch):
+    import mpsearch.exporter as exporter
+
+    inv = inventory(tiny_pipe)
+    out = tmp_path / "q"
+
+    def broken(*args):
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(exporter, "_save_components", broken)
+    with pytest.raises(RuntimeError):
+        export(Plan.uniform(inv, 4), out, model=tiny_pipe)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    export(Plan.uniform(inv, 8), out, model=tiny_pipe)
+    before = _snapshot(out)
+    monkeypatch.setattr(exporter, "_save_components", broken)
+    with pytest.raises(RuntimeError):
+        export(Plan.uniform(inv, 4), out, model=tiny_pipe, overwrite=True)
+    assert _snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["q"]
+
+
+KILLED_EXPORT = """
+import sys, time
+from pathlib import Path
+import mpsearch.exporter as ex
+
+save = ex._save_components
+def stall(pipe, den_name, out):  # the denoiser and the components are written; export.json is not
+    save(pipe, den_name, out)
+    Path(sys.argv[3]).write_text(str(out))
+    time.sleep(600)
+ex._save_components = stall
+ex.export(sys.argv[1], sys.argv[2], model=sys.argv[4], overwrite=True)
+"""
+
+
+def test_sigkill_mid_export_leaves_the_previous_export(tiny_pipe, tmp_path):
+    """A real SIGKILL while the new checkpoint is half written: `out` is still the previous export
+    (today's main left a loadable half without export.json); the next export removes the stale sibling."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    inv = inventory(tiny_pipe)
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    out, flag = tmp_path / "q", tmp_path / "flag"
+    export(Plan.uniform(inv, 8), out, model=tiny_pipe)
+    before = _snapshot(out)
+    Plan.uniform(inv, 4).save(tmp_path / "w4.json")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_EXPORT, str(tmp_path / "w4.json"), str(out), str(flag),
+                             str(tmp_path / "model")], cwd=root, stderr=subprocess.PIPE)
+    try:
+        while not flag.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.05)
+    finally:
+        proc.kill()  # SIGKILL: no handler, no cleanup
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    half = Path(flag.read_text())
+    assert half.parent == tmp_path and half.name.startswith(".q.partial-") and (half / "unet" / WEIGHTS_FILE).is_file()
+    assert _snapshot(out) == before
+    assert load_quantized(out).mpsearch_plan.w_bits() == Plan.uniform(inv, 8).w_bits()
+    export(Plan.uniform(inv, 4), out, model=tiny_pipe, overwrite=True, components=False)
+    assert not half.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["flag", "model", "q", "w4.json"]
 
 
 def test_checkpoint_shape_mismatch_names_the_layer(tiny_pipe, tmp_path):

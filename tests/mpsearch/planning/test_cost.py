@@ -13,8 +13,10 @@ from mpsearch.planning.cost import (
     get_format,
     layer_bitops,
     layer_bytes,
+    layer_wbits,
     mean_bits,
     model_bytes,
+    stored_mean_bits,
 )
 
 
@@ -61,6 +63,23 @@ def test_quanto_rounds_unsupported_widths_up():
     assert layer_bytes(conv, 3, "quanto") == layer_bytes(conv, 4, "quanto")
     assert layer_bytes(conv, 5, "quanto") == layer_bytes(conv, 8, "quanto") == 216 + get_format("quanto").n_scales(conv) * get_format("quanto").scale_bytes + 16
     assert layer_bytes(conv, 3, "packed") < layer_bytes(conv, 3, "quanto")
+
+
+def test_bits_count_what_is_stored():
+    inv = small_inventory()
+    conv, fc = inv.layers
+    quanto, packed = get_format("quanto"), get_format("packed")
+    assert quanto.widths == (2, 4, 8) and packed.widths == (2, 3, 4, 5, 6, 8)
+    assert layer_wbits(conv, 3, quanto) == 216 * 4 and layer_wbits(conv, 3, packed) == 216 * 3
+    assert layer_wbits(fc, 6, quanto) == 720 * 8 and layer_wbits(fc, 16, quanto) == 720 * 16
+    assert stored_mean_bits(inv, {"conv": 3, "fc": 5}, "quanto") == (216 * 4 + 720 * 8) / 936
+    assert stored_mean_bits(inv, {"conv": 3, "fc": 5}, "packed") == mean_bits(inv, {"conv": 3, "fc": 5})
+    quanto.check_offered(4)
+    quanto.check_offered(16)
+    with pytest.raises(ValueError, match="stores 3-bit weights in 4-bit containers.*2, 4, 8"):
+        quanto.check_offered(3)
+    with pytest.raises(ValueError, match="cannot store 7-bit"):
+        packed.check_offered(7)
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))

@@ -101,3 +101,51 @@ def test_bad_step_overrides_and_timesteps(tmp_path, inv):
     d = good(inv) | {"step_overrides": [{"steps": [0], "layers": {"ghost": {"a_bits": 8}}}]}
     with pytest.raises(PlanError, match="ghost"):
         Plan.load(write(tmp_path, d)).validate(inv)
+
+
+@pytest.mark.parametrize("field,value,why", [
+    ("step_overrides", [{"steps": [0], "layers": {"conv_in": {"a_bits": "x"}}}],
+     r"step_overrides\[0\].layers\['conv_in'\].a_bits: 'x' is not one of \[4, 6, 8, 16\]"),
+    ("step_overrides", [{"steps": [0], "layers": {"conv_in": {"w_bits": 7}}}], r"step_overrides\[0\].layers\['conv_in'\].w_bits: 7 is not one"),
+    ("step_overrides", [{"steps": [-1], "layers": {}}], r"step_overrides\[0\]: must be"),
+    ("step_overrides", [{"steps": [0], "layers": {"conv_in": 8}}], r"step_overrides\[0\].layers\['conv_in'\]: must be"),
+    ("step_overrides", {"steps": [0]}, "step_overrides: must be a list"),
+    ("predicted", [1, 2], r"predicted: must be an object .* got \[1, 2\]"),
+    ("predicted", {"bytes": "many"}, "predicted.bytes: must be a number"),
+    ("predicted", {"loss": float("nan")}, "predicted.loss: must be a number"),
+    ("predicted", {"bitops": -1}, "predicted.bitops: must be a number ≥ 0"),
+    ("predicted", {"losses": {"quality": None}}, "predicted.losses: must be a number per group"),
+    ("solver", "ilp", "solver: must be an object"),
+    ("budget", 5, "budget: must be null or a budget"),
+    ("budget", "lots", "budget: cannot read budget 'lots'"),
+    ("model", ["sd15"], "model: must be a string"),
+    ("format", 4, "format: must be a format name"),
+])
+def test_every_field_is_checked(tmp_path, inv, field, value, why):
+    """A wrong type or value anywhere is a PlanError naming file, line and field (never a TypeError later)."""
+    p = write(tmp_path, good(inv) | {field: value})
+    line = next(i for i, s in enumerate(p.read_text().splitlines(), 1) if f'"{field}"' in s)
+    with pytest.raises(PlanError, match=rf"p.json:{line}: {why}"):
+        Plan.load(p)
+
+
+def test_not_text_or_too_deep_is_a_plan_error(tmp_path):
+    p = tmp_path / "p.json"
+    p.write_bytes(b'{"schema": "\xff"}')
+    with pytest.raises(PlanError, match="byte 12 is not UTF-8"):
+        Plan.load(p)
+    p.write_text("[" * 100_000)
+    with pytest.raises(PlanError, match="nested too deeply"):
+        Plan.load(p)
+
+
+def test_save_replaces_the_file_whole(tmp_path, inv):
+    """Saving goes through a temporary sibling renamed into place: no partial file, no leftovers."""
+    path = Plan.uniform(inv, 4).save(tmp_path / "plan.json")
+    Plan.uniform(inv, 8).save(path)
+    assert Plan.load(path).layers["conv_in"].w_bits == 8
+    assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IsADirectoryError):
+        Plan.uniform(inv, 4).save(tmp_path / "d")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "plan.json"] and not any((tmp_path / "d").iterdir())

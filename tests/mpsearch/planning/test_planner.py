@@ -8,9 +8,9 @@ import pytest
 
 from mpsearch.model import inventory
 from mpsearch.planning.budget import Budget, BudgetInfeasible
-from mpsearch.planning.cost import model_bytes
+from mpsearch.planning.cost import model_bytes, stored_mean_bits
 from mpsearch.planning.planner import SolveOptions, solve
-from mpsearch.planning.problem import SearchSpace
+from mpsearch.planning.problem import SearchSpace, build_problem
 from solvers.registry import SOLVERS, register_solver
 
 from .profiles import synthetic_profile
@@ -169,3 +169,108 @@ def test_the_same_plan_from_options_or_keywords(inv):
     by_options = solve((df, inv), "30%", SolveOptions(backend="cpsat", space=space))
     assert by_options.solver["backend"] == "cpsat"
     assert by_options.to_dict()["layers"] == by_keywords.to_dict()["layers"]
+
+
+def test_bits_budget_counts_stored_bits_for_container_formats():
+    """The demo profile measured 2..8 bits. quanto offers only the widths it stores (2, 4, 8) and a bits
+    budget counts stored bits: `3bits` used to return W3 layers in 4-bit containers (3.50 stored bits,
+    1,904,912 B), larger and worse than the `1.9MB` plan."""
+    from mpsearch.demo import PROFILE
+    from mpsearch.planning.inputs import load_profile
+
+    _, _, demo = load_profile(PROFILE)
+    three = solve(PROFILE, "3bits", fmt="quanto")
+    assert {b.w_bits for b in three.layers.values()} <= {2, 4, 8, 16}
+    assert stored_mean_bits(demo, three.w_bits(), "quanto") <= 3
+    assert three.predicted["bytes"] == model_bytes(demo, three.w_bits(), "quanto") == 1_642_768
+    mb = solve(PROFILE, "1.9MB", fmt="quanto")
+    assert three.predicted["bytes"] < mb.predicted["bytes"] == 1_899_792
+    packed = solve(PROFILE, "3bits")  # packed stores every width as it is: 3-bit layers stay on offer
+    assert packed.predicted["bytes"] == 1_643_280 and 3 in {b.w_bits for b in packed.layers.values()}
+    with pytest.raises(ValueError, match="3-bit weights in 4-bit containers"):
+        solve(PROFILE, "3bits", fmt="quanto", space=SearchSpace(w_bits=(2, 3, 4)))
+
+
+# --- the solver never invents a measurement (issue 13, item 2) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def demo():
+    """(rows, meta, inventory) of the shipped demo profile."""
+    from mpsearch.demo import PROFILE
+    from mpsearch.planning.inputs import load_profile
+
+    return load_profile(PROFILE)
+
+
+def _without(df, **match):
+    hit = np.ones(len(df), dtype=bool)
+    for k, v in match.items():
+        hit &= (df[k] == v).to_numpy()
+    assert hit.any()
+    return df[~hit].reset_index(drop=True)
+
+
+def test_an_unmeasured_option_is_not_offered(demo):
+    """conv_in's 2-bit weight rows deleted: it used to get W2 (a free zero loss); now it keeps its W8,
+    and the plan names the option. `assume_missing="zero"` is the old reading, on request."""
+    df, meta, inv = demo
+    full = solve((df, inv, meta), "3bits")
+    assert full.layers["conv_in"].w_bits == 8 and "unmeasured" not in full.solver
+    holed = _without(df, layer="conv_in", tensor="weight", bits=2)
+    plan = solve((holed, inv, meta), "3bits")
+    assert plan.layers["conv_in"].w_bits == 8
+    assert plan.solver["unmeasured"] == ["conv_in W2"] and plan.solver["assume_missing"] == "none"
+    sp = build_problem(inv, holed, "3bits")
+    assert all(k[0] != 2 for k in sp.problem.keys[inv.index("conv_in")])
+    assert len(sp.problem.keys[inv.index("conv_out")]) == len(sp.problem.keys[inv.index("conv_in")]) + 4
+    zero = solve((holed, inv, meta), "3bits", space=SearchSpace(assume_missing="zero"))
+    assert zero.layers["conv_in"].w_bits == 2 and zero.solver["unmeasured"] == ["conv_in W2"]
+    # a hole inside an option (one metric of one step group) also keeps the option off that layer
+    partial = _without(df, layer="conv_out", tensor="act", bits=8, metric="mse", step_group=1)
+    sp = build_problem(inv, partial, "3bits")
+    assert sp.info["unmeasured"] == ["conv_out A8"]
+    assert all(k[1] != 8 for k in sp.problem.keys[inv.index("conv_out")])
+    assert solve((holed, inv, meta), "25%bitops", solver="evolution").layers["conv_in"].w_bits != 2
+
+
+def test_an_asked_width_nobody_measured_is_refused(demo, tmp_path):
+    """`--a-bits 3` on the demo used to give all 119 layers A3 at zero loss: A3 was never measured."""
+    from typer.testing import CliRunner
+
+    from mpsearch.cli import app
+
+    df, meta, inv = demo
+    with pytest.raises(ValueError, match=r"activations at 3 bits were never measured in this profile \(measured: "
+                                         r"4, 6, 8\)"):
+        solve((df, inv, meta), "3bits", space=SearchSpace(a_bits=[3]))
+    with pytest.raises(ValueError, match=r"weights at 5 bits were never measured in this profile \(measured: "
+                                         r"2, 3, 4, 6, 8\)"):
+        build_problem(inv, _without(df, tensor="weight", bits=5), "3bits", space=SearchSpace(w_bits=[4, 5]))
+    result = CliRunner().invoke(app, ["solve", "-b", "3bits", "--a-bits", "3", "-o", str(tmp_path / "p.json")])
+    errors = [line for line in result.output.splitlines() if "error" in line]
+    assert result.exit_code == 2 and not (tmp_path / "p.json").exists()
+    assert len(errors) == 1 and errors[0].startswith("error: activations at 3 bits were never measured")
+    result = CliRunner().invoke(app, ["solve", "-b", "3bits", "--a-bits", "3", "--assume-missing", "zero",
+                                      "-o", str(tmp_path / "p.json")])
+    assert result.exit_code == 0, result.output
+    assert "note: 119 option(s) the profile never measured were offered at zero loss: conv_in A3" in result.output
+    result = CliRunner().invoke(app, ["solve", "-b", "3bits", "--assume-missing", "maybe"])
+    assert result.exit_code == 2 and "--assume-missing 'maybe': choose none or zero" in result.output
+
+
+def test_the_demo_plans_are_unchanged(demo):
+    """The shipped profile is complete: the stricter reading and the vectorised build give exactly the
+    plans the README's figures were made with (digests recorded before the change)."""
+    import hashlib
+    import json
+
+    df, meta, inv = demo
+    expected = {"3bits": ("f509bbc59fd7d1f5", 1_643_280), "2MB": ("f891b2d936005bb9", 1_999_880),
+                "30%bitops": ("f099470ae2e8c22c", 3_588_488)}
+    for budget, (digest, size) in expected.items():
+        plan = solve((df, inv, meta), budget)
+        layers = json.dumps(plan.to_dict()["layers"], sort_keys=True).encode()
+        assert (hashlib.sha256(layers).hexdigest()[:16], plan.predicted["bytes"]) == (digest, size), budget
+    pruned = solve((df, inv, meta), "1MB", space=SearchSpace(prune=True))
+    assert hashlib.sha256(json.dumps(pruned.to_dict()["layers"], sort_keys=True).encode()).hexdigest()[:16] == \
+        "f6888bf3d7e9828b"

@@ -75,6 +75,23 @@ def test_bitops_budget_counts_kept_steps(profile):
         solve(profile, "0.5%bitops", steps=2, solver="ilp")
 
 
+def test_budget_is_described_per_image_and_per_call(profile):
+    """A --steps BitOPs budget is of one image; the per-call ceiling is its share for each kept step (the
+    message printed the % of one call before, a quarter of what each of 4 kept calls gets at 8 steps)."""
+    from mpsearch.planning.steps import describe_budget
+
+    df, inv, meta = profile
+    w16a16 = inv.total_macs * 16 * 16
+    pct = describe_budget(Budget.parse("50%bitops"), inv, 2, meta)
+    assert pct == (f"50%bitops = 50% of the W16A16 BitOPs of one image at 4 steps = {2 * w16a16:,} BitOPs per image; "
+                   f"2 kept steps: at most {w16a16:,} BitOPs per denoiser call")
+    absolute = describe_budget(Budget.parse("3Gbitops"), inv, 4, meta)
+    assert absolute == "3Gbitops = 3,000,000,000 BitOPs per image; 4 kept steps: at most 750,000,000 BitOPs per denoiser call"
+    pooled = describe_budget(Budget.parse("50%bitops"), inv, 2, {}, pool=8)  # no profile schedule: the pool's
+    assert f"at 8 steps = {4 * w16a16:,} BitOPs per image" in pooled
+    assert describe_budget(Budget.parse("3bits"), inv, 2, meta) == Budget.parse("3bits").describe(inv)
+
+
 def test_plan_keeps_timesteps_through_save_export_and_generate(tiny_pipe, profile, tmp_path):
     from mpsearch.exporter import export, load_quantized
     from mpsearch.generate import generate
@@ -125,6 +142,9 @@ def test_cli_solve_with_steps_and_generate_with_the_plan(tmp_path, monkeypatch):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "kept timesteps (4 of 8): [999, 749, 499, 249]" in result.output
+    # the budget as understood: 25% of W16A16 over the demo's 8 steps for one image, a quarter of it per call
+    assert ("budget: 25%bitops = 25% of the W16A16 BitOPs of one image at 8 steps = 50,331,648,000 BitOPs per "
+            "image; 4 kept steps: at most 12,582,912,000 BitOPs per denoiser call") in result.output
     plan = Plan.load(out)
     assert plan.predicted["bitops_run"] <= Budget.parse("25%bitops").resolve(inventory(None)) * 8
     calls = []

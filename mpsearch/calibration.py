@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from mpsearch.model import ModelError, find_denoiser
+from mpsearch.pipelines import adapter_for
 
 DEFAULT_STEPS = 8
 DEFAULT_GUIDANCE = 3.0
@@ -95,8 +96,6 @@ def step_groups(timesteps: list[int], spec: int | str = "auto", num_train_timest
 
 REFERENCE_FORMAT = 2  # 1: SD-only, text rows stored as `enc`; 2: any denoiser call, `cond` + `call`
 SD_CALL = {"sample": "sample", "timestep": "scalar", "static": {}}
-# Pipelines whose one-step sampling keeps the scheduler's denoised estimate (`step(...)[1]`), not the next latents.
-ONE_STEP_DENOISED = {"PixArtAlphaPipeline"}
 
 
 @dataclass
@@ -275,9 +274,10 @@ def capture_call(pipe, prompts: list[str], *, noise: torch.Tensor, steps: int, g
         got.update(sig.bind(*args, **kwargs).arguments)
         raise _Captured
 
+    adapter = adapter_for(pipe)
     wanted = {"prompt": prompts, "num_inference_steps": steps, "guidance_scale": guidance, "height": resolution,
-              "width": resolution, "latents": noise, "output_type": "latent", "use_resolution_binning": False,
-              "guidance_rescale": guidance_rescale}  # fmt: skip
+              "width": resolution, "latents": noise, "output_type": "latent", "guidance_rescale": guidance_rescale,
+              **adapter.call_options()}  # fmt: skip
     accepted = inspect.signature(pipe.__call__).parameters
     kwargs = {k: v for k, v in wanted.items() if k in accepted}
     if guidance_rescale and "guidance_rescale" not in accepted:
@@ -302,6 +302,7 @@ def capture_call(pipe, prompts: list[str], *, noise: torch.Tensor, steps: int, g
     cond: dict[str, torch.Tensor] = {}
     static = {k: _split(v, k, sample.shape[0], cond, who) for k, v in got.items()}
     static = {k: v for k, v in static.items() if not isinstance(got[k], torch.Tensor)}
+    adapter.check_conditioning(cond, who)
     timestep = "batch" if isinstance(t, torch.Tensor) and t.dim() > 0 else "scalar"
     return cond, {"sample": names[0], "timestep": timestep, "static": static}
 
@@ -339,7 +340,7 @@ class Sampler:
         self.cond = _to(ref.conditioning(torch.arange(R), n_slots), pipe.device, self.denoiser.dtype)
         params = inspect.signature(self.sched.step).parameters
         self._eta, self._gen = "eta" in params, "generator" in params
-        self._denoised = ref.steps == 1 and type(pipe).__name__ in ONE_STEP_DENOISED
+        self._denoised = ref.steps == 1 and adapter_for(pipe).one_step_denoised(pipe)
 
     def step(self, latents: torch.Tensor, i: int, on_step=None, advance: bool = True) -> torch.Tensor:
         """Sampling step `i` from `latents`; `on_step(i, model_input, t, output)` sees the denoiser call."""
@@ -421,10 +422,9 @@ def initial_noise(pipe, seeds: list[int], resolution: int) -> torch.Tensor:
 
 
 def default_resolution(pipe) -> int:
+    """The pipeline's native resolution in pixels, as its adapter reads it."""
     _, denoiser = find_denoiser(pipe)
-    side = denoiser.config.sample_size
-    side = side[0] if isinstance(side, (list, tuple)) else side
-    return int(side) * pipe.vae_scale_factor
+    return adapter_for(pipe).default_resolution(denoiser, pipe.vae_scale_factor)
 
 
 def _number(t: torch.Tensor) -> int | float:

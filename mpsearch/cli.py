@@ -120,8 +120,8 @@ def generate(
     from mpsearch.generate import generate as run
     from mpsearch.generate import image_grid
     from mpsearch.model import ModelError, load_pipeline
+    from mpsearch.pipelines.sampling import sampling_defaults
     from mpsearch.planning.plan import Plan, PlanError
-    from mpsearch.sampling import sampling_defaults
     from mpsearch.timesteps import TimestepError
 
     texts = list(prompt or [])

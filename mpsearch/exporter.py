@@ -38,6 +38,7 @@ from torch import nn
 
 from mpsearch.atomic import check_target, staged
 from mpsearch.model import Inventory, find_denoiser, fingerprint, inventory, load_pipeline
+from mpsearch.pipelines import denoiser_components
 from mpsearch.planning.cost import (
     FLOAT_BITS,
     WeightFormat,
@@ -577,8 +578,6 @@ def load_denoiser(folder: str | Path, *, dtype: torch.dtype = torch.float32, deq
     from accelerate.utils import set_module_tensor_to_device
     from safetensors.torch import load_file
 
-    from mpsearch.pruning import _set as _set_module
-
     folder = Path(folder)
     qinfo = json.loads((folder / QMAP_FILE).read_text())
     if qinfo.get("schema") != SCHEMA:
@@ -624,7 +623,7 @@ def load_denoiser(folder: str | Path, *, dtype: torch.dtype = torch.float32, deq
             if bias is not None:
                 qmod.bias = nn.Parameter(tensors.pop(f"{name}.bias").to(dtype), requires_grad=False)
             qmod.name = name
-            _set_module(den, name, qmod)
+            den.set_submodule(name, qmod)
     for key, t in tensors.items():
         if key.startswith("__buffer__."):
             set_module_tensor_to_device(den, key[len("__buffer__."):], "cpu", value=t)
@@ -667,7 +666,7 @@ def load_quantized(path: str | Path, *, device: str = "cpu", dtype: torch.dtype 
 
     path = Path(path)
     index = json.loads((path / "model_index.json").read_text())
-    den_name = next((n for n in ("unet", "transformer", "prior") if (path / n / QMAP_FILE).exists()), None)
+    den_name = next((n for n in denoiser_components() if (path / n / QMAP_FILE).exists()), None)
     if den_name is None:
         raise ExportError(f"{path} holds no {QMAP_FILE} under a unet/ or transformer/ folder")
     dtype = dtype or (torch.float32 if device == "cpu" else torch.float16)

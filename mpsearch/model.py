@@ -21,16 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from mpsearch.pipelines import ADAPTERS, adapter_for
+from mpsearch.pipelines.base import DEFAULT_GROUP_RULES, ModelError
+from mpsearch.pipelines.demo import is_demo
+
+__all__ = ["DEFAULT_GROUP_RULES", "Inventory", "Layer", "ModelError", "find_denoiser", "inventory", "load_pipeline"]
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 QUANTIZABLE = (nn.Linear, nn.Conv2d)
-
-# MixDQ's rule: cross-attention and feed-forward layers change *what* is drawn (content), the rest
-# changes *how well* it is drawn (quality). First matching regex wins; users prepend their own.
-DEFAULT_GROUP_RULES: tuple[tuple[str, str], ...] = ((r"(^|\.)(attn2|ff)(\.|$)", "content"), (r".*", "quality"))
-
-
-class ModelError(ValueError):
-    """A model cannot be found, loaded or understood."""
 
 
 @dataclass(frozen=True)
@@ -186,18 +184,15 @@ def _offline() -> bool:
 
 
 def _single_file_pipeline_class(path: Path):
-    """Pick the pipeline class for an A1111/ComfyUI single-file checkpoint from its keys."""
+    """Pick the pipeline class for an A1111/ComfyUI single-file checkpoint from its keys: the adapters'
+    `single_file` maps, the longest matching model-type prefix winning."""
     import diffusers
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
 
     model_type = infer_diffusers_model_type(load_single_file_checkpoint(str(path)))
-    if model_type.startswith("xl_base") or model_type.startswith("playground"):
-        return diffusers.StableDiffusionXLPipeline
-    if model_type.startswith("xl_refiner"):
-        return diffusers.StableDiffusionXLImg2ImgPipeline
-    if model_type.startswith("pixart"):
-        return diffusers.PixArtAlphaPipeline
-    return diffusers.StableDiffusionPipeline
+    known = sorted(((prefix, cls) for a in ADAPTERS.values() for prefix, cls in a.single_file.items()),
+                   key=lambda pc: -len(pc[0]))  # fmt: skip
+    return getattr(diffusers, next(cls for prefix, cls in known if model_type.startswith(prefix)))
 
 
 def load_pipeline(model: str | Path | None = None, *, dtype: torch.dtype | None = None, device: str = "cpu"):
@@ -235,15 +230,9 @@ def load_pipeline(model: str | Path | None = None, *, dtype: torch.dtype | None 
 
 
 def find_denoiser(pipe_or_module: Any) -> tuple[str, nn.Module]:
-    """Return `(component_name, module)` of the pipeline's denoiser (UNet or transformer)."""
-    if isinstance(pipe_or_module, nn.Module) and not hasattr(pipe_or_module, "components"):
-        name = "transformer" if "Transformer" in type(pipe_or_module).__name__ else "unet"
-        return name, pipe_or_module
-    for name in ("unet", "transformer", "prior"):
-        module = getattr(pipe_or_module, name, None)
-        if isinstance(module, nn.Module):
-            return name, module
-    raise ModelError(f"{type(pipe_or_module).__name__} has no `unet` or `transformer` component")
+    """Return `(component_name, module)` of the pipeline's denoiser (UNet or transformer), as its adapter
+    finds it."""
+    return adapter_for(pipe_or_module).find_denoiser(pipe_or_module)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -257,42 +246,20 @@ def classify(name: str, rules: Sequence[tuple[str, str]] = DEFAULT_GROUP_RULES) 
     return "quality"
 
 
-def _group_rules(overrides: Sequence[tuple[str, str]] | dict[str, str] | None) -> list[tuple[str, str]]:
+def _group_rules(overrides: Sequence[tuple[str, str]] | dict[str, str] | None,
+                 family: Sequence[tuple[str, str]] = DEFAULT_GROUP_RULES) -> list[tuple[str, str]]:
+    """The user's `{regex: group}` overrides, then the family's content/quality rule."""
     user = list(overrides.items()) if isinstance(overrides, dict) else list(overrides or [])
     for pattern, group in user:
         if group not in ("quality", "content"):
             raise ModelError(f"group override {pattern!r} → {group!r}: group must be 'quality' or 'content'")
         re.compile(pattern)
-    return user + list(DEFAULT_GROUP_RULES)
+    return user + list(family)
 
 
 def dummy_inputs(denoiser: nn.Module, resolution: int, text_len: int, *, batch: int = 1, device=None) -> dict:
-    """Inputs of one denoiser call at `resolution` pixels (latent = resolution / 8), for any of our classes."""
-    cfg = denoiser.config
-    device = device or next(denoiser.parameters()).device
-    side = resolution // 8
-    sample = torch.zeros(batch, cfg.in_channels, side, side, device=device)
-    t = torch.full((batch,), 10, device=device, dtype=torch.long)
-    if "Transformer" in type(denoiser).__name__:
-        text_dim = cfg.caption_channels or cfg.cross_attention_dim
-        hs = torch.zeros(batch, text_len, text_dim, device=device)
-        added = {"resolution": torch.zeros(batch, 2, device=device), "aspect_ratio": torch.zeros(batch, 1, device=device)}
-        return {"hidden_states": sample, "timestep": t, "encoder_hidden_states": hs, "added_cond_kwargs": added}
-    cross = cfg.cross_attention_dim
-    cross = cross[0] if isinstance(cross, (list, tuple)) else cross
-    kwargs: dict[str, Any] = {
-        "sample": sample,
-        "timestep": t,
-        "encoder_hidden_states": torch.zeros(batch, text_len, cross, device=device),
-    }
-    if getattr(cfg, "addition_embed_type", None) == "text_time":
-        n_time = 6
-        pooled = cfg.projection_class_embeddings_input_dim - n_time * cfg.addition_time_embed_dim
-        kwargs["added_cond_kwargs"] = {
-            "text_embeds": torch.zeros(batch, pooled, device=device),
-            "time_ids": torch.zeros(batch, n_time, device=device),
-        }
-    return kwargs
+    """Inputs of one denoiser call at `resolution` pixels (latent = resolution / 8), from its adapter."""
+    return adapter_for(denoiser).dummy_inputs(denoiser, resolution, text_len, batch=batch, device=device)
 
 
 def count_macs(denoiser: nn.Module, resolution: int, text_len: int) -> dict[str, int]:
@@ -344,16 +311,12 @@ def weights_fingerprint(denoiser: nn.Module) -> str:
 
 
 def _model_name(model: Any) -> str:
-    if model is None:
+    if is_demo(model):
         return "demo"
     if isinstance(model, (str, Path)):
         return str(model)
     path = getattr(getattr(model, "config", None), "_name_or_path", None)
-    if path:
-        from mpsearch.zoo import DEMO_PATH
-
-        return "demo" if Path(str(path)).resolve() == DEMO_PATH else str(path)
-    return type(model).__name__
+    return str(path) if path else type(model).__name__
 
 
 def inventory(
@@ -373,7 +336,6 @@ def inventory(
     >>> len(inv), inv.group_totals()["content"]["layers"]
     (794, 420)
     """
-    rules = _group_rules(groups)
     name = _model_name(model)
     pipe = None
     if isinstance(model, (str, Path)) and str(model) in bundled_configs():
@@ -384,12 +346,12 @@ def inventory(
     else:
         pipe = model if isinstance(model, nn.Module) or hasattr(model, "components") else load_pipeline(model)
         _, denoiser = find_denoiser(pipe)
-        sample = denoiser.config.sample_size
-        sample = sample[0] if isinstance(sample, (list, tuple)) else sample
-        resolution = resolution or int(sample) * 8
+        resolution = resolution or adapter_for(pipe).default_resolution(denoiser, 8)
         tokenizer = getattr(pipe, "tokenizer", None)
         text_len = text_len or (tokenizer.model_max_length if tokenizer is not None else 77)
-    component, _ = find_denoiser(pipe if pipe is not None else denoiser)
+    adapter = adapter_for(pipe if pipe is not None else denoiser)
+    component, _ = adapter.find_denoiser(pipe if pipe is not None else denoiser)
+    rules = _group_rules(groups, adapter.group_rules)
     if resolution % 8:
         raise ModelError(f"resolution {resolution} is not a multiple of 8 (the VAE's downsampling)")
 

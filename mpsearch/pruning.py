@@ -23,7 +23,6 @@ for the image metrics) with only that unit removed. The profiler stores it as a 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,10 +31,10 @@ import torch
 from torch import nn
 
 from mpsearch.model import find_denoiser, inventory
+from mpsearch.pipelines import adapter_for
+from mpsearch.pipelines.blocks import TOP_BLOCK
 
 PRUNED_KEY = "pruned"  # the option key of a pruned layer in a `solvers.Problem`
-_TOP_BLOCK = re.compile(r"^transformer_blocks\.\d+$")
-_CONTAINER = re.compile(r"^(down_blocks\.\d+\.|up_blocks\.\d+\.|mid_block\.)(attentions|resnets)\.\d+$")
 
 
 @dataclass(frozen=True)
@@ -49,66 +48,24 @@ class Unit:
     fixed_params: int
 
 
-class PrunedTransformer2D(nn.Module):
-    """Stands in for a removed `Transformer2DModel`: returns its input, in the structure diffusers expects."""
-
-    def forward(self, hidden_states, *args, return_dict: bool = True, **kwargs):
-        if return_dict:
-            from diffusers.models.modeling_outputs import Transformer2DModelOutput
-
-            return Transformer2DModelOutput(sample=hidden_states)
-        return (hidden_states,)
-
-
-class PrunedTransformerBlock(nn.Module):
-    """Stands in for a removed `BasicTransformerBlock` (called with attention masks, text states, ...)."""
-
-    def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states
-
-
-class PrunedResnet(nn.Module):
-    """Stands in for a removed `ResnetBlock2D`: its skip path alone, `input / output_scale_factor`."""
-
-    def __init__(self, output_scale_factor: float = 1.0):
-        super().__init__()
-        self.output_scale_factor = float(output_scale_factor)
-
-    def forward(self, input_tensor, *args, **kwargs):
-        return input_tensor if self.output_scale_factor == 1.0 else input_tensor / self.output_scale_factor
-
-
-def _kind(name: str, module: nn.Module) -> str | None:
-    cls = type(module).__name__
-    if cls == "BasicTransformerBlock":
-        return "transformer_block"
-    if not _CONTAINER.match(name):
-        return None
-    if cls == "Transformer2DModel" and getattr(module, "is_input_continuous", False):
-        return "transformer"
-    if cls == "ResnetBlock2D" and getattr(module, "conv_shortcut", None) is None \
-            and module.in_channels == module.out_channels:
-        return "resnet"
-    return None
-
-
 def find_units(model, inv=None) -> list[Unit]:
     """The prunable units of a pipeline's or module's denoiser, in module order (see module docstring)."""
     _, den = find_denoiser(model)
     inv = inv or inventory(model if hasattr(model, "components") else den)
+    adapter = adapter_for(model)
     units = []
     for name, module in den.named_modules():
-        kind = _kind(name, module)
+        kind = adapter.unit_kind(name, module)
         if kind is None:
             continue
         if kind == "transformer_block":
-            if _TOP_BLOCK.match(name):  # a DiT's own block list (PixArt)
+            if TOP_BLOCK.match(name):  # a DiT's own block list (PixArt)
                 if len(den.transformer_blocks) < 2:
                     continue
             elif ".transformer_blocks." in name:
                 parent_name = name.rsplit(".transformer_blocks.", 1)[0]
                 parent = den.get_submodule(parent_name)
-                if len(parent.transformer_blocks) < 2 or _kind(parent_name, parent) is None:
+                if len(parent.transformer_blocks) < 2 or adapter.unit_kind(parent_name, parent) is None:
                     continue  # a lone block: its Transformer2DModel is the unit
             else:
                 continue  # a block somewhere else (e.g. inside a text or image projection): not a unit
@@ -123,42 +80,27 @@ def find_units(model, inv=None) -> list[Unit]:
     return units
 
 
-def _stand_in(module: nn.Module) -> nn.Module:
-    cls = type(module).__name__
-    if cls == "Transformer2DModel":
-        return PrunedTransformer2D()
-    if cls == "BasicTransformerBlock":
-        return PrunedTransformerBlock()
-    if cls == "ResnetBlock2D":
-        return PrunedResnet(module.output_scale_factor)
-    raise ValueError(f"{cls} is not a prunable unit")
-
-
-def _set(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
-
-
 def remove_units(denoiser: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
     """Replace the named units by identity stand-ins in place; returns the removed modules by name.
 
     Raises `ValueError` naming a unit that is not prunable (see `find_units`)."""
+    adapter = adapter_for(denoiser)
     removed = {}
     for name in names:
         try:
             module = denoiser.get_submodule(name)
         except AttributeError:
             raise ValueError(f"unit {name!r} is not a module of {type(denoiser).__name__}") from None
-        if _kind(name, module) is None:
+        if adapter.unit_kind(name, module) is None:
             raise ValueError(f"{name!r} ({type(module).__name__}) is not a prunable unit")
         removed[name] = module
-        _set(denoiser, name, _stand_in(module))
+        denoiser.set_submodule(name, adapter.stand_in(module))
     return removed
 
 
 def restore_units(denoiser: nn.Module, removed: dict[str, nn.Module]) -> None:
     for name, module in removed.items():
-        _set(denoiser, name, module)
+        denoiser.set_submodule(name, module)
 
 
 @contextmanager

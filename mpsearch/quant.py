@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mpsearch.pipelines import adapter_for
+
 
 @dataclass(frozen=True)
 class WeightQuantConfig:
@@ -156,19 +158,10 @@ class Candidates:
         return {"weight": list(self.weight), "act": list(self.act)}
 
 
-BOS_PATTERN = r"(^|\.)attn2\.to_[kv]$"
-
-
 def bos_layers(denoiser: torch.nn.Module, pipe=None) -> list[str]:
-    """Cross-attention `to_k` / `to_v` layers whose first text token (BOS) is kept in full precision.
-
-    BOS is a constant only with a causal CLIP text encoder: given a pipeline with another encoder, none."""
-    import re
-
-    encoder = getattr(pipe, "text_encoder", None) if pipe is not None else None
-    if pipe is not None and (encoder is None or "CLIPText" not in type(encoder).__name__):
-        return []
-    return [n for n, m in denoiser.named_modules() if isinstance(m, torch.nn.Linear) and re.search(BOS_PATTERN, n)]
+    """Layers whose first text token (BOS) is kept in full precision, as the pipeline's adapter says
+    (cross-attention `to_k` / `to_v` with a causal CLIP text encoder; none with another encoder)."""
+    return adapter_for(pipe if pipe is not None else denoiser).bos_layers(denoiser, pipe)
 
 
 def split_points(denoiser: torch.nn.Module) -> dict[str, int]:

@@ -1,0 +1,190 @@
+"""The pipeline-adapter contract: everything mpsearch needs to know about a family of diffusers pipelines.
+
+A family (SD, SDXL, PixArt, the demo, ...) is one subclass of `PipelineAdapter` in its own file under
+`mpsearch/pipelines/`, registered with `@register_adapter("name")`. `adapter_for(obj)` picks the adapter
+of a pipeline, a denoiser module, a model name or a bundled config: first an adapter that `claims` it
+(the demo by its path, SDXL's UNet by its text-time embedding), then by the pipeline's class name, then by
+the denoiser's class name, else the generic adapter, whose hooks read only what every diffusers pipeline has.
+
+Hooks (class attributes, or methods to override):
+- `pipelines`, `denoisers`: the diffusers class names the family covers (the registry's keys).
+- `denoiser_attrs`, `component`: where the denoiser lives on the pipeline, and the name of a bare one.
+- `dummy_inputs`: inputs of one denoiser call at a resolution, for the meta-device inventory (MACs).
+- `conditioning`, `call_options`: the conditioning the pipeline's `__call__` must pass to its denoiser
+  (checked after capture) and extra `__call__` options for the capture (e.g. no resolution binning).
+- `guidance`: "cfg_batch" (both guidance halves in one batch: every family today), "separate" (one
+  denoiser call per half) or "embedded" (guidance as an input, no uncond batch).
+- `one_step_denoised`: one-step sampling keeps the scheduler's denoised estimate (PixArt-α).
+- `bos_layers`: layers whose first text token is kept in full precision (MixDQ's BOS-aware quantization).
+- `unit_kind`: prunable units (LAPTOP-Diff); `stand_in` the module that replaces a removed one.
+- `sampling_defaults`: steps and guidance a user would pick.
+- `group_rules`: content vs quality (regex → group, first match wins; MixDQ's rule by default).
+- `default_resolution`, `single_file`: native resolution; single-file checkpoint types → pipeline class.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from mpsearch.pipelines import blocks
+from solvers.registry import Registry
+
+GUIDANCE_STYLES = ("cfg_batch", "separate", "embedded")
+DEFAULT_SAMPLING = {"steps": 20, "guidance": 5.0}
+
+# MixDQ's rule: cross-attention and feed-forward layers change *what* is drawn (content), the rest
+# changes *how well* it is drawn (quality). First matching regex wins; users prepend their own.
+DEFAULT_GROUP_RULES: tuple[tuple[str, str], ...] = ((r"(^|\.)(attn2|ff)(\.|$)", "content"), (r".*", "quality"))
+
+# the BOS token of a causal CLIP text encoder is a constant: its cross-attention key/value rows are kept in FP
+BOS_PATTERN = r"(^|\.)attn2\.to_[kv]$"
+
+
+class ModelError(ValueError):
+    """A model cannot be found, loaded or understood."""
+
+
+class PipelineAdapter:
+    """What mpsearch knows about one pipeline family; the defaults are the generic (any diffusers) rules.
+    Adapters are stateless: the registry holds one instance of each."""
+
+    name: ClassVar[str] = "generic"
+    pipelines: ClassVar[tuple[str, ...]] = ()
+    denoisers: ClassVar[tuple[str, ...]] = ()
+    denoiser_attrs: ClassVar[tuple[str, ...]] = ("unet", "transformer", "prior")
+    component: ClassVar[str | None] = None  # the name of a bare denoiser; None: sniffed from its class name
+    conditioning: ClassVar[tuple[str, ...]] = ()
+    guidance: ClassVar[str] = "cfg_batch"
+    group_rules: ClassVar[tuple[tuple[str, str], ...]] = DEFAULT_GROUP_RULES
+    single_file: ClassVar[dict[str, str]] = {}  # diffusers single-file model type prefix → pipeline class
+    bos_pattern: ClassVar[str | None] = BOS_PATTERN
+
+    def claims(self, obj: Any) -> bool:
+        """Whether this adapter is the one for `obj` whatever its class (checked before class names)."""
+        return False
+
+    # --- the denoiser -------------------------------------------------------------------------------
+
+    def find_denoiser(self, pipe_or_module: Any) -> tuple[str, nn.Module]:
+        """`(component_name, module)` of the pipeline's denoiser (a bare denoiser is returned as it is)."""
+        if isinstance(pipe_or_module, nn.Module) and not hasattr(pipe_or_module, "components"):
+            name = self.component or ("transformer" if "Transformer" in type(pipe_or_module).__name__ else "unet")
+            return name, pipe_or_module
+        for name in self.denoiser_attrs:
+            module = getattr(pipe_or_module, name, None)
+            if isinstance(module, nn.Module):
+                return name, module
+        raise ModelError(f"{type(pipe_or_module).__name__} has no `unet` or `transformer` component")
+
+    def dummy_inputs(self, denoiser: nn.Module, resolution: int, text_len: int, *, batch: int = 1,
+                     device: Any = None) -> dict[str, Any]:  # fmt: skip
+        """Keyword inputs of one denoiser call at `resolution` pixels (latent = resolution / 8)."""
+        cfg = denoiser.config
+        device = device or next(denoiser.parameters()).device
+        side = resolution // 8
+        cross = cfg.cross_attention_dim
+        cross = cross[0] if isinstance(cross, (list, tuple)) else cross
+        return {"sample": torch.zeros(batch, cfg.in_channels, side, side, device=device),
+                "timestep": torch.full((batch,), 10, device=device, dtype=torch.long),
+                "encoder_hidden_states": torch.zeros(batch, text_len, cross, device=device)}
+
+    def default_resolution(self, denoiser: nn.Module, vae_scale_factor: int = 8) -> int:
+        """Native resolution in pixels: the denoiser's `sample_size` latents × the VAE's scale factor."""
+        side = denoiser.config.sample_size
+        side = side[0] if isinstance(side, (list, tuple)) else side
+        return int(side) * vae_scale_factor
+
+    # --- sampling and calibration ---------------------------------------------------------------------
+
+    def call_options(self) -> dict[str, Any]:
+        """Extra `__call__` options for capturing the conditioning (dropped where the pipeline lacks them)."""
+        return {}
+
+    def check_conditioning(self, cond: dict[str, Any], who: str) -> None:
+        """Refuse a captured call that lacks the conditioning this family's denoiser needs."""
+        if self.guidance != "cfg_batch":
+            raise ModelError(f"{who} runs guidance as {self.guidance!r}; the sampler replays CFG batches only")
+        missing = [k for k in self.conditioning if k not in cond]
+        if missing:
+            raise ModelError(f"{who} passed no {', '.join(missing)} to its denoiser ({self.name} pipelines do)")
+
+    def one_step_denoised(self, pipe: Any) -> bool:
+        """Whether one-step sampling keeps the scheduler's denoised estimate (`step(...)[1]`), not the latents."""
+        return False
+
+    def sampling_defaults(self) -> dict[str, Any]:
+        """`{"steps", "guidance"}` a user would pick for this family."""
+        return dict(DEFAULT_SAMPLING)
+
+    # --- quantization and pruning ---------------------------------------------------------------------
+
+    def bos_layers(self, denoiser: nn.Module, pipe: Any = None) -> list[str]:
+        """Cross-attention `to_k` / `to_v` layers whose first text token (BOS) is kept in full precision.
+        BOS is a constant only with a causal CLIP text encoder: given a pipeline with another encoder, none."""
+        encoder = getattr(pipe, "text_encoder", None) if pipe is not None else None
+        if self.bos_pattern is None or pipe is not None and (encoder is None or "CLIPText" not in type(encoder).__name__):
+            return []
+        return [n for n, m in denoiser.named_modules() if isinstance(m, nn.Linear) and re.search(self.bos_pattern, n)]
+
+    def unit_kind(self, name: str, module: nn.Module) -> str | None:
+        """The kind of prunable unit `module` is ("transformer", "transformer_block", "resnet"), or None."""
+        return blocks.unit_kind(name, module)
+
+    def stand_in(self, module: nn.Module) -> nn.Module:
+        """The module that replaces a removed unit (returns its input, in the structure diffusers expects)."""
+        return blocks.stand_in(module)
+
+
+ADAPTERS: Registry[PipelineAdapter] = Registry("pipeline adapter")
+
+
+def register_adapter(cls: type[PipelineAdapter]) -> type[PipelineAdapter]:
+    """Class decorator: register one instance of an adapter under `cls.name`."""
+    old = ADAPTERS.get(cls.name)
+    ADAPTERS.add(cls.name, cls(), replace=old is not None and type(old) is cls)
+    return cls
+
+
+def _class_names(obj: Any) -> tuple[str | None, str | None]:
+    """(pipeline class name, denoiser class name) of a pipeline or a bare denoiser."""
+    if isinstance(obj, nn.Module) and not hasattr(obj, "components"):
+        return None, type(obj).__name__
+    den = next((getattr(obj, a) for a in ("unet", "transformer", "prior")
+                if isinstance(getattr(obj, a, None), nn.Module)), None)  # fmt: skip
+    return type(obj).__name__, type(den).__name__ if den is not None else None
+
+
+def adapter_for(obj: Any) -> PipelineAdapter:
+    """The adapter of a pipeline or denoiser: one that claims it, else by pipeline class, else by denoiser
+    class, else the generic one."""
+    adapters = [a for n, a in sorted(ADAPTERS.items()) if n != "generic"]
+    for a in adapters:
+        if a.claims(obj):
+            return a
+    pipe_cls, den_cls = _class_names(obj)
+    for a in adapters:
+        if pipe_cls in a.pipelines:
+            return a
+    for a in adapters:
+        if den_cls in a.denoisers:
+            return a
+    return ADAPTERS.lookup("generic")
+
+
+def denoiser_components() -> list[str]:
+    """Every pipeline attribute (and checkpoint folder) name a registered family keeps its denoiser under."""
+    return list(dict.fromkeys(a for adapter in ADAPTERS.values() for a in adapter.denoiser_attrs))
+
+
+def adapter_named(class_names: Sequence[str]) -> PipelineAdapter:
+    """The adapter of the first of `class_names` (pipeline or denoiser classes) any adapter covers."""
+    for cls in class_names:
+        for a in ADAPTERS.values():
+            if cls in a.pipelines or cls in a.denoisers:
+                return a
+    return ADAPTERS.lookup("generic")

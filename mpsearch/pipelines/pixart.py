@@ -1,0 +1,41 @@
+"""PixArt-α: a DiT (`PixArtTransformer2DModel`) on T5 embeddings with an attention mask, adaLN-single
+size conditions, learned sigma (the noise half of the output is used), and one-step sampling that keeps
+the scheduler's denoised estimate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from mpsearch.pipelines.base import PipelineAdapter, register_adapter
+
+
+@register_adapter
+class PixArt(PipelineAdapter):
+    name = "pixart"
+    pipelines = ("PixArtAlphaPipeline",)
+    denoisers = ("PixArtTransformer2DModel",)
+    denoiser_attrs = ("transformer",)
+    component = "transformer"
+    conditioning = ("encoder_hidden_states", "encoder_attention_mask")
+    single_file = {"pixart": "PixArtAlphaPipeline"}
+
+    def dummy_inputs(self, denoiser: nn.Module, resolution: int, text_len: int, *, batch: int = 1,
+                     device: Any = None) -> dict[str, Any]:  # fmt: skip
+        cfg = denoiser.config
+        device = device or next(denoiser.parameters()).device
+        side = resolution // 8
+        text_dim = cfg.caption_channels or cfg.cross_attention_dim
+        added = {"resolution": torch.zeros(batch, 2, device=device), "aspect_ratio": torch.zeros(batch, 1, device=device)}
+        return {"hidden_states": torch.zeros(batch, cfg.in_channels, side, side, device=device),
+                "timestep": torch.full((batch,), 10, device=device, dtype=torch.long),
+                "encoder_hidden_states": torch.zeros(batch, text_len, text_dim, device=device),
+                "added_cond_kwargs": added}  # fmt: skip
+
+    def call_options(self) -> dict[str, Any]:
+        return {"use_resolution_binning": False}  # sample at the resolution asked for, exactly
+
+    def one_step_denoised(self, pipe: Any) -> bool:
+        return type(pipe).__name__ == "PixArtAlphaPipeline"

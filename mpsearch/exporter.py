@@ -16,7 +16,8 @@ Checkpoint folder: the pipeline's other components as diffusers saves them, `mod
 `plan.json`, `export.json` (bytes) and, under the denoiser's folder, `config.json`,
 `mpsearch_quantized.safetensors` (every denoiser parameter; by default one tensor per dtype with the
 offsets in the map, see `export(layout=)`), `quantization_map.json` (per module: qtype, nominal/stored
-bits, activation bits, shape, code offset) and `bos.safetensors`.
+bits, activation bits, shape, code offset) and `bos.safetensors`. `export` writes it all or nothing
+(`mpsearch.atomic.staged`: a temporary sibling renamed into place), after checking the plan's budget.
 
 Pruned units (`plan.pruned_units`, LAPTOP-Diff layer pruning) are removed for real: `fake_quantize`
 replaces them by identity stand-ins (`mpsearch.pruning`), `export` writes none of their parameters or

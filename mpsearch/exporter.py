@@ -47,7 +47,7 @@ from mpsearch.cost import (
     model_bytes,
     stored_mean_bits,
 )
-from mpsearch.model import Inventory, find_denoiser, fingerprint, inventory, load_pipeline
+from mpsearch.model import Inventory, damaged_weights, find_denoiser, fingerprint, inventory, load_pipeline
 from mpsearch.plan import Plan, PlanError
 from mpsearch.quant import WeightQuantConfig, bos_layers, fake_quant_weight, quantize_weight
 from mpsearch.storage import get_storage, zero_point
@@ -672,10 +672,10 @@ def load_quantized(path: str | Path, *, device: str = "cpu", dtype: torch.dtype 
     if den_name is None:
         raise ExportError(f"{path} holds no {QMAP_FILE} under a unet/ or transformer/ folder")
     dtype = dtype or (torch.float32 if device == "cpu" else torch.float16)
-    den = load_denoiser(path / den_name, dtype=dtype, dequantize=dequantize)
-    cls = getattr(diffusers, index["_class_name"])
-    with warnings.catch_warnings():  # diffusers 0.42 renames torch_dtype to dtype; older ones lack dtype
-        warnings.simplefilter("ignore", FutureWarning)
+    with damaged_weights(path), warnings.catch_warnings():
+        den = load_denoiser(path / den_name, dtype=dtype, dequantize=dequantize)
+        cls = getattr(diffusers, index["_class_name"])
+        warnings.simplefilter("ignore", FutureWarning)  # diffusers 0.42 renames torch_dtype to dtype; older ones lack dtype
         pipe = cls.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype, **{den_name: den})
     pipe.set_progress_bar_config(disable=True)
     pipe.mpsearch_plan = Plan.load(path / "plan.json") if (path / "plan.json").exists() else None

@@ -64,7 +64,23 @@ def test_batched_equals_exact(pipe):
     exact = profile(pipe, mode="exact", **kw).df
     batched = profile(pipe, mode="batched", slots=4, **kw).df
     assert len(exact) == len(batched) == 3 * 3 * 2 * 2  # layers × (w2, w8, a4) × groups × metrics
-    pd.testing.assert_frame_equal(exact, batched, rtol=1e-6, atol=0)
+    pd.testing.assert_frame_equal(exact, batched, check_exact=True)  # bitwise in float32
+
+
+def test_fp16_batched_equals_exact():
+    """float16 GEMMs round a transposed input differently from a contiguous copy of it (on CPU as on GPU),
+    so slot rows must reach every layer in the one-at-a-time layout. SDXL's linear `proj_in` gets a strided
+    input; gathering a slot's rows used to make it contiguous (100% relative difference here)."""
+    from tests.conftest import TINY_PIPELINES
+
+    pipe = TINY_PIPELINES["sdxl"]().to(torch.float16)
+    kw = dict(prompts=PROMPTS[:1], steps=2, bits=(4, 8), tensors=("weight",), metrics=["sqnr"], out=None,
+              layers=r"^up_blocks\.0\.attentions\.0\.transformer_blocks\.0\.attn[12]\.to_q$")  # fmt: skip
+    exact = profile(pipe, mode="exact", **kw).df
+    batched = profile(pipe, mode="batched", slots=4, **kw).df
+    assert len(exact) == len(batched) == 2 * 2 and (exact.degradation > 0).all()
+    rel = (exact.degradation - batched.degradation).abs() / exact.degradation
+    assert rel.max() <= 1e-3, rel.max()
 
 
 def test_fisher_ranks_like_exact(pipe):
@@ -227,7 +243,7 @@ def test_other_pipelines_profile_batched_equals_exact(name):
     exact = profile(pipe, mode="exact", **kw).df
     batched = profile(pipe, mode="batched", slots=4, **kw).df
     assert len(exact) == 4 * 3 * 2 * 2  # layers × (w2, w8, a4) × groups × (sqnr, ssim)
-    pd.testing.assert_frame_equal(exact, batched, rtol=1e-6, atol=0)
+    pd.testing.assert_frame_equal(exact, batched, check_exact=True)
     assert (exact.degradation >= 0).all() and set(exact.metric) == {"sqnr", "ssim"}
     w = exact[exact.tensor == "weight"].pivot_table(index=["layer", "metric", "step_group"], columns="bits",
                                                     values="degradation")  # fmt: skip

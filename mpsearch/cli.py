@@ -304,12 +304,12 @@ def solve(
         _, meta, inv = load_profile(profile)
     except ValueError as e:
         fail(str(e))
-    if steps is not None:
+    understood = b.describe(inv)
+    if steps is not None:  # (step_search imports diffusers: not for plain solves)
         from mpsearch.step_search import describe_budget
 
-        console.print(f"budget: {describe_budget(b, inv, steps, meta, pool)}")
-    else:
-        console.print(f"budget: {b.describe(inv)}")
+        understood = describe_budget(b, inv, steps, meta, pool)
+    console.print(f"budget: {understood}")
     options = {"seed": seed} if solver == "evolution" else {}
     if steps is not None:
         from mpsearch.metrics import load_plugin
@@ -346,7 +346,7 @@ def solve(
         plot_front(front, png, title=f"{inv.model}: predicted loss vs size")
         console.print(f"pareto front: {len(front)} points → {csv}, {png}")
     if as_json:
-        typer.echo(json.dumps({"out": str(out), "budget": b.describe(inv), "plan": plan.to_dict(),
+        typer.echo(json.dumps({"out": str(out), "budget": understood, "plan": plan.to_dict(),
                                "pareto": None if front is None else {"csv": str(csv), "png": str(png),
                                                                      "points": front.to_dict("records")}}, indent=1))
 

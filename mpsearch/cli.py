@@ -65,7 +65,7 @@ def inspect(
         pattern, _, name = g.rpartition("=")
         if not pattern:
             fail(f"--group {g!r}: expected REGEX=content or REGEX=quality")
-        overrides.append((pattern, name))
+        overrides.append((regex(pattern, "--group"), name))
     try:
         inv = inventory(model, resolution=resolution, groups=overrides)
     except (ModelError, ValueError) as e:

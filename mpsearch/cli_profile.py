@@ -17,7 +17,7 @@ def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
 
 
 def register(app: typer.Typer) -> None:
-    from mpsearch.cli_common import ModelOpt, console, fail
+    from mpsearch.cli_common import ModelOpt, console, fail, regex
 
     @app.command()
     def profile(
@@ -64,6 +64,8 @@ def register(app: typer.Typer) -> None:
         from mpsearch.profile_store import ProfileError
         from mpsearch.profiler import profile as run_profile
 
+        if layers is not None:
+            regex(layers, "--layers")
         for p in plugin or []:
             load_plugin(p)
         t0 = time.perf_counter()

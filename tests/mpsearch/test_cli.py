@@ -174,3 +174,18 @@ def test_generate_refuses_damaged_weights_in_one_line(tiny_pipe, tmp_path):
         assert result.stderr.strip() == result.stderr.splitlines()[0]
         assert result.stderr.startswith(f"error: {folder}: a weights file is damaged or truncated")
         assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize("args,why", [
+    (["profile", "--bits", "1"], "candidate weight bit-width 1: plans and checkpoints hold only 2, 3, 4, 5, 6, 8, 16"),
+    (["profile", "--bits", "4,7"], "candidate weight bit-width 7"),
+    (["profile", "--act-bits", "2"], "candidate activation bit-width 2"),
+    (["profile", "--layers", "["], "--layers '[' is not a regular expression"),
+    (["inspect", "--model", "sd15", "--group", "(=content"], "--group '(' is not a regular expression"),
+])
+def test_profile_and_inspect_refuse_bad_options_writing_nothing(tmp_path, args, why):
+    """1-bit weights gave NaN measurements and left a meta.json; 7 bits no format stores; a bad regex was a traceback."""
+    result = runner.invoke(app, [*args, *(["--out", str(tmp_path / "prof")] if args[0] == "profile" else [])])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [f"error: {result.stderr[7:].strip()}"] and why in result.stderr
+    assert not any(tmp_path.iterdir())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import operator
 import os
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,22 @@ def _check_row(row: Any, meta: dict | None, layers: set[str]) -> str | None:
     return None
 
 
+def _complete_lines(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
+    """(line number, text) of the non-blank lines a crash has not torn, and the byte offset they end at.
+    Torn: the text after the last newline, or a final line that is not JSON (a killed write)."""
+    lines = data.split(b"\n")
+    body = lines[:-1]
+    numbered = [(i + 1, line) for i, line in enumerate(body) if line.strip()]
+    end = len(data) - len(lines[-1])
+    if not lines[-1] and numbered and numbered[-1][0] == len(body):
+        try:
+            json.loads(numbered[-1][1])
+        except ValueError:
+            numbered.pop()
+            end -= len(body[-1]) + 1
+    return numbered, end
+
+
 def read_measurements(path: Path, *, repair: bool = False, meta: dict | None = None) -> list[dict]:
     """Rows of a measurements file, each checked (see `_check_row`; against `meta` when given).
 
@@ -118,40 +135,39 @@ def read_measurements(path: Path, *, repair: bool = False, meta: dict | None = N
     must agree (identical copies, e.g. from an older tool writing twice, are read once)."""
     if not path.exists():
         return []
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ProfileError(f"{path}: cannot be read ({e.strerror})") from None
+    numbered, end = _complete_lines(data)
+    if repair and end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    try:  # one parse of the whole file (C speed); line by line only to name a bad line
+        parsed = json.loads(b"[" + b",".join(line for _, line in numbered) + b"]")
+    except ValueError:
+        parsed = []
+    if len(parsed) != len(numbered):
+        parsed = []
+        for n, line in numbered:
+            try:
+                parsed.append(json.loads(line))
+            except ValueError:
+                raise ProfileError(f"{path}:{n}: not a JSON measurement: {line[:80]!r}") from None
     layers = set(meta["layers"]) if meta is not None else set()
+    key_of = operator.itemgetter(*KEY)
     rows: dict[tuple, dict] = {}
-    lines_of: dict[tuple, int] = {}
-    good_end, lines = 0, data.split(b"\n")
-    for i, line in enumerate(lines):
-        last = i == len(lines) - 1
-        if not line.strip():
-            if not last:
-                good_end += len(line) + 1
-            continue
-        try:
-            if last:
-                raise ValueError("no newline")
-            row = json.loads(line)
-        except ValueError:
-            if last or i == len(lines) - 2 and not lines[-1]:
-                break  # torn tail: redo it
-            raise ProfileError(f"{path}:{i + 1}: not a JSON measurement: {line[:80]!r}") from None
+    line_of: dict[tuple, int] = {}
+    for (n, _), row in zip(numbered, parsed, strict=True):
         problem = _check_row(row, meta, layers)
         if problem:
-            raise ProfileError(f"{path}:{i + 1}: {problem}")
-        k = tuple(row[c] for c in KEY)
-        if k in rows:
-            old = rows[k]
-            if (old["degradation"], old.get("value")) != (row["degradation"], row.get("value")):
-                raise ProfileError(f"{path}:{i + 1}: measurement {k} disagrees with line {lines_of[k]} "
-                                   f"(degradation {row['degradation']!r} vs {old['degradation']!r})")
-        else:
-            rows[k], lines_of[k] = row, i + 1
-        good_end += len(line) + 1
-    if repair and good_end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
+            raise ProfileError(f"{path}:{n}: {problem}")
+        k = key_of(row)
+        if k not in rows:
+            rows[k], line_of[k] = row, n
+        elif (rows[k]["degradation"], rows[k].get("value")) != (row["degradation"], row.get("value")):
+            raise ProfileError(f"{path}:{n}: measurement {k} disagrees with line {line_of[k]} "
+                               f"(degradation {row['degradation']!r} vs {rows[k]['degradation']!r})")
     return list(rows.values())
 
 

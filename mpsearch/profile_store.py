@@ -22,6 +22,8 @@ from typing import Any
 
 import pandas as pd
 
+from mpsearch.lock import FolderLock, check_unlocked
+
 SCHEMA = "mpsearch.profile/1"
 COLUMNS = ["layer", "tensor", "bits", "metric", "step_group", "value", "degradation"]
 KEY = ("layer", "tensor", "bits", "metric", "step_group")
@@ -67,6 +69,8 @@ def read_meta(path: Path) -> dict:
             raise ProfileError(f"{file}: {key!r} is {got}, expected a JSON {'array' if kind is list else 'object'}")
     if not all(isinstance(n, str) for n in meta["layers"]):
         raise ProfileError(f"{file}: 'layers' must be a list of layer names")
+    if not isinstance(meta.get("units") or {}, dict):
+        raise ProfileError(f"{file}: 'units' is a {type(meta['units']).__name__}, expected a JSON object")
     return meta
 
 
@@ -196,6 +200,8 @@ def check_inventory(meta: dict, inv: Any, where: str) -> None:
         diff = next((a, b) for a, b in itertools.zip_longest(meta["layers"], inv.names) if a != b)
         raise ProfileError(f"{where}: layers differ from meta.json's ({len(inv.names)} vs {len(meta['layers'])}; "
                            f"first difference {diff[1]!r} vs {diff[0]!r}): the folder mixes two models")
+    if not _is_int(inv.fixed_params) or inv.fixed_params < 0:
+        raise ProfileError(f"{where}: fixed_params {inv.fixed_params!r} is not a count of parameters ≥ 0")
     for layer in inv.layers:
         if layer.params != math.prod(layer.weight_shape) or min(layer.params, layer.bias, layer.macs) < 0:
             raise ProfileError(f"{where}: layer {layer.name!r} has {layer.params} params but weight shape "
@@ -362,6 +368,7 @@ def merge(out: str | Path, shards: list[str | Path]) -> Profile:
     metas, rows = [], {}
     for s in shards:
         p = Path(s)
+        check_unlocked(p, "shard")  # a shard still being measured would merge incomplete
         m = read_meta(p)
         if metas:
             check_compatible(metas[0], m, str(p))
@@ -378,17 +385,17 @@ def merge(out: str | Path, shards: list[str | Path]) -> Profile:
         meta = union_meta(meta, m)
     meta = {**meta, "shard": None, "merged_from": [str(s) for s in shards]}
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "measurements.jsonl").exists():
-        raise ProfileError(f"{out} already holds measurements; merge into a new folder")
-    prof = Profile(meta, pd.DataFrame(list(rows.values()), columns=COLUMNS))
-    _write_json(out / "meta.json", meta)
-    with open(out / "measurements.jsonl", "w") as f:
-        for r in prof.df.to_dict("records"):
-            r = {k: (int(v) if k in ("bits", "step_group") else v) for k, v in r.items()}
-            f.write(_dumps(r) + "\n")
-    inventories = [Path(s) / "inventory.json" for s in shards if (Path(s) / "inventory.json").is_file()]
-    if inventories:  # so the merged profile solves without the model, as its shards do
-        (out / "inventory.json").write_bytes(inventories[0].read_bytes())
+    with FolderLock(out, "merge"):  # one writer per profile folder (creates it)
+        if (out / "measurements.jsonl").exists():
+            raise ProfileError(f"{out} already holds measurements; merge into a new folder")
+        prof = Profile(meta, pd.DataFrame(list(rows.values()), columns=COLUMNS))
+        _write_json(out / "meta.json", meta)
+        with open(out / "measurements.jsonl", "w") as f:
+            for r in prof.df.to_dict("records"):
+                r = {k: (int(v) if k in ("bits", "step_group") else v) for k, v in r.items()}
+                f.write(_dumps(r) + "\n")
+        inventories = [Path(s) / "inventory.json" for s in shards if (Path(s) / "inventory.json").is_file()]
+        if inventories:  # so the merged profile solves without the model, as its shards do
+            (out / "inventory.json").write_bytes(inventories[0].read_bytes())
     prof.path = out
     return prof

@@ -75,7 +75,7 @@ def inspect(
         return
     table = Table(title=f"{inv.model}: {inv.component} at {inv.resolution}px, {len(inv)} quantizable layers")
     for col in ("layer", "kind", "group", "params", "out", "MACs"):
-        table.add_column(col, justify="left" if col in ("layer", "kind", "group") else "right")
+        table.add_column(col, justify="left" if col in ("layer", "kind", "group") else "right", overflow="fold")
     rows = inv.layers if limit <= 0 else inv.layers[:limit]
     for l in rows:
         table.add_row(l.name, l.kind, l.group, f"{l.params:,}", f"{l.out_channels:,}", f"{l.macs:,}")

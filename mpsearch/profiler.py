@@ -302,6 +302,7 @@ def profile(
     see `mpsearch.distributed`); every backend stores the same rows.
 
     Returns the `Profile` of everything stored at `out` (this shard's part when sharded).
+    `mpsearch.lock.FolderLocked` (a ValueError naming the holder) when another process writes `out`.
     """
     from mpsearch import __version__
 

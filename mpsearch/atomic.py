@@ -79,9 +79,12 @@ def _claim(out: Path) -> tuple[Path, int]:
     while True:
         tmp = out.parent / f"{_prefix(out)}{uuid.uuid4().hex[:12]}"
         tmp.mkdir()
-        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except FileNotFoundError:  # a concurrent remove_stale took it between mkdir and open
+            continue
         fcntl.flock(fd, fcntl.LOCK_EX)
-        if os.fstat(fd).st_nlink > 0:  # a concurrent remove_stale may have taken it between mkdir and flock
+        if os.fstat(fd).st_nlink > 0:  # ... or between open and flock
             return tmp, fd
         os.close(fd)
 

@@ -17,6 +17,8 @@ import hashlib
 import inspect
 import json
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -202,18 +204,33 @@ class Reference:
         meta = {"format": REFERENCE_FORMAT, "prompts": self.prompts, "seeds": self.seeds, "steps": self.steps,
                 "guidance": self.guidance, "guidance_rescale": self.guidance_rescale, "resolution": self.resolution,
                 "timesteps": self.timesteps, "call": self.call, "extra": self.extra}  # fmt: skip
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata={"meta": json.dumps(meta)})
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # atomic: a run killed while writing leaves the old file or none (and a `*.tmp` sibling), never a torn one
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", suffix=".tmp", delete=False) as f:
+            tmp = Path(f.name)
+        try:
+            save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: str | Path) -> Reference:
         """Read a saved reference. Format 1 files (before other pipelines than SD were sampled) hold the
-        text rows as `enc`; they came from SD-style pipelines only, so they convert exactly."""
-        from safetensors import safe_open
+        text rows as `enc`; they came from SD-style pipelines only, so they convert exactly. A file that
+        cannot be read (torn, truncated, not a reference) raises ValueError naming it."""
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads(f.metadata()["meta"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads(f.metadata()["meta"])
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a readable reference ({type(e).__name__}: {e})") from None
         fmt = meta.pop("format", 1)
         if fmt == 1:
             tensors["cond.encoder_hidden_states"] = tensors.pop("enc")

@@ -65,7 +65,7 @@ def inspect(
         pattern, _, name = g.rpartition("=")
         if not pattern:
             fail(f"--group {g!r}: expected REGEX=content or REGEX=quality")
-        overrides.append((pattern, name))
+        overrides.append((regex(pattern, "--group"), name))
     try:
         inv = inventory(model, resolution=resolution, groups=overrides)
     except (ModelError, ValueError) as e:
@@ -75,7 +75,7 @@ def inspect(
         return
     table = Table(title=f"{inv.model}: {inv.component} at {inv.resolution}px, {len(inv)} quantizable layers")
     for col in ("layer", "kind", "group", "params", "out", "MACs"):
-        table.add_column(col, justify="left" if col in ("layer", "kind", "group") else "right")
+        table.add_column(col, justify="left" if col in ("layer", "kind", "group") else "right", overflow="fold")
     rows = inv.layers if limit <= 0 else inv.layers[:limit]
     for l in rows:
         table.add_row(l.name, l.kind, l.group, f"{l.params:,}", f"{l.out_channels:,}", f"{l.macs:,}")
@@ -305,12 +305,12 @@ def solve(
         _, meta, inv = load_profile(profile)
     except ValueError as e:
         fail(str(e))
+    understood = b.describe(inv)
     if steps is not None:
         from mpsearch.planning.steps import describe_budget
 
-        console.print(f"budget: {describe_budget(b, inv, steps, meta, pool)}")
-    else:
-        console.print(f"budget: {b.describe(inv)}")
+        understood = describe_budget(b, inv, steps, meta, pool)
+    console.print(f"budget: {understood}")
     try:
         spec = get_solver(solver)
     except ValueError as e:
@@ -351,7 +351,7 @@ def solve(
         plot_front(front, png, title=f"{inv.model}: predicted loss vs size")
         console.print(f"pareto front: {len(front)} points → {csv}, {png}")
     if as_json:
-        typer.echo(json.dumps({"out": str(out), "budget": b.describe(inv), "plan": plan.to_dict(),
+        typer.echo(json.dumps({"out": str(out), "budget": understood, "plan": plan.to_dict(),
                                "pareto": None if front is None else {"csv": str(csv), "png": str(png),
                                                                      "points": front.to_dict("records")}}, indent=1))
 

@@ -43,6 +43,8 @@ ModelOpt = Annotated[
                  "(sd15, sdxl-base, sdxl-turbo, pixart-alpha) or 'demo' (default)."),
 ]
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (stdout holds only the JSON).")]
+
 
 def one_line(message: str) -> str:
     """`message` with its line breaks (and the spaces around them) folded into single spaces."""

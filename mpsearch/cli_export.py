@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from mpsearch.cli_common import ModelOpt, console, err, fail
+from mpsearch.cli_common import JsonOpt, ModelOpt, console, err, fail, quiet
 
 PlanOpt = Annotated[Path, typer.Option("--plan", "-p", help="plan.json written by `mpsearch solve`.", exists=True,
                                        dir_okay=False)]
@@ -38,6 +39,7 @@ def export_cmd(
     no_bos: Annotated[bool, typer.Option("--no-bos", help="Do not precompute BOS K/V rows.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing export in --out whole "
                                             "(without it, a non-empty --out is refused).")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write a plan's packed low-bit checkpoint; its denoiser bytes equal the cost model's prediction.
 
@@ -46,6 +48,7 @@ def export_cmd(
     from mpsearch.model import ModelError
     from mpsearch.planning.plan import Plan, PlanError
 
+    quiet(as_json)
     try:
         p = Plan.load(plan)
         result = export(p, out, model=model, bos=not no_bos, components=not no_components, overwrite=overwrite)
@@ -55,6 +58,8 @@ def export_cmd(
     console.print(_bytes_table(e))
     console.print(f"{e['quantized_layers']}/{e['layers']} layers quantized; written == predicted: "
                   f"[bold]{e['matches_prediction']}[/]   → {out}  (load with mpsearch.load_quantized)")
+    if as_json:
+        typer.echo(json.dumps({**e, "out": str(out)}, indent=1))
 
 
 def evaluate_cmd(
@@ -75,6 +80,7 @@ def evaluate_cmd(
     baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Uniform W8, W4, nearest "
                                             "uniform and random-at-equal-bytes baselines.")] = True,
     plugin: Annotated[list[str] | None, typer.Option(help="Python file or module registering metrics.")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Generate with FP, the plan and baselines; write a Markdown report with images and plots."""
     from mpsearch.calibration import read_prompts
@@ -85,6 +91,7 @@ def evaluate_cmd(
     from mpsearch.planning.plan import PlanError
     from mpsearch.report import write_report
 
+    quiet(as_json)
     if not plan and quantized is None:
         fail("pass --plan PLAN.json and/or --quantized DIR")
     for p in plugin or []:
@@ -100,7 +107,10 @@ def evaluate_cmd(
                       log=lambda m: err.print(f"[dim]{m}[/]"), progress=True)
     except (ExportError, PlanError, ModelError, ValueError, FileNotFoundError) as e:
         fail(str(e))
-    show_evaluation(ev, write_report(ev, out))
+    report = write_report(ev, out)
+    show_evaluation(ev, report)
+    if as_json:  # results.json and the report's path
+        typer.echo(json.dumps({**ev.to_dict(), "report": str(report)}, indent=1, default=str))
 
 
 def show_evaluation(ev, report: Path) -> None:
@@ -109,7 +119,7 @@ def show_evaluation(ev, report: Path) -> None:
     cols = [c for c in ("adherence", "ssim", "pixel_mse", "sqnr") if any(r.get(c) is not None for r in rows)]
     t = Table(title=f"{ev.inventory.model}: evaluation")
     for c in ("candidate", "split", "bytes", "bits", *cols):
-        t.add_column(c, justify="left" if c in ("candidate", "split") else "right")
+        t.add_column(c, justify="left" if c in ("candidate", "split") else "right", overflow="fold")
     for r in rows:
         t.add_row(r["name"], r["split"], f"{r['bytes']:,}", f"{r['mean_w_bits']:.2f}",
                   *("–" if r.get(c) is None else f"{r[c]:.4g}" for c in cols))

@@ -16,8 +16,20 @@ def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
         raise typer.BadParameter(f"{what}: expected comma-separated integers, got {text!r}") from None
 
 
+def _log(msg: str) -> None:
+    """A profiling note, dim on stdout; a `warning: ...` on stderr."""
+    from rich.markup import escape
+
+    from mpsearch.cli_common import console, err
+
+    if msg.startswith("warning: "):
+        err.print(f"[yellow]warning:[/] {escape(msg[len('warning: '):])}")
+    else:
+        console.print(f"[dim]{escape(msg)}[/]")
+
+
 def register(app: typer.Typer) -> None:
-    from mpsearch.cli_common import ModelOpt, console, fail
+    from mpsearch.cli_common import ModelOpt, console, fail, regex
 
     @app.command()
     def profile(
@@ -64,6 +76,8 @@ def register(app: typer.Typer) -> None:
         from mpsearch.profile_store import ProfileError
         from mpsearch.profiler import profile as run_profile
 
+        if layers is not None:
+            regex(layers, "--layers")
         for p in plugin or []:
             load_plugin(p)
         t0 = time.perf_counter()
@@ -77,7 +91,7 @@ def register(app: typer.Typer) -> None:
                 step_groups=int(step_groups) if step_groups.isdigit() else step_groups, mode=mode, slots=slots,
                 shard=shard, all_metrics=all_metrics, layers=layers, bos_aware=bos_aware,
                 split_shortcut=split_shortcut, progressive=progressive, device=device, progress=True,
-                log=lambda msg: console.print(f"[dim]{msg}[/]"), backend=backend, address=address, workers=workers,
+                log=_log, backend=backend, address=address, workers=workers,
             )  # fmt: skip
         except (ModelError, ProfileError, ValueError, KeyError, FileNotFoundError, ImportError) as e:
             fail(str(e).strip("'\""))
@@ -92,11 +106,12 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", "-o", help="Merged profile folder (new).")] = Path("profiles/merged"),
     ) -> None:
         """Join profile shards of the same model and settings into one profile."""
+        from mpsearch.lock import FolderLocked
         from mpsearch.profile_store import ProfileError
         from mpsearch.profile_store import merge as run_merge
 
         try:
             prof = run_merge(out, shards)
-        except ProfileError as e:
+        except (ProfileError, FolderLocked) as e:
             fail(str(e))
         console.print(f"{out}: {len(prof)} measurements from {len(shards)} shards")

@@ -16,7 +16,8 @@ Checkpoint folder: the pipeline's other components as diffusers saves them, `mod
 `plan.json`, `export.json` (bytes) and, under the denoiser's folder, `config.json`,
 `mpsearch_quantized.safetensors` (every denoiser parameter; by default one tensor per dtype with the
 offsets in the map, see `export(layout=)`), `quantization_map.json` (per module: qtype, nominal/stored
-bits, activation bits, shape, code offset) and `bos.safetensors`.
+bits, activation bits, shape, code offset) and `bos.safetensors`. `export` writes it all or nothing
+(`mpsearch.atomic.staged`: a temporary sibling renamed into place), after checking the plan's budget.
 
 Pruned units (`plan.pruned_units`, LAPTOP-Diff layer pruning) are removed for real: `fake_quantize`
 replaces them by identity stand-ins (`mpsearch.pruning`), `export` writes none of their parameters or
@@ -37,7 +38,7 @@ import torch
 from torch import nn
 
 from mpsearch.atomic import check_target, staged
-from mpsearch.model import Inventory, find_denoiser, fingerprint, inventory, load_pipeline
+from mpsearch.model import Inventory, damaged_weights, find_denoiser, fingerprint, inventory, load_pipeline
 from mpsearch.pipelines import denoiser_components
 from mpsearch.planning.cost import (
     FLOAT_BITS,
@@ -670,10 +671,10 @@ def load_quantized(path: str | Path, *, device: str = "cpu", dtype: torch.dtype 
     if den_name is None:
         raise ExportError(f"{path} holds no {QMAP_FILE} under a unet/ or transformer/ folder")
     dtype = dtype or (torch.float32 if device == "cpu" else torch.float16)
-    den = load_denoiser(path / den_name, dtype=dtype, dequantize=dequantize)
-    cls = getattr(diffusers, index["_class_name"])
-    with warnings.catch_warnings():  # diffusers 0.42 renames torch_dtype to dtype; older ones lack dtype
-        warnings.simplefilter("ignore", FutureWarning)
+    with damaged_weights(path), warnings.catch_warnings():
+        den = load_denoiser(path / den_name, dtype=dtype, dequantize=dequantize)
+        cls = getattr(diffusers, index["_class_name"])
+        warnings.simplefilter("ignore", FutureWarning)  # diffusers 0.42 renames torch_dtype to dtype; older ones lack dtype
         pipe = cls.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype, **{den_name: den})
     pipe.set_progress_bar_config(disable=True)
     pipe.mpsearch_plan = Plan.load(path / "plan.json") if (path / "plan.json").exists() else None

@@ -8,11 +8,12 @@ of the denoiser with its size, MACs per denoiser call and MixDQ group.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
@@ -195,6 +196,18 @@ def _single_file_pipeline_class(path: Path):
     return getattr(diffusers, next(cls for prefix, cls in known if model_type.startswith(prefix)))
 
 
+@contextlib.contextmanager
+def damaged_weights(path: str | Path) -> Iterator[None]:
+    """Turn a damaged weights file met while loading from `path` (truncated, or not safetensors) into a
+    one-line `ModelError` instead of a SafetensorError traceback."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as e:
+        raise ModelError(f"{path}: a weights file is damaged or truncated ({e})") from None
+
+
 def load_pipeline(model: str | Path | None = None, *, dtype: torch.dtype | None = None, device: str = "cpu"):
     """Load a diffusers pipeline from a hub id, a local folder or a single-file checkpoint.
 
@@ -213,9 +226,11 @@ def load_pipeline(model: str | Path | None = None, *, dtype: torch.dtype | None 
     kwargs: dict[str, Any] = {"dtype": dtype}
     if path.is_file():
         cls = _single_file_pipeline_class(path)
-        pipe = cls.from_single_file(str(path), local_files_only=_offline() or None, **kwargs)
+        with damaged_weights(path):
+            pipe = cls.from_single_file(str(path), local_files_only=_offline() or None, **kwargs)
     elif path.is_dir():
-        pipe = diffusers.DiffusionPipeline.from_pretrained(str(path), local_files_only=True, **kwargs)
+        with damaged_weights(path):
+            pipe = diffusers.DiffusionPipeline.from_pretrained(str(path), local_files_only=True, **kwargs)
     elif str(model) in bundled_configs():
         raise ModelError(
             f"{model!r} is a bundled config without weights: use it with `inspect`, or pass its hub id "

@@ -15,11 +15,14 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import operator
 import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from mpsearch.lock import FolderLock, check_unlocked
 
 SCHEMA = "mpsearch.profile/1"
 COLUMNS = ["layer", "tensor", "bits", "metric", "step_group", "value", "degradation"]
@@ -66,6 +69,8 @@ def read_meta(path: Path) -> dict:
             raise ProfileError(f"{file}: {key!r} is {got}, expected a JSON {'array' if kind is list else 'object'}")
     if not all(isinstance(n, str) for n in meta["layers"]):
         raise ProfileError(f"{file}: 'layers' must be a list of layer names")
+    if not isinstance(meta.get("units") or {}, dict):
+        raise ProfileError(f"{file}: 'units' is a {type(meta['units']).__name__}, expected a JSON object")
     return meta
 
 
@@ -109,6 +114,22 @@ def _check_row(row: Any, meta: dict | None, layers: set[str]) -> str | None:
     return None
 
 
+def _complete_lines(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
+    """(line number, text) of the non-blank lines a crash has not torn, and the byte offset they end at.
+    Torn: the text after the last newline, or a final line that is not JSON (a killed write)."""
+    lines = data.split(b"\n")
+    body = lines[:-1]
+    numbered = [(i + 1, line) for i, line in enumerate(body) if line.strip()]
+    end = len(data) - len(lines[-1])
+    if not lines[-1] and numbered and numbered[-1][0] == len(body):
+        try:
+            json.loads(numbered[-1][1])
+        except ValueError:
+            numbered.pop()
+            end -= len(body[-1]) + 1
+    return numbered, end
+
+
 def read_measurements(path: Path, *, repair: bool = False, meta: dict | None = None) -> list[dict]:
     """Rows of a measurements file, each checked (see `_check_row`; against `meta` when given).
 
@@ -118,40 +139,39 @@ def read_measurements(path: Path, *, repair: bool = False, meta: dict | None = N
     must agree (identical copies, e.g. from an older tool writing twice, are read once)."""
     if not path.exists():
         return []
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ProfileError(f"{path}: cannot be read ({e.strerror})") from None
+    numbered, end = _complete_lines(data)
+    if repair and end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    try:  # one parse of the whole file (C speed); line by line only to name a bad line
+        parsed = json.loads(b"[" + b",".join(line for _, line in numbered) + b"]")
+    except ValueError:
+        parsed = []
+    if len(parsed) != len(numbered):
+        parsed = []
+        for n, line in numbered:
+            try:
+                parsed.append(json.loads(line))
+            except ValueError:
+                raise ProfileError(f"{path}:{n}: not a JSON measurement: {line[:80]!r}") from None
     layers = set(meta["layers"]) if meta is not None else set()
+    key_of = operator.itemgetter(*KEY)
     rows: dict[tuple, dict] = {}
-    lines_of: dict[tuple, int] = {}
-    good_end, lines = 0, data.split(b"\n")
-    for i, line in enumerate(lines):
-        last = i == len(lines) - 1
-        if not line.strip():
-            if not last:
-                good_end += len(line) + 1
-            continue
-        try:
-            if last:
-                raise ValueError("no newline")
-            row = json.loads(line)
-        except ValueError:
-            if last or i == len(lines) - 2 and not lines[-1]:
-                break  # torn tail: redo it
-            raise ProfileError(f"{path}:{i + 1}: not a JSON measurement: {line[:80]!r}") from None
+    line_of: dict[tuple, int] = {}
+    for (n, _), row in zip(numbered, parsed, strict=True):
         problem = _check_row(row, meta, layers)
         if problem:
-            raise ProfileError(f"{path}:{i + 1}: {problem}")
-        k = tuple(row[c] for c in KEY)
-        if k in rows:
-            old = rows[k]
-            if (old["degradation"], old.get("value")) != (row["degradation"], row.get("value")):
-                raise ProfileError(f"{path}:{i + 1}: measurement {k} disagrees with line {lines_of[k]} "
-                                   f"(degradation {row['degradation']!r} vs {old['degradation']!r})")
-        else:
-            rows[k], lines_of[k] = row, i + 1
-        good_end += len(line) + 1
-    if repair and good_end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
+            raise ProfileError(f"{path}:{n}: {problem}")
+        k = key_of(row)
+        if k not in rows:
+            rows[k], line_of[k] = row, n
+        elif (rows[k]["degradation"], rows[k].get("value")) != (row["degradation"], row.get("value")):
+            raise ProfileError(f"{path}:{n}: measurement {k} disagrees with line {line_of[k]} "
+                               f"(degradation {row['degradation']!r} vs {rows[k]['degradation']!r})")
     return list(rows.values())
 
 
@@ -180,6 +200,8 @@ def check_inventory(meta: dict, inv: Any, where: str) -> None:
         diff = next((a, b) for a, b in itertools.zip_longest(meta["layers"], inv.names) if a != b)
         raise ProfileError(f"{where}: layers differ from meta.json's ({len(inv.names)} vs {len(meta['layers'])}; "
                            f"first difference {diff[1]!r} vs {diff[0]!r}): the folder mixes two models")
+    if not _is_int(inv.fixed_params) or inv.fixed_params < 0:
+        raise ProfileError(f"{where}: fixed_params {inv.fixed_params!r} is not a count of parameters ≥ 0")
     for layer in inv.layers:
         if layer.params != math.prod(layer.weight_shape) or min(layer.params, layer.bias, layer.macs) < 0:
             raise ProfileError(f"{where}: layer {layer.name!r} has {layer.params} params but weight shape "
@@ -346,6 +368,7 @@ def merge(out: str | Path, shards: list[str | Path]) -> Profile:
     metas, rows = [], {}
     for s in shards:
         p = Path(s)
+        check_unlocked(p, "shard")  # a shard still being measured would merge incomplete
         m = read_meta(p)
         if metas:
             check_compatible(metas[0], m, str(p))
@@ -362,17 +385,17 @@ def merge(out: str | Path, shards: list[str | Path]) -> Profile:
         meta = union_meta(meta, m)
     meta = {**meta, "shard": None, "merged_from": [str(s) for s in shards]}
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "measurements.jsonl").exists():
-        raise ProfileError(f"{out} already holds measurements; merge into a new folder")
-    prof = Profile(meta, pd.DataFrame(list(rows.values()), columns=COLUMNS))
-    _write_json(out / "meta.json", meta)
-    with open(out / "measurements.jsonl", "w") as f:
-        for r in prof.df.to_dict("records"):
-            r = {k: (int(v) if k in ("bits", "step_group") else v) for k, v in r.items()}
-            f.write(_dumps(r) + "\n")
-    inventories = [Path(s) / "inventory.json" for s in shards if (Path(s) / "inventory.json").is_file()]
-    if inventories:  # so the merged profile solves without the model, as its shards do
-        (out / "inventory.json").write_bytes(inventories[0].read_bytes())
+    with FolderLock(out, "merge"):  # one writer per profile folder (creates it)
+        if (out / "measurements.jsonl").exists():
+            raise ProfileError(f"{out} already holds measurements; merge into a new folder")
+        prof = Profile(meta, pd.DataFrame(list(rows.values()), columns=COLUMNS))
+        _write_json(out / "meta.json", meta)
+        with open(out / "measurements.jsonl", "w") as f:
+            for r in prof.df.to_dict("records"):
+                r = {k: (int(v) if k in ("bits", "step_group") else v) for k, v in r.items()}
+                f.write(_dumps(r) + "\n")
+        inventories = [Path(s) / "inventory.json" for s in shards if (Path(s) / "inventory.json").is_file()]
+        if inventories:  # so the merged profile solves without the model, as its shards do
+            (out / "inventory.json").write_bytes(inventories[0].read_bytes())
     prof.path = out
     return prof

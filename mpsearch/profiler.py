@@ -19,6 +19,7 @@ group's steps only (from the cached FP latents where the scheduler allows), then
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 
 from mpsearch import calibration as cal
+from mpsearch.lock import FolderLock
 from mpsearch.metrics import Metric, get_metric
 from mpsearch.model import find_denoiser, inventory, load_pipeline, weights_fingerprint
 from mpsearch.profile_store import KEY, Profile, ProfileError, Store, merge  # noqa: F401 (re-exported)
@@ -230,8 +232,14 @@ def _reference(pipe, out: Path | None, fingerprint: str, prompts, seeds, steps, 
     settings = [fingerprint, prompts, seeds, steps, guidance, resolution, guidance_rescale, cal.REFERENCE_FORMAT]
     key = hashlib.sha256(json.dumps(settings).encode())
     path = out / "cache" / f"reference-{key.hexdigest()[:16]}.safetensors" if (out and cache) else None
+    if path is not None:
+        for tmp in path.parent.glob("reference-*.tmp"):  # left by a run killed while saving (we hold the lock)
+            tmp.unlink()
     if path is not None and path.exists():
-        return cal.Reference.load(path)
+        try:
+            return cal.Reference.load(path)
+        except ValueError as e:  # torn or truncated: measure it again rather than fail every resume
+            log(f"warning: {e}; computing it again")
     t0 = time.perf_counter()
     ref = cal.reference(pipe, prompts, seeds=seeds, steps=steps, guidance=guidance, resolution=resolution,
                         guidance_rescale=guidance_rescale)  # fmt: skip
@@ -294,6 +302,7 @@ def profile(
     see `mpsearch.distributed`); every backend stores the same rows.
 
     Returns the `Profile` of everything stored at `out` (this shard's part when sharded).
+    `mpsearch.lock.FolderLocked` (a ValueError naming the holder) when another process writes `out`.
     """
     from mpsearch import __version__
 
@@ -309,108 +318,109 @@ def profile(
         raise ValueError("tensors: choose 'weight' and/or 'act'")
     if prune and mode == "fisher":
         raise ValueError("prune: unit scores are measured, not estimated; use mode exact or batched")
-    demo = _is_demo(model)
-    pipe = model if hasattr(model, "components") else load_pipeline(model, device=device)
-    pipe.set_progress_bar_config(disable=True)
-    component, denoiser = find_denoiser(pipe)
-    inv = inventory(pipe, resolution=resolution)
-    fingerprint = weights_fingerprint(denoiser)
-
-    if demo:
-        d_steps, d_guid = cal.demo_settings()
-        steps, guidance = steps or d_steps, d_guid if guidance is None else guidance
-    steps = steps or cal.DEFAULT_STEPS
-    guidance = cal.DEFAULT_GUIDANCE if guidance is None else float(guidance)
-    if prompts is None:
-        prompts = cal.demo_prompts(n_prompts, seed) if demo else None
-        if prompts is None:
-            raise ValueError("pass prompts (a list or a file, one per line) for a model other than the demo")
-    elif isinstance(prompts, (str, Path)):
-        prompts = cal.read_prompts(prompts)
-    prompts = list(prompts)
-    seeds = [seed + i for i in range(len(prompts))]
-    metric_names = list(metrics) if metrics else [m for m in DEFAULT_METRICS if demo or m != "adherence"]
-    if mode == "fisher":
-        metric_names = ["fisher"]
-        metric_objs = []
-    else:
-        metric_objs = [get_metric(m) for m in metric_names]
-    candidates = Candidates(tuple(bits) if bits else Candidates.weight, tuple(act_bits) if act_bits else Candidates.act)
-    if layers is None:
-        chosen = list(inv.layers)
-    else:
-        import re
-
-        chosen = [l for l in inv.layers if (re.search(layers, l.name) if isinstance(layers, str) else l.name in layers)]
-        if not chosen:
-            raise ValueError(f"no layer matches {layers!r}")
     i_shard, n_shard = parse_shard(shard)
     out_path = Path(out) if out is not None else None
+    # one writer per folder, from before the model loads to the last row (see mpsearch.lock)
+    with FolderLock(out_path, "profile") if out_path is not None else contextlib.nullcontext():
+        demo = _is_demo(model)
+        pipe = model if hasattr(model, "components") else load_pipeline(model, device=device)
+        pipe.set_progress_bar_config(disable=True)
+        component, denoiser = find_denoiser(pipe)
+        inv = inventory(pipe, resolution=resolution)
+        fingerprint = weights_fingerprint(denoiser)
 
-    ref = _reference(pipe, out_path, fingerprint, prompts, seeds, steps, guidance, resolution, float(guidance_rescale),
-                     cache, log)  # fmt: skip
-    groups = step_groups if isinstance(step_groups, list) else cal.step_groups(ref.timesteps, step_groups)
-    session = QuantSession(pipe, candidates, weight_cfg=weight_cfg, act_cfg=act_cfg, bos_aware=bos_aware,
-                           split_shortcut=split_shortcut)  # fmt: skip
-    try:
-        meta = {
-            "schema": "mpsearch.profile/1",
-            "tool_version": __version__,
-            "model": inv.model if not demo else "demo",
-            "component": component,
-            "fingerprint": fingerprint,
-            "inventory_fingerprint": inv.fingerprint,
-            "layers": inv.names,
-            "groups": {l.name: l.group for l in inv.layers},
-            "candidates": candidates.to_dict(),
-            "tensors": tensors,
-            "metrics": ({"fisher": {"kind": "quality", "stage": "gradient", "version": "1"}} if mode == "fisher"
-                        else {m.name: m.describe() for m in metric_objs}),
-            "mode": "fisher" if mode == "fisher" else "exact",  # batched measures the same numbers as exact
-            "all_metrics": all_metrics or mode == "fisher",
-            "step_groups": groups,
-            "sampling": {**ref.settings(), "prompts": prompts, "scheduler": type(pipe.scheduler).__name__},
-            "quant": {"bos_aware": bos_aware, "split_shortcut": split_shortcut, "split_weights": False,
-                      "progressive": progressive, "weight": asdict(weight_cfg), "act": asdict(act_cfg)},
-            "shard": f"{i_shard}/{n_shard}" if n_shard > 1 else None,
-            "baseline": {},
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }  # fmt: skip
-        for m in metric_objs:
-            base = ref.images if m.stage == "image" else ref.outputs
-            value, deg = m(base, base, prompts=prompts)
-            meta["baseline"][m.name] = {"value": value if math.isfinite(value) else None, "degradation": deg}
-        if prune:
-            from mpsearch.pruning import find_units, unit_meta
+        if demo:
+            d_steps, d_guid = cal.demo_settings()
+            steps, guidance = steps or d_steps, d_guid if guidance is None else guidance
+        steps = steps or cal.DEFAULT_STEPS
+        guidance = cal.DEFAULT_GUIDANCE if guidance is None else float(guidance)
+        if prompts is None:
+            prompts = cal.demo_prompts(n_prompts, seed) if demo else None
+            if prompts is None:
+                raise ValueError("pass prompts (a list or a file, one per line) for a model other than the demo")
+        elif isinstance(prompts, (str, Path)):
+            prompts = cal.read_prompts(prompts)
+        prompts = list(prompts)
+        seeds = [seed + i for i in range(len(prompts))]
+        metric_names = list(metrics) if metrics else [m for m in DEFAULT_METRICS if demo or m != "adherence"]
+        if mode == "fisher":
+            metric_names = ["fisher"]
+            metric_objs = []
+        else:
+            metric_objs = [get_metric(m) for m in metric_names]
+        candidates = Candidates(tuple(bits) if bits else Candidates.weight, tuple(act_bits) if act_bits else Candidates.act)
+        if layers is None:
+            chosen = list(inv.layers)
+        else:
+            import re
 
-            units = find_units(pipe, inv)
-            meta["units"] = unit_meta(units)
-        store = Store(out_path, meta) if out_path is not None else _MemoryStore(meta)
-        if out_path is not None:  # so `solve` needs no model: profile on a GPU box, solve on a laptop
-            inv.save(Path(out_path) / "inventory.json")
-        with store:
-            if "act" in tensors:
-                t0 = time.perf_counter()
-                session.calibrate(ref, progressive=progressive)
-                log(f"calibrated activation ranges in {time.perf_counter() - t0:.1f} s")
-            else:
-                session.timesteps = list(ref.timesteps)
-            prof = Profiler(pipe, ref, session, groups, max_batch=max_batch)
+            chosen = [l for l in inv.layers if (re.search(layers, l.name) if isinstance(layers, str) else l.name in layers)]
+            if not chosen:
+                raise ValueError(f"no layer matches {layers!r}")
+        ref = _reference(pipe, out_path, fingerprint, prompts, seeds, steps, guidance, resolution, float(guidance_rescale),
+                         cache, log)  # fmt: skip
+        groups = step_groups if isinstance(step_groups, list) else cal.step_groups(ref.timesteps, step_groups)
+        session = QuantSession(pipe, candidates, weight_cfg=weight_cfg, act_cfg=act_cfg, bos_aware=bos_aware,
+                               split_shortcut=split_shortcut)  # fmt: skip
+        try:
+            meta = {
+                "schema": "mpsearch.profile/1",
+                "tool_version": __version__,
+                "model": inv.model if not demo else "demo",
+                "component": component,
+                "fingerprint": fingerprint,
+                "inventory_fingerprint": inv.fingerprint,
+                "layers": inv.names,
+                "groups": {l.name: l.group for l in inv.layers},
+                "candidates": candidates.to_dict(),
+                "tensors": tensors,
+                "metrics": ({"fisher": {"kind": "quality", "stage": "gradient", "version": "1"}} if mode == "fisher"
+                            else {m.name: m.describe() for m in metric_objs}),
+                "mode": "fisher" if mode == "fisher" else "exact",  # batched measures the same numbers as exact
+                "all_metrics": all_metrics or mode == "fisher",
+                "step_groups": groups,
+                "sampling": {**ref.settings(), "prompts": prompts, "scheduler": type(pipe.scheduler).__name__},
+                "quant": {"bos_aware": bos_aware, "split_shortcut": split_shortcut, "split_weights": False,
+                          "progressive": progressive, "weight": asdict(weight_cfg), "act": asdict(act_cfg)},
+                "shard": f"{i_shard}/{n_shard}" if n_shard > 1 else None,
+                "baseline": {},
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }  # fmt: skip
+            for m in metric_objs:
+                base = ref.images if m.stage == "image" else ref.outputs
+                value, deg = m(base, base, prompts=prompts)
+                meta["baseline"][m.name] = {"value": value if math.isfinite(value) else None, "degradation": deg}
             if prune:
-                _run_prune(prof, store, units, metric_objs, log)
-            if mode == "fisher":
-                _run_fisher(prof, store, chosen, tensors, candidates, groups, seed, log)
-            else:
-                units = plan_units(chosen, groups, candidates, tensors, metric_objs, all_metrics)
-                units = [u for k, u in enumerate(units) if k % n_shard == i_shard]
-                todo = [u for u in units if any((u.layer, u.tensor, u.bits, m, u.group) not in store.done
-                                                for m in u.metrics)]  # fmt: skip
-                log(f"{len(units)} evaluations in this shard, {len(units) - len(todo)} already stored")
-                run_units(Job(prof, store, todo, 1 if mode == "exact" else slots, model, progress, log))
-            result = store.profile()
-    finally:
-        session.remove()
-    return result
+                from mpsearch.pruning import find_units, unit_meta
+
+                units = find_units(pipe, inv)
+                meta["units"] = unit_meta(units)
+            store = Store(out_path, meta) if out_path is not None else _MemoryStore(meta)
+            if out_path is not None:  # so `solve` needs no model: profile on a GPU box, solve on a laptop
+                inv.save(Path(out_path) / "inventory.json")
+            with store:
+                if "act" in tensors:
+                    t0 = time.perf_counter()
+                    session.calibrate(ref, progressive=progressive)
+                    log(f"calibrated activation ranges in {time.perf_counter() - t0:.1f} s")
+                else:
+                    session.timesteps = list(ref.timesteps)
+                prof = Profiler(pipe, ref, session, groups, max_batch=max_batch)
+                if prune:
+                    _run_prune(prof, store, units, metric_objs, log)
+                if mode == "fisher":
+                    _run_fisher(prof, store, chosen, tensors, candidates, groups, seed, log)
+                else:
+                    units = plan_units(chosen, groups, candidates, tensors, metric_objs, all_metrics)
+                    units = [u for k, u in enumerate(units) if k % n_shard == i_shard]
+                    todo = [u for u in units if any((u.layer, u.tensor, u.bits, m, u.group) not in store.done
+                                                    for m in u.metrics)]  # fmt: skip
+                    log(f"{len(units)} evaluations in this shard, {len(units) - len(todo)} already stored")
+                    run_units(Job(prof, store, todo, 1 if mode == "exact" else slots, model, progress, log))
+                result = store.profile()
+        finally:
+            session.remove()
+        return result
 
 
 def _run_prune(prof: Profiler, store, units, metrics, log) -> None:

@@ -8,6 +8,7 @@ returns their dequantized float tensor, so simulation and export agree bit for b
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -144,9 +145,13 @@ class Candidates:
     act: tuple[int, ...] = (4, 6, 8, 16)
 
     def __post_init__(self) -> None:
-        for b in (*self.weight, *self.act):
-            if not 1 <= int(b) <= 16:
-                raise ValueError(f"candidate bit-width {b} is outside 1..16")
+        from mpsearch.planning.cost import ACT_BITS, WEIGHT_BITS
+
+        for kind, widths, allowed in (("weight", self.weight, WEIGHT_BITS), ("activation", self.act, ACT_BITS)):
+            for b in widths:  # a width no plan can hold (1 bit: NaN scales; 7: no format stores it) is not measured
+                if b not in allowed:
+                    raise ValueError(f"candidate {kind} bit-width {b!r}: plans and checkpoints hold only "
+                                     f"{', '.join(map(str, allowed))} (16 = full precision)")
         object.__setattr__(self, "weight", tuple(sorted({int(b) for b in self.weight})))
         object.__setattr__(self, "act", tuple(sorted({int(b) for b in self.act})))
 
@@ -594,10 +599,38 @@ def _nbytes(obj) -> int:
     return 0
 
 
+def _memory_order(t: torch.Tensor) -> list[int] | None:
+    """`t`'s dims from outermost to innermost in memory (size-1 dims first), or None when `t` is not dense."""
+    order = sorted(range(t.dim()), key=lambda d: -t.stride(d) if t.shape[d] > 1 else -math.inf)
+    return order if t.permute(order).is_contiguous() else None
+
+
+def _inverse(order: list[int]) -> list[int]:
+    return sorted(range(len(order)), key=order.__getitem__)
+
+
+def _select_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows `idx` of `t`, laid out in memory as `t` is. A slot's rows must reach every op with the
+    layout the one-at-a-time batch has: fp16 GEMMs round a transposed input (e.g. the strided
+    `proj_in` input of linear-projection transformers) differently from a contiguous copy of it."""
+    order = _memory_order(t)
+    if order is None:
+        return t.index_select(0, idx)
+    return t.permute(order).index_select(order.index(0), idx).permute(_inverse(order))
+
+
+def _empty_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """An uninitialised tensor of `n` rows like `t`'s, laid out in memory as `t` is (see `_select_rows`)."""
+    order = _memory_order(t)
+    if order is None:
+        return t.new_empty((n, *t.shape[1:]))
+    return t.new_empty([t.shape[d] if d else n for d in order]).permute(_inverse(order))
+
+
 def _take(obj, idx: torch.Tensor, B: int):
-    """Rows `idx` of every batch-first tensor (first dim == B) in nested args."""
+    """Rows `idx` of every batch-first tensor (first dim == B) in nested args, in their own layout."""
     if isinstance(obj, torch.Tensor):
-        return obj.index_select(0, idx.to(obj.device)) if obj.dim() > 0 and obj.shape[0] == B else obj
+        return _select_rows(obj, idx.to(obj.device)) if obj.dim() > 0 and obj.shape[0] == B else obj
     if isinstance(obj, dict):
         return {k: _take(v, idx, B) for k, v in obj.items()}
     if isinstance(obj, (tuple, list)):
@@ -610,7 +643,7 @@ def _assemble(outs: list, parts: list, same: list[int], S: int, R: int):
     if isinstance(first, torch.Tensor):
         if first.dim() == 0 or first.shape[0] != len(parts[0][0]) * R:
             return first  # not batch-first: identical for every slot
-        full = first.new_empty((S * R, *first.shape[1:]))
+        full = _empty_rows(first, S * R)
         view = full.view(S, R, *first.shape[1:])
         for (slots, _), out in zip(parts, outs, strict=True):
             view[slots] = out.view(len(slots), R, *out.shape[1:])

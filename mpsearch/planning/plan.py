@@ -180,7 +180,7 @@ class Plan:
         if not isinstance(raw, dict) or not raw:
             raise fail("layers", "must be a non-empty object {layer name: {w_bits, a_bits}}")
         layers = {}
-        pruned_units = d.get("pruned_units") or []
+        pruned_units = _or(d, "pruned_units", [])
         if not (isinstance(pruned_units, list) and all(isinstance(u, str) and u for u in pruned_units)):
             raise fail("pruned_units", "must be a list of module names")
         for name, bits in raw.items():
@@ -211,7 +211,7 @@ class Plan:
                                      and all(b < a for a, b in zip(kept, kept[1:], strict=False))):
             raise fail("kept_timesteps", "must be null or a non-empty, strictly decreasing list of integer timesteps "
                        "(the sampling order)")
-        overrides = d.get("step_overrides") or []
+        overrides = _or(d, "step_overrides", [])
         if not isinstance(overrides, list):
             raise fail("step_overrides", "must be a list of {\"steps\": [int], \"layers\": {...}}")
         for i, o in enumerate(overrides):
@@ -226,7 +226,7 @@ class Plan:
                 for attr, allowed in (("w_bits", WEIGHT_BITS), ("a_bits", ACT_BITS)):
                     if attr in bits and not (_is_int(bits[attr]) and bits[attr] in allowed):
                         raise fail(f"{where}.{attr}", f"{bits[attr]!r} is not one of {list(allowed)}", "step_overrides")
-        predicted, solver = d.get("predicted") or {}, d.get("solver") or {}
+        predicted, solver = _or(d, "predicted", {}), _or(d, "solver", {})
         if not isinstance(solver, dict):
             raise fail("solver", f"must be an object, got {solver!r}")
         if not isinstance(predicted, dict):
@@ -285,6 +285,12 @@ class Plan:
                 if name not in inv:
                     raise PlanError(f"step_overrides[{i}]: layer {name!r} is not a quantizable layer of {inv.model!r}")
         return self
+
+
+def _or(d: dict, key: str, empty: Any) -> Any:
+    """d[key], or `empty` when it is missing or null (other falsy values, such as 0 or "", stay wrong)."""
+    value = d.get(key)
+    return empty if value is None else value
 
 
 def _is_int(value: Any) -> bool:

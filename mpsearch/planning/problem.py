@@ -187,10 +187,10 @@ def build_problem(
     if space.assume_missing not in ASSUME_MISSING:
         raise ValueError(f"assume_missing must be one of {', '.join(ASSUME_MISSING)}, got {space.assume_missing!r}")
     f = get_format(fmt)
+    profile_df = _checked_rows(profile_df)
     unit_df = profile_df[profile_df["tensor"] == "unit"]
     profile_df = profile_df[profile_df["tensor"] != "unit"]
     _check_profile_covers(profile_df, inv)
-    profile_df = _checked_rows(profile_df)
     metrics = sorted(profile_df["metric"].unique())
     # the profile's widths that the format stores as they are (quanto: 2, 4, 8; its 3 costs a 4-bit container)
     w_cands = sorted(set(space.w_bits or [b for b in profile_df.loc[profile_df.tensor == "weight", "bits"].unique()

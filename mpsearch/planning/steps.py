@@ -136,9 +136,10 @@ def _check_scheduler_name(name: str | None) -> None:
 
 def describe_budget(budget: Budget, inv: Inventory, steps: int, meta: dict[str, Any], pool: int | None = None) -> str:
     """A budget of a search keeping `steps` steps, as understood. A BitOPs budget is of one image (a % of
-    W16A16 over the profile's full schedule, or the `pool`-step schedule's without one), and each of the `steps` kept
-    denoiser calls gets an equal share, e.g. `6.25%bitops = 6.25% of the W16A16 BitOPs of one image at 8
-    steps = 12,582,912,000 BitOPs per image; 4 kept steps: at most 3,145,728,000 BitOPs per denoiser call`."""
+    W16A16 over the profile's full schedule, or the `pool`-step schedule's without one), and each of the
+    `steps` kept denoiser calls gets an equal share, e.g. `6.25%bitops = 6.25% of the W16A16 BitOPs of one
+    image at 8 steps = 12,582,912,000 BitOPs per image; 4 kept steps: at most 3,145,728,000 BitOPs per
+    denoiser call`. Other budgets as `Budget.describe` says them."""
     timesteps, _, _ = _profile_schedule(meta)
     full_steps = len(timesteps) if timesteps else pool  # as `step_pool` counts them
     if budget.resource != "bitops" or not full_steps or steps < 1:

@@ -95,3 +95,28 @@ def test_check_target_refuses_files_and_foreign_folders(tmp_path):
     check_target(tmp_path / "new")
     (tmp_path / "empty").mkdir()
     check_target(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("when", ["before open", "after open"])
+def test_claim_survives_a_cleaner_removing_its_new_sibling(tmp_path, monkeypatch, when):
+    """A concurrent `remove_stale` may take a sibling between its mkdir and its flock: claim another."""
+    real_open, calls = os.open, []
+
+    def racing_open(path, flags, *args):
+        calls.append(path)
+        if len(calls) == 1 and when == "before open":
+            os.rmdir(path)
+        fd = real_open(path, flags, *args)
+        if len(calls) == 1 and when == "after open":
+            os.rmdir(path)
+        return fd
+
+    monkeypatch.setattr(os, "open", racing_open)
+    tmp, fd = atomic._claim(tmp_path / "out")
+    monkeypatch.undo()
+    try:
+        assert len(calls) == 2 and tmp == calls[1] and tmp.is_dir()
+        assert [p.name for p in tmp_path.iterdir()] == [tmp.name]
+        assert remove_stale(tmp_path / "out") == []  # held
+    finally:
+        os.close(fd)

@@ -4,6 +4,7 @@ PixArt-alpha), slots tile every conditioning tensor, the cache round-trips, stoc
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,6 +101,30 @@ def test_cache_round_trips(family, tmp_path):
     _, den = find_denoiser(pipe)
     with torch.no_grad():
         assert torch.equal(back.forward(den, torch.arange(ref.n_rows)), ref.outputs.flatten(0, 1))
+
+
+def test_cache_is_written_whole_or_not_at_all(tiny_pipe, tmp_path, monkeypatch):
+    """A save that dies half way (killed, disk full) leaves the previous file untouched and no torn one."""
+    import safetensors.torch
+
+    ref = cal.reference(tiny_pipe, PROMPTS, steps=2, guidance=3.0)
+    path = tmp_path / "cache" / "ref.safetensors"
+    ref.save(path)
+    whole = path.read_bytes()
+    real = safetensors.torch.save_file
+
+    def dies_half_way(tensors, filename, metadata=None):
+        real(tensors, filename, metadata=metadata)
+        Path(filename).write_bytes(Path(filename).read_bytes()[:1000])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        ref.save(path)
+    assert path.read_bytes() == whole and [p.name for p in path.parent.iterdir()] == ["ref.safetensors"]
+    with pytest.raises(ValueError, match=r"ref.safetensors: not a readable reference \(SafetensorError"):
+        path.write_bytes(whole[:1000])
+        cal.Reference.load(path)
 
 
 def test_format_1_cache_loads_as_sd_conditioning(tiny_pipe, tmp_path):

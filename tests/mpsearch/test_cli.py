@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 import mpsearch
 from mpsearch.cli import app
+from mpsearch.planning.plan import Plan
 
 runner = CliRunner()
 
@@ -154,3 +155,37 @@ def test_solve_json(tmp_path):
     assert d["budget"] == "3bits = size-weighted mean of 3 weight bits"
     assert d["pareto"]["csv"] == str(out.with_suffix(".pareto.csv")) and len(d["pareto"]["points"]) >= 2
     assert all(p["mean_w_bits"] <= 4 for p in d["pareto"]["points"])
+
+
+def test_generate_refuses_damaged_weights_in_one_line(tiny_pipe, tmp_path):
+    """A truncated weights file, in an exported checkpoint or a model folder, is one error line, exit 2."""
+    from mpsearch.exporter import export
+    from mpsearch.model import inventory
+
+    model, q = tmp_path / "model", tmp_path / "q"
+    tiny_pipe.save_pretrained(model)
+    export(Plan.uniform(inventory(tiny_pipe), 4), q, model=str(model))
+    for folder, weights in ((q, q / "unet" / "mpsearch_quantized.safetensors"),
+                            (model, next((model / "text_encoder").glob("*.safetensors")))):
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        option = "--quantized" if folder == q else "--model"
+        result = runner.invoke(app, ["generate", "-p", "a red circle", option, str(folder), "-o", str(tmp_path / "g.png")])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip() == result.stderr.splitlines()[0]
+        assert result.stderr.startswith(f"error: {folder}: a weights file is damaged or truncated")
+        assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize("args,why", [
+    (["profile", "--bits", "1"], "candidate weight bit-width 1: plans and checkpoints hold only 2, 3, 4, 5, 6, 8, 16"),
+    (["profile", "--bits", "4,7"], "candidate weight bit-width 7"),
+    (["profile", "--act-bits", "2"], "candidate activation bit-width 2"),
+    (["profile", "--layers", "["], "--layers '[' is not a regular expression"),
+    (["inspect", "--model", "sd15", "--group", "(=content"], "--group '(' is not a regular expression"),
+])
+def test_profile_and_inspect_refuse_bad_options_writing_nothing(tmp_path, args, why):
+    """1-bit weights gave NaN measurements and left a meta.json; 7 bits no format stores; a bad regex was a traceback."""
+    result = runner.invoke(app, [*args, *(["--out", str(tmp_path / "prof")] if args[0] == "profile" else [])])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [f"error: {result.stderr[7:].strip()}"] and why in result.stderr
+    assert not any(tmp_path.iterdir())

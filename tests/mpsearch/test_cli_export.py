@@ -75,3 +75,23 @@ def test_export_refuses_a_non_empty_out_unless_overwrite_and_an_over_budget_plan
     assert res.exit_code == 0, res.output
     assert Plan.load(out / "plan.json").w_bits() == Plan.uniform(inv, 4).w_bits()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "over.json", "q", "w4.json", "w8.json"]
+
+
+def test_export_and_evaluate_json(tiny_pipe, tmp_path):
+    """--json: stdout is one JSON document (export.json's numbers; evaluate's results.json), no tables."""
+    model = tmp_path / "model"
+    tiny_pipe.save_pretrained(model)
+    Plan.uniform(inventory(tiny_pipe), 4, budget="40%").save(tmp_path / "plan.json")
+    res = runner.invoke(app, ["export", "--plan", str(tmp_path / "plan.json"), "--model", str(model),
+                              "--out", str(tmp_path / "q"), "--json"])
+    assert res.exit_code == 0, res.output
+    e = json.loads(res.stdout)
+    assert e == {**json.loads((tmp_path / "q" / "export.json").read_text()), "out": str(tmp_path / "q")}
+    assert e["tensor_bytes"] == e["predicted_bytes"]
+    res = runner.invoke(app, ["evaluate", "--quantized", str(tmp_path / "q"), "--model", str(model), "--out",
+                              str(tmp_path / "rep"), "--no-baselines", "--steps", "2", "--calib-prompts",
+                              str(_prompts(tmp_path)), "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["report"] == str(tmp_path / "rep" / "report.md")
+    assert {r["name"] for r in d["results"]} >= {"checkpoint"} and d["memory"]

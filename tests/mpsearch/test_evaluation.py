@@ -74,6 +74,13 @@ def test_evaluate_and_report(tiny_pipe, tmp_path):
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     assert results["export"]["matches_prediction"] is True
 
+    # evaluating again into the same folder replaces its own earlier checkpoint whole
+    w8 = Plan.uniform(inv, 8)
+    again = evaluate(w8, model=tiny_pipe, prompts={"calib": PROMPTS["calib"][:1]}, steps=2, guidance=3.0,
+                     with_baselines=False, checkpoint=tmp_path / "ckpt")
+    assert again.export["predicted_bytes"] == w8.predicted["bytes"]
+    assert Plan.load(tmp_path / "ckpt" / "plan.json").w_bits() == w8.w_bits()
+
 
 def test_peak_rss_does_not_depend_on_polling():
     """A peak shorter than any polling interval is still seen (the kernel's high-water mark, on Linux)."""

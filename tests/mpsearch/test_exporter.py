@@ -248,23 +248,44 @@ def test_a_failed_export_leaves_nothing_or_the_previous_export(tiny_pipe, tmp_pa
 
 
 KILLED_EXPORT = """
-import sys, time
+import os, sys, threading, time, traceback
 from pathlib import Path
 import mpsearch.exporter as ex
 
-save = ex._save_components
+def crash(args):  # an export that fails ends the process, so the test reports it instead of waiting
+    traceback.print_exception(args.exc_type, args.exc_value, args.exc_traceback)
+    sys.stderr.flush()
+    os._exit(1)
+
+threading.excepthook = crash
+
+plan, fresh, previous, flag, model = sys.argv[1:]
+save, stalled, lock = ex._save_components, [], threading.Lock()
+
 def stall(pipe, den_name, out):  # the denoiser and the components are written; export.json is not
     save(pipe, den_name, out)
-    Path(sys.argv[3]).write_text(str(out))
+    with lock:
+        stalled.append(str(out))
+        if len(stalled) == 2:  # both exports half written: tell the test, atomically
+            Path(flag + ".tmp").write_text("\\n".join(sorted(stalled)))
+            os.replace(flag + ".tmp", flag)
     time.sleep(600)
+
 ex._save_components = stall
-ex.export(sys.argv[1], sys.argv[2], model=sys.argv[4], overwrite=True)
+jobs = [threading.Thread(target=ex.export, args=(plan, fresh), kwargs={"model": ex._as_pipeline(model)}),
+        threading.Thread(target=ex.export, args=(plan, previous),
+                         kwargs={"model": ex._as_pipeline(model), "overwrite": True})]
+for j in jobs:
+    j.start()
+for j in jobs:
+    j.join()
 """
 
 
-def test_sigkill_mid_export_leaves_the_previous_export(tiny_pipe, tmp_path):
-    """A real SIGKILL while the new checkpoint is half written: `out` is still the previous export
-    (today's main left a loadable half without export.json); the next export removes the stale sibling."""
+def test_sigkill_mid_export_leaves_nothing_or_the_previous_export(tiny_pipe, tmp_path):
+    """A real SIGKILL while two checkpoints are half written (a new folder and an overwrite of an earlier
+    export): the new one does not exist and the earlier one is intact (today's main left a loadable half
+    without export.json); the next export to each removes its stale sibling."""
     import signal
     import subprocess
     import sys
@@ -273,27 +294,33 @@ def test_sigkill_mid_export_leaves_the_previous_export(tiny_pipe, tmp_path):
 
     inv = inventory(tiny_pipe)
     tiny_pipe.save_pretrained(tmp_path / "model")
-    out, flag = tmp_path / "q", tmp_path / "flag"
-    export(Plan.uniform(inv, 8), out, model=tiny_pipe)
-    before = _snapshot(out)
+    fresh, previous, flag = tmp_path / "new", tmp_path / "old", tmp_path / "flag"
+    export(Plan.uniform(inv, 8), previous, model=tiny_pipe)
+    before = _snapshot(previous)
     Plan.uniform(inv, 4).save(tmp_path / "w4.json")
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_EXPORT, str(tmp_path / "w4.json"), str(out), str(flag),
-                             str(tmp_path / "model")], cwd=root, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_EXPORT, str(tmp_path / "w4.json"), str(fresh),
+                             str(previous), str(flag), str(tmp_path / "model")], cwd=root, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
     try:
         while not flag.exists():
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the exports did not reach the stall point in 10 minutes"
             time.sleep(0.05)
     finally:
         proc.kill()  # SIGKILL: no handler, no cleanup
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    half = Path(flag.read_text())
-    assert half.parent == tmp_path and half.name.startswith(".q.partial-") and (half / "unet" / WEIGHTS_FILE).is_file()
-    assert _snapshot(out) == before
-    assert load_quantized(out).mpsearch_plan.w_bits() == Plan.uniform(inv, 8).w_bits()
-    export(Plan.uniform(inv, 4), out, model=tiny_pipe, overwrite=True, components=False)
-    assert not half.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["flag", "model", "q", "w4.json"]
+    halves = [Path(p) for p in flag.read_text().splitlines()]
+    assert [h.name.split(".partial-")[0] for h in halves] == [".new", ".old"]
+    assert all(h.parent == tmp_path and (h / "unet" / WEIGHTS_FILE).is_file() for h in halves)
+    assert not fresh.exists()
+    assert _snapshot(previous) == before
+    assert load_quantized(previous).mpsearch_plan.w_bits() == Plan.uniform(inv, 8).w_bits()
+    for out in (fresh, previous):
+        export(Plan.uniform(inv, 4), out, model=tiny_pipe, overwrite=True, components=False)
+    assert not any(h.exists() for h in halves)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flag", "model", "new", "old", "w4.json"]
 
 
 def test_checkpoint_shape_mismatch_names_the_layer(tiny_pipe, tmp_path):

@@ -1,6 +1,8 @@
 """Timestep search: evolution with the real fitness on a tiny pipeline, BitOPs budgets over kept steps,
 plans that keep timesteps through save/load, export and generate."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -145,6 +147,8 @@ def test_cli_solve_with_steps_and_generate_with_the_plan(tmp_path, monkeypatch):
     # the budget as understood: 25% of W16A16 over the demo's 8 steps for one image, a quarter of it per call
     assert ("budget: 25%bitops = 25% of the W16A16 BitOPs of one image at 8 steps = 50,331,648,000 BitOPs per "
             "image; 4 kept steps: at most 12,582,912,000 BitOPs per denoiser call") in result.output
+    as_json = runner.invoke(app, [*args, "--json"])
+    assert as_json.exit_code == 0 and "50,331,648,000 BitOPs per image" in json.loads(as_json.stdout)["budget"]
     plan = Plan.load(out)
     assert plan.predicted["bitops_run"] <= Budget.parse("25%bitops").resolve(inventory(None)) * 8
     calls = []

@@ -35,7 +35,7 @@ import torch
 from mpsearch import calibration as cal
 from mpsearch.metrics import get_metric
 from mpsearch.model import find_denoiser, inventory, load_pipeline
-from mpsearch.profiler import Profiler, Unit, _batches, plan_units
+from mpsearch.profiler import Profiler, Unit, plan_units, unit_batches
 from mpsearch.quant import Candidates, QuantSession
 
 KEY = ["layer", "tensor", "bits", "step_group"]
@@ -44,7 +44,7 @@ KEY = ["layer", "tensor", "bits", "step_group"]
 def run(prof: Profiler, units: list[Unit], slots: int) -> tuple[pd.DataFrame, float]:
     t0 = time.perf_counter()
     rows = []
-    for batch in _batches(units, slots):
+    for batch in unit_batches(units, slots):
         rows += prof.evaluate(batch)
     return pd.DataFrame(rows), time.perf_counter() - t0
 

@@ -66,7 +66,7 @@ class Student:
     """
 
     def __init__(self, pipe, plan: Plan, calib) -> None:
-        from mpsearch.exporter import _bos_targets, activation_bits, weight_config
+        from mpsearch.exporter import activation_bits, bos_targets, weight_config
         from mpsearch.pruning import remove_units
         from mpsearch.quant import Candidates, quantize_pipeline
 
@@ -93,7 +93,7 @@ class Student:
                 self.session.apply({n: (None, b.a_bits) for n, b in plan.layers.items() if not b.pruned},
                                    plan.step_overrides)
             self.handles = [den.get_submodule(n).register_forward_hook(_fp_bos_row)
-                            for n in _bos_targets(plan, den, pipe)]
+                            for n in bos_targets(plan, den, pipe)]
         except BaseException:
             self.close()
             raise
@@ -202,11 +202,11 @@ def distill(
     other than the profiler's calibration prompts) or, for other models, the calibration fallbacks.
     """
     from mpsearch import calibration as cal
-    from mpsearch.exporter import _as_pipeline, _plan_of, activation_bits, check_plan
+    from mpsearch.exporter import activation_bits, as_pipeline, check_plan, plan_of
 
     log = log or (lambda msg: None)
-    plan = _plan_of(plan)
-    pipe = _as_pipeline(model)
+    plan = plan_of(plan)
+    pipe = as_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
     _, den = find_denoiser(pipe)
     inv = inventory(pipe)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mpsearch.profiler import Profiler, Unit, _batches
+from mpsearch.profiler import Profiler, Unit, unit_batches
 from mpsearch.progress import unit_bar
 from solvers.registry import Registry
 
@@ -69,7 +69,7 @@ class LocalBackend:
 
     def __call__(self, job: Job) -> None:
         with unit_bar(len(job.units), job.progress) as advance:
-            for b in _batches(job.units, job.size):
+            for b in unit_batches(job.units, job.size):
                 job.store.append(job.prof.evaluate(b))
                 advance(len(b), b[0])
 
@@ -107,7 +107,7 @@ class RayBackend:
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         workers = self.workers or max(1, gpus or int(resources.get("CPU", 1)))
-        batches = _batches(job.units, job.size)
+        batches = unit_batches(job.units, job.size)
         per_task = max(1, min(8, len(batches) // (workers * self.tasks_per_worker)))
         tasks = [batches[i : i + per_task] for i in range(0, len(batches), per_task)]
         workers = min(workers, len(tasks))

@@ -291,7 +291,7 @@ def evaluate(
     (prompts × candidates, the FP calibration reference included) with ETA.
     """
     from mpsearch.calibration import demo_settings, reference
-    from mpsearch.exporter import ExportError, _as_pipeline, _plan_of, export, fake_quantize, load_quantized
+    from mpsearch.exporter import ExportError, as_pipeline, export, fake_quantize, load_quantized, plan_of
     from mpsearch.progress import count_bar
 
     log = log or (lambda msg: None)
@@ -301,10 +301,10 @@ def evaluate(
         if not qplan.exists():
             raise ExportError(f"{quantized} has no plan.json")
         plans = [Plan.load(qplan), *plans]
-    plans = [_plan_of(p) for p in plans]
+    plans = [plan_of(p) for p in plans]
     if not plans:
         raise ValueError("nothing to evaluate: pass a plan or a quantized folder")
-    pipe = _as_pipeline(model)
+    pipe = as_pipeline(model)
     inv = inventory(pipe)
     main = plans[0]
     d_steps, d_guidance = demo_settings()

@@ -116,11 +116,11 @@ def check_plan(plan: Plan, inv: Inventory, den: nn.Module | None = None) -> Plan
     return plan
 
 
-def _as_pipeline(model: Any):
+def as_pipeline(model: Any):
     return model if hasattr(model, "components") else load_pipeline(model)
 
 
-def _plan_of(plan: Plan | str | Path) -> Plan:
+def plan_of(plan: Plan | str | Path) -> Plan:
     return plan if isinstance(plan, Plan) else Plan.load(plan)
 
 
@@ -235,7 +235,7 @@ def fake_quantize(
     full-precision weights as the profiler does; `progressive` = PCR per-step ranges). Per-step
     activation bits apply when sampling with the reference's number of steps.
     """
-    plan = _plan_of(plan)
+    plan = plan_of(plan)
     _, den = find_denoiser(pipe)
     inv = inv or inventory(pipe)
     check_plan(plan, inv, den)
@@ -254,7 +254,7 @@ def fake_quantize(
         fq.session = quantize_pipeline(pipe, Candidates(weight=(), act=tuple(sorted(acts))), calib=calib,
                                        progressive=progressive, weight_cfg=cfg)
         fq.session.apply({n: (None, b.a_bits) for n, b in plan.layers.items() if not b.pruned}, plan.step_overrides)
-    rows = bos_rows(pipe, _bos_targets(plan, den, pipe)) if bos else {}
+    rows = bos_rows(pipe, bos_targets(plan, den, pipe)) if bos else {}
     with torch.no_grad():
         for pname, p in den.named_parameters():
             module, _, kind = pname.rpartition(".")
@@ -288,7 +288,7 @@ def _quantized(plan: Plan, name: str) -> bool:
     return any(o["layers"].get(name, {}).get("a_bits", FLOAT_BITS) < FLOAT_BITS for o in plan.step_overrides)
 
 
-def _bos_targets(plan: Plan, den: nn.Module, pipe: Any) -> list[str]:
+def bos_targets(plan: Plan, den: nn.Module, pipe: Any) -> list[str]:
     """The BOS-aware K/V layers the plan quantizes: their BOS row stays full precision."""
     return [n for n in bos_layers(den, pipe) if _quantized(plan, n)]
 
@@ -436,9 +436,9 @@ def export(
 
     if layout not in ("blobs", "tensors"):
         raise ValueError(f"layout must be 'blobs' or 'tensors', not {layout!r}")
-    plan = _plan_of(plan)
+    plan = plan_of(plan)
     check_target(out, overwrite, _is_export)
-    pipe = _as_pipeline(model)
+    pipe = as_pipeline(model)
     den_name, den = find_denoiser(pipe)
     inv = inventory(pipe)
     check_plan(plan, inv, den)
@@ -454,7 +454,7 @@ def export(
     if tensor_bytes != predicted:
         raise ExportError(f"the checkpoint would hold {tensor_bytes:,} bytes of denoiser tensors but the cost model "
                           f"predicts {predicted:,} for format {fmt.name!r}; nothing written")
-    rows = bos_rows(pipe, _bos_targets(plan, den, pipe)) if bos else {}
+    rows = bos_rows(pipe, bos_targets(plan, den, pipe)) if bos else {}
     meta = {"schema": SCHEMA, "format": fmt.name, "fingerprint": inv.fingerprint, "component": den_name}
     with staged(out, overwrite=overwrite, is_ours=_is_export) as tmp:
         folder = tmp / den_name

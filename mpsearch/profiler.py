@@ -432,7 +432,7 @@ def _run_prune(prof: Profiler, store, units, metrics, log) -> None:
     log(f"pruning: {len(units)} units scored in {time.perf_counter() - t0:.1f} s")
 
 
-def _batches(units: list[Unit], size: int) -> list[list[Unit]]:
+def unit_batches(units: list[Unit], size: int) -> list[list[Unit]]:
     by: dict[tuple, list[Unit]] = {}
     for u in units:
         by.setdefault((u.stage, u.group), []).append(u)

@@ -272,9 +272,9 @@ def stall(pipe, den_name, out):  # the denoiser and the components are written; 
     time.sleep(600)
 
 ex._save_components = stall
-jobs = [threading.Thread(target=ex.export, args=(plan, fresh), kwargs={"model": ex._as_pipeline(model)}),
+jobs = [threading.Thread(target=ex.export, args=(plan, fresh), kwargs={"model": ex.as_pipeline(model)}),
         threading.Thread(target=ex.export, args=(plan, previous),
-                         kwargs={"model": ex._as_pipeline(model), "overwrite": True})]
+                         kwargs={"model": ex.as_pipeline(model), "overwrite": True})]
 for j in jobs:
     j.start()
 for j in jobs:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import builtins
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -29,9 +31,13 @@ KW = dict(prompts=cal.demo_prompts(2), steps=4, step_groups=2, bits=(2, 8), act_
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    # Ray puts AF_UNIX sockets (at most 107 bytes of path) under its temp dir, which defaults to $TMPDIR:
+    # a short folder of its own keeps the test independent of how long the machine's temp path is.
+    short = tempfile.mkdtemp(prefix="ray", dir="/tmp" if os.path.isdir("/tmp") else None)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False, _temp_dir=short)
     yield ray
     ray.shutdown()
+    shutil.rmtree(short, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

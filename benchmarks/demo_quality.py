@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from mpsearch.generate import generate, image_grid
+from mpsearch.pipelines.generate import generate, image_grid
 from mpsearch.model import classify
 from mpsearch.zoo import DEMO_PATH, detector, scenes
 

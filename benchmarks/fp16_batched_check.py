@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mpsearch import calibration as cal
+from mpsearch.profiling import calibration as cal
 from mpsearch.model import inventory, load_pipeline
-from mpsearch.profiler import profile
+from mpsearch.profiling.profiler import profile
 
 GOAL = 1e-3
 

@@ -32,7 +32,7 @@ def main() -> None:
     import torch
 
     torch.set_flush_denormal(True)
-    from mpsearch.evaluation import evaluate, random_plan, uniform_plan
+    from mpsearch.evaluation.evaluator import evaluate, random_plan, uniform_plan
     from mpsearch.model import load_pipeline
     from mpsearch.planning.inputs import load_profile
     from mpsearch.planning.planner import solve

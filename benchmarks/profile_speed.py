@@ -32,11 +32,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mpsearch import calibration as cal
-from mpsearch.metrics import get_metric
+from mpsearch.profiling import calibration as cal
+from mpsearch.profiling.metrics import get_metric
 from mpsearch.model import find_denoiser, inventory, load_pipeline
-from mpsearch.profiler import Profiler, Unit, plan_units, unit_batches
-from mpsearch.quant import Candidates, QuantSession
+from mpsearch.profiling.profiler import Profiler, Unit, plan_units, unit_batches
+from mpsearch.profiling.quant import Candidates, QuantSession
 
 KEY = ["layer", "tensor", "bits", "step_group"]
 

@@ -14,7 +14,7 @@ Profile: the shipped demo profile (`profiles/demo`: layer rows and unit scores, 
   the ILP choosing the other layers' bits in the bytes left.
 
 Each plan is sampled (fake quantization + pruning, same seeds as FP) on in-domain and held-out prompts:
-full-prompt adherence (demo detector) and SSIM against the FP images; then distilled (`mpsearch.distill`,
+full-prompt adherence (demo detector) and SSIM against the FP images; then distilled (`mpsearch.recovery.distill`,
 LAPTOP-Diff normalised feature KD, the plan's quantizers in the loop) and sampled again. Additivity: for
 random sets of 2-4 units, the denoiser-output MSE of removing the set vs the sum of the single-unit MSEs,
 on a full-precision reference sampled now with the profile's own prompts, seeds and sampler settings
@@ -70,8 +70,8 @@ def plans_at(df, meta, inv, budget_bytes: int, ks=(1, 2, 3)) -> dict:
 
 
 def sample_metrics(pipe, plan, prompts, fp_images, seed, steps, guidance) -> tuple[dict, dict]:
-    from mpsearch.evaluation import _generate, image_metrics
-    from mpsearch.exporter import fake_quantize
+    from mpsearch.evaluation.evaluator import _generate, image_metrics
+    from mpsearch.export.exporter import fake_quantize
 
     images, metrics = {}, {}
     with fake_quantize(pipe, plan):
@@ -89,7 +89,7 @@ def additivity(pipe, ref, units, n_sets: int, seed: int) -> dict:
     from scipy.stats import pearsonr, spearmanr
 
     from mpsearch.model import find_denoiser
-    from mpsearch.pruning import pruned
+    from mpsearch.profiling.pruning import pruned
 
     _, den = find_denoiser(pipe)
     rows = torch.arange(ref.n_rows)
@@ -128,9 +128,9 @@ def main() -> None:
     import torch
 
     torch.set_flush_denormal(True)
-    from mpsearch import calibration as cal
-    from mpsearch.distill import distill
-    from mpsearch.evaluation import _generate, default_prompts
+    from mpsearch.profiling import calibration as cal
+    from mpsearch.recovery.distill import distill
+    from mpsearch.evaluation.evaluator import _generate, default_prompts
     from mpsearch.model import load_pipeline
     from mpsearch.planning.plan import Plan
 
@@ -140,7 +140,7 @@ def main() -> None:
     steps, guidance = cal.demo_settings()
     prompts = default_prompts(pipe, args.n_prompts)
     fp_images = {s: _generate(pipe, ps, args.seed, steps, guidance) for s, ps in prompts.items()}
-    from mpsearch.evaluation import image_metrics
+    from mpsearch.evaluation.evaluator import image_metrics
 
     fp_adh = {s: image_metrics(fp_images[s], fp_images[s], ps, ["adherence"])["adherence"] for s, ps in prompts.items()}
     print(f"FP adherence {fp_adh}", flush=True)

@@ -66,7 +66,7 @@ def synthetic_profile(root: Path, w_bits, a_bits=(), n_groups: int = 1, seed: in
     for sdxl-turbo's 794 layers: quality layers measured on sqnr and mse, content layers on ssim (MixDQ's
     pairing), degradations seeded and heavy-tailed across layers, 4× less per extra bit."""
     from mpsearch.model import inventory
-    from mpsearch.profile_store import SCHEMA, Store
+    from mpsearch.profiling.store import SCHEMA, Store
 
     inv = inventory("sdxl-turbo")
     rng = np.random.default_rng(seed)

@@ -41,10 +41,10 @@ def main() -> None:
     import torch
 
     torch.set_flush_denormal(True)
-    from mpsearch.calibration import reference
-    from mpsearch.exporter import fake_quantize
-    from mpsearch.generate import generate
-    from mpsearch.metrics import images_to_tensor, ssim
+    from mpsearch.profiling.calibration import reference
+    from mpsearch.export.exporter import fake_quantize
+    from mpsearch.pipelines.generate import generate
+    from mpsearch.profiling.metrics import images_to_tensor, ssim
     from mpsearch.model import load_pipeline
     from mpsearch.planning.budget import Budget
     from mpsearch.planning.inputs import load_profile

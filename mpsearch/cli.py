@@ -117,12 +117,12 @@ def generate(
     """Generate images from prompts with the demo model or any diffusers text-to-image pipeline."""
     import contextlib
 
-    from mpsearch.generate import generate as run
-    from mpsearch.generate import image_grid
+    from mpsearch.pipelines.generate import generate as run
+    from mpsearch.pipelines.generate import image_grid
     from mpsearch.model import ModelError, load_pipeline
     from mpsearch.pipelines.sampling import sampling_defaults
     from mpsearch.planning.plan import Plan, PlanError
-    from mpsearch.timesteps import TimestepError
+    from mpsearch.pipelines.timesteps import TimestepError
 
     texts = list(prompt or [])
     if prompts is not None:
@@ -136,7 +136,7 @@ def generate(
     try:
         the_plan = Plan.load(plan) if plan is not None else None
         if quantized is not None:
-            from mpsearch.exporter import load_quantized
+            from mpsearch.export.exporter import load_quantized
 
             pipe = load_quantized(quantized)
             the_plan = pipe.mpsearch_plan
@@ -151,8 +151,8 @@ def generate(
     how = f"timesteps {kept}" if kept else f"{steps} steps"
     quant = contextlib.nullcontext()
     if plan is not None:
-        from mpsearch.calibration import demo_prompts, reference
-        from mpsearch.exporter import activation_bits, fake_quantize
+        from mpsearch.profiling.calibration import demo_prompts, reference
+        from mpsearch.export.exporter import activation_bits, fake_quantize
 
         calib = None
         if activation_bits(the_plan):  # activation ranges are calibrated on prompts, as the profiler does
@@ -317,7 +317,7 @@ def solve(
         fail(str(e))
     options = {"seed": seed} if "seed" in spec.option_names() else {}
     if steps is not None:
-        from mpsearch.metrics import load_plugin
+        from mpsearch.profiling.metrics import load_plugin
 
         for p in plugin or []:
             load_plugin(p)

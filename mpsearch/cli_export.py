@@ -44,7 +44,7 @@ def export_cmd(
     """Write a plan's packed low-bit checkpoint; its denoiser bytes equal the cost model's prediction.
 
     All or nothing: written to a temporary sibling of --out and renamed into place at the end."""
-    from mpsearch.exporter import ExportError, export
+    from mpsearch.export.exporter import ExportError, export
     from mpsearch.model import ModelError
     from mpsearch.planning.plan import Plan, PlanError
 
@@ -83,13 +83,13 @@ def evaluate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate with FP, the plan and baselines; write a Markdown report with images and plots."""
-    from mpsearch.calibration import read_prompts
-    from mpsearch.evaluation import evaluate
-    from mpsearch.exporter import ExportError
-    from mpsearch.metrics import load_plugin
+    from mpsearch.profiling.calibration import read_prompts
+    from mpsearch.evaluation.evaluator import evaluate
+    from mpsearch.export.exporter import ExportError
+    from mpsearch.profiling.metrics import load_plugin
     from mpsearch.model import ModelError
     from mpsearch.planning.plan import PlanError
-    from mpsearch.report import write_report
+    from mpsearch.evaluation.report import write_report
 
     quiet(as_json)
     if not plan and quantized is None:

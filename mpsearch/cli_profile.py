@@ -71,10 +71,10 @@ def register(app: typer.Typer) -> None:
         """Measure each layer's sensitivity (one layer quantized at a time) and store it under --out."""
         import time
 
-        from mpsearch.metrics import load_plugin
+        from mpsearch.profiling.metrics import load_plugin
         from mpsearch.model import ModelError
-        from mpsearch.profile_store import ProfileError
-        from mpsearch.profiler import profile as run_profile
+        from mpsearch.profiling.store import ProfileError
+        from mpsearch.profiling.profiler import profile as run_profile
 
         if layers is not None:
             regex(layers, "--layers")
@@ -106,9 +106,9 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", "-o", help="Merged profile folder (new).")] = Path("profiles/merged"),
     ) -> None:
         """Join profile shards of the same model and settings into one profile."""
-        from mpsearch.lock import FolderLocked
-        from mpsearch.profile_store import ProfileError
-        from mpsearch.profile_store import merge as run_merge
+        from mpsearch.profiling.lock import FolderLocked
+        from mpsearch.profiling.store import ProfileError
+        from mpsearch.profiling.store import merge as run_merge
 
         try:
             prof = run_merge(out, shards)

@@ -38,9 +38,9 @@ def run_demo(
     """Returns `(evaluation, report_path)`. The first budget's plan is exported, reloaded and evaluated
     with the baselines (uniform W8/W4, the uniform width nearest its bytes, random at equal bytes).
     `progress`: a rich bar with ETA over the images sampled."""
-    from mpsearch.evaluation import evaluate
+    from mpsearch.evaluation.evaluator import evaluate
     from mpsearch.planning.planner import solve
-    from mpsearch.report import write_report
+    from mpsearch.evaluation.report import write_report
 
     out, profile = Path(out), profile_folder(profile)
     if not (profile / "meta.json").is_file():

@@ -1,6 +1,6 @@
 """Prunable units of diffusers denoisers (LAPTOP-Diff) and the modules that stand in for removed ones.
 
-The generic rules every adapter uses unless it overrides `unit_kind` / `stand_in` (see `mpsearch.pruning`
+The generic rules every adapter uses unless it overrides `unit_kind` / `stand_in` (see `mpsearch.profiling.pruning`
 for what a unit is): `Transformer2DModel` containers and `ResnetBlock2D`s of a UNet's down/mid/up blocks,
 and `BasicTransformerBlock`s (a DiT's own top-level `transformer_blocks`, or several inside a container).
 """

@@ -18,7 +18,7 @@ from solvers.registry import Registry
 FLOAT_BITS = 16
 WEIGHT_BITS = (2, 3, 4, 5, 6, 8, 16)
 ACT_BITS = (4, 6, 8, 16)
-PRUNED = 0  # w_bits/a_bits of a layer removed with its pruned unit (mpsearch.pruning): 0 bytes, 0 BitOPs
+PRUNED = 0  # w_bits/a_bits of a layer removed with its pruned unit (mpsearch.profiling.pruning): 0 bytes, 0 BitOPs
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from typing import Any
 
 import pandas as pd
 
-from mpsearch.metrics import get_metric
+from mpsearch.profiling.metrics import get_metric
 from mpsearch.model import Inventory, inventory
-from mpsearch.profile_store import Profile, check_inventory, read_inventory
+from mpsearch.profiling.store import Profile, check_inventory, read_inventory
 
 
 def load_profile(profile: Any) -> tuple[pd.DataFrame, dict[str, Any], Inventory]:

@@ -6,14 +6,14 @@
      "kept_timesteps": null, "pruned_units": [], "predicted": {"bytes": …, "loss": …}, "solver": {…}}
 
 `kept_timesteps` (null = the model's own schedule): the timesteps a plan samples at, in sampling order,
-when a timestep search (`mpsearch.planning.steps`) kept N of them; `mpsearch.generate`, `evaluate` and
+when a timestep search (`mpsearch.planning.steps`) kept N of them; `mpsearch.pipelines.generate`, `evaluate` and
 exported checkpoints sample at exactly those, and `predicted` adds `steps` and `bitops_run` (BitOPs of
 one image: steps × BitOPs per denoiser call).
 
 `Plan.load` checks the file and names the line and field of any problem; `Plan.validate(inventory)`
 checks it against a model: unknown, missing or unsupported layers are errors that name the layer.
 
-Pruned units (LAPTOP-Diff layer pruning, `mpsearch.pruning`): `pruned_units` names the removed blocks
+Pruned units (LAPTOP-Diff layer pruning, `mpsearch.profiling.pruning`): `pruned_units` names the removed blocks
 (module names); every layer under one of them is written `{"pruned": true}` (in memory
 `LayerBits(0, 0)`, `cost.PRUNED`: 0 bytes, 0 BitOPs) and no other layer may be. `pruned_fixed_params`
 counts the unquantized parameters (norms) that left with those units, so `predicted.bytes` stays exact.

@@ -18,7 +18,7 @@ Costs per option: `bytes` (cost model, the exporter's own accounting), `wbits` (
 for mean-bit budgets: a bits budget counts what the format stores) and `bitops` (MACs × w × a). Only
 widths the format stores as they are are offered (`WeightFormat.widths`; quanto: 2, 4, 8).
 
-Layer pruning (LAPTOP-Diff, `mpsearch.pruning`): when the profile has unit rows (`tensor="unit"`) every
+Layer pruning (LAPTOP-Diff, `mpsearch.profiling.pruning`): when the profile has unit rows (`tensor="unit"`) every
 layer of a prunable unit gets one more option, key `"pruned"`, costing 0 bytes, 0 wbits and 0 BitOPs.
 The unit's measured degradation is the loss of its first layer's "pruned" option (0 for the others), and
 the unit's unquantized parameters (norms, which leave with it) are charged to the first layer's other
@@ -50,7 +50,7 @@ from mpsearch.planning.cost import (
     layer_wbits,
 )
 from mpsearch.planning.plan import LayerBits, Plan
-from mpsearch.profile_store import KEY
+from mpsearch.profiling.store import KEY
 from solvers.all_or_nothing import all_or_nothing_rows
 from solvers.problem import Constraint, Problem, Solution, StepProblem
 
@@ -294,7 +294,7 @@ def prunable_units(inv: Inventory, units: Mapping[str, Any] | None, names: Seque
 def _add_prune_options(inv, unit_df, units, groups, keys, costs, step_losses, constraints, f) -> int:
     """Append the "pruned" option to every unit layer (see module docstring); returns the bytes of unit
     parameters moved from the offset onto the first layers' kept options."""
-    from mpsearch.pruning import PRUNED_KEY
+    from mpsearch.profiling.pruning import PRUNED_KEY
 
     table = prunable_units(inv, units, list(dict.fromkeys(unit_df["layer"])))
     taken = {}
@@ -337,7 +337,7 @@ def solution_to_plan(
 ) -> Plan:
     """The plan of a solution; layers that chose "pruned" are recorded with their units (`units`: the
     profile's unit table, as for `build_problem`)."""
-    from mpsearch.pruning import PRUNED_KEY
+    from mpsearch.profiling.pruning import PRUNED_KEY
 
     solution.raise_if_infeasible()
     layers = {name: LayerBits(PRUNED, PRUNED) if key == PRUNED_KEY else LayerBits(int(key[0]), int(key[1]))

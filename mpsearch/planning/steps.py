@@ -9,7 +9,7 @@ with its BitOPs ceiling over kept steps, and the joint search of a solver that c
 spaced steps.
 
 The pool is the model's own schedule (the profile's sampling timesteps, or the scheduler's `pool`-step
-schedule). It is split into N groups of consecutive steps (`mpsearch.timesteps.group_steps`: uniform
+schedule). It is split into N groups of consecutive steps (`mpsearch.pipelines.timesteps.group_steps`: uniform
 blocks, or TMPQ-DM's quadratic groups for fine pools) and a plan keeps one step per group, every kept step
 running the same bits (TMPQ-DM's `groupwise_consistent` mode).
 
@@ -17,7 +17,7 @@ A steps solver (the evolution, `solvers.evolution`) searches kept steps and bits
 profile (per-layer degradations per step group, spread over the pool's steps), starting from the ILP's
 optimal bits (TMPQ-DM starts from uniform 6 bits). Steps are scored by sampling: each distinct kept-step
 set the search meets is sampled once with those bits through the shared super-checkpoint
-(`mpsearch.fitness`) and scored against the FP images of the full schedule, because steps do not add up
+(`mpsearch.planning.fitness`) and scored against the FP images of the full schedule, because steps do not add up
 (on the demo, moving one step alone breaks the spacing that moving all of them keeps). Its best `rerank`
 candidates are then sampled with their own bits and kept steps, as TMPQ-DM re-ranks its top 10 by FID,
 and so are the winner's bits at the `POLISH` best-measured step sets (bits and steps are separable when
@@ -40,17 +40,17 @@ import diffusers
 import numpy as np
 import pandas as pd
 
-from mpsearch import calibration as cal
-from mpsearch.exporter import weight_config
-from mpsearch.fitness import Fitness
+from mpsearch.profiling import calibration as cal
+from mpsearch.export.exporter import weight_config
+from mpsearch.planning.fitness import Fitness
 from mpsearch.model import Inventory, find_denoiser, load_pipeline, weights_fingerprint
 from mpsearch.planning.budget import Budget, BudgetInfeasible
 from mpsearch.planning.cost import FLOAT_BITS
 from mpsearch.planning.inputs import group_metrics
 from mpsearch.planning.problem import SearchSpace, build_problem
 from mpsearch.progress import count_bar
-from mpsearch.quant import ActQuantConfig, Candidates
-from mpsearch.timesteps import GROUPINGS, group_steps, kept_scheduler, schedule
+from mpsearch.profiling.quant import ActQuantConfig, Candidates
+from mpsearch.pipelines.timesteps import GROUPINGS, group_steps, kept_scheduler, schedule
 from solvers.problem import Constraint, Problem, Solution, StepProblem
 from solvers.registry import SolverSpec
 from solvers.units import build_units

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from mpsearch.planning.inputs import group_metrics, load_profile, profile_name
-from mpsearch.profile_store import Profile
+from mpsearch.profiling.store import Profile
 
 DEMO = Path(__file__).resolve().parents[3] / "profiles" / "demo"
 

@@ -95,8 +95,8 @@ def test_budget_is_described_per_image_and_per_call(profile):
 
 
 def test_plan_keeps_timesteps_through_save_export_and_generate(tiny_pipe, profile, tmp_path):
-    from mpsearch.exporter import export, load_quantized
-    from mpsearch.generate import generate
+    from mpsearch.export.exporter import export, load_quantized
+    from mpsearch.pipelines.generate import generate
 
     plan = solve(profile, "15%bitops", steps=2, solver="ilp")
     plan.layers = {n: type(b)(b.w_bits, 16) for n, b in plan.layers.items()}  # weights only: export packs weights
@@ -135,7 +135,7 @@ def test_cli_solve_with_steps_and_generate_with_the_plan(tmp_path, monkeypatch):
     `generate --plan` samples at the plan's kept timesteps."""
     from typer.testing import CliRunner
 
-    import mpsearch.generate
+    import mpsearch.pipelines.generate
     from mpsearch.cli import app
 
     runner = CliRunner()
@@ -152,8 +152,8 @@ def test_cli_solve_with_steps_and_generate_with_the_plan(tmp_path, monkeypatch):
     plan = Plan.load(out)
     assert plan.predicted["bitops_run"] <= Budget.parse("25%bitops").resolve(inventory(None)) * 8
     calls = []
-    real = mpsearch.generate.generate
-    monkeypatch.setattr(mpsearch.generate, "generate", lambda *a, **k: calls.append(k) or real(*a, **k))
+    real = mpsearch.pipelines.generate.generate
+    monkeypatch.setattr(mpsearch.pipelines.generate, "generate", lambda *a, **k: calls.append(k) or real(*a, **k))
     result = runner.invoke(app, ["generate", "-p", "a red circle at the top left", "--plan", str(out),
                                  "-o", str(tmp_path / "g.png")])  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mpsearch.generate import generate, image_grid
+from mpsearch.pipelines.generate import generate, image_grid
 from mpsearch.zoo import DEMO_PATH, detector, load_demo, scenes
 
 

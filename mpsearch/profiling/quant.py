@@ -1,0 +1,717 @@
+"""Fake quantizers for weights and activations (MixDQ / Q-Diffusion style).
+
+Weights: per-output-channel (or per-group) min-max, symmetric by default (MixDQ's SDXL-turbo config),
+round-to-nearest. `quantize_weight` returns the integers and scales the exporter packs; `fake_quant_weight`
+returns their dequantized float tensor, so simulation and export agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from mpsearch.pipelines import adapter_for
+
+
+@dataclass(frozen=True)
+class WeightQuantConfig:
+    """`group_size` None = per output channel. `mse_search`: scan range-shrink factors for lowest L2 error."""
+
+    symmetric: bool = True
+    group_size: int | None = None
+    mse_search: bool = False
+    search_steps: int = 100
+
+
+def _rows(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """Weight as [n_scales, elements per scale]."""
+    flat = w.reshape(w.shape[0], -1)
+    if group_size is None:
+        return flat
+    if flat.shape[1] % group_size:
+        raise ValueError(f"row length {flat.shape[1]} is not a multiple of group size {group_size}")
+    return flat.reshape(-1, group_size)
+
+
+def _qparams(rows: torch.Tensor, bits: int, cfg: WeightQuantConfig, shrink: float = 1.0):
+    if cfg.symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        absmax = rows.abs().amax(dim=1, keepdim=True) * shrink
+        scale = (absmax / qmax).clamp_min(1e-12)
+        return scale, torch.zeros_like(scale), -(qmax + 1), qmax
+    lo = rows.amin(dim=1, keepdim=True).clamp_max(0) * shrink
+    hi = rows.amax(dim=1, keepdim=True).clamp_min(0) * shrink
+    scale = ((hi - lo) / (2**bits - 1)).clamp_min(1e-12)
+    zero = torch.round(-lo / scale)
+    return scale, zero, 0, 2**bits - 1
+
+
+def quantize_weight(w: torch.Tensor, bits: int, cfg: WeightQuantConfig = WeightQuantConfig()):
+    """Integers `q` (same shape as `w`, int32), `scale` and `zero` ([n_scales, 1], float32).
+
+    Dequantize with `(q - zero) * scale` row-wise. Scales are rounded to fp16, the dtype they are stored
+    in, before the integers are computed, so a stored checkpoint reproduces the simulation exactly.
+    """
+    rows = _rows(w.detach().float(), cfg.group_size)
+    shrinks = torch.linspace(1.0, 0.2, cfg.search_steps) if cfg.mse_search else torch.ones(1)
+    best = None
+    for s in shrinks:
+        scale, zero, qmin, qmax = _qparams(rows, bits, cfg, float(s))
+        scale = scale.half().float().clamp_min(float(torch.finfo(torch.float16).tiny))
+        q = torch.clamp(torch.round(rows / scale) + zero, qmin, qmax)
+        err = ((q - zero) * scale - rows).pow(2).sum(dim=1, keepdim=True)
+        if best is None:
+            best = [q, scale, zero, err]
+        else:
+            better = err < best[3]
+            for i, t in enumerate((q, scale, zero, err)):
+                best[i] = torch.where(better, t, best[i])
+    q, scale, zero, _ = best
+    return q.reshape(w.shape).to(torch.int32), scale, zero
+
+
+def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int | None = None):
+    rows = _rows(q.float(), group_size)
+    return ((rows - zero) * scale).reshape(q.shape)
+
+
+def fake_quant_weight(w: torch.Tensor, bits: int, cfg: WeightQuantConfig = WeightQuantConfig()) -> torch.Tensor:
+    """The float weight a `bits`-bit checkpoint reproduces (same dtype as `w`). 16 bits = unchanged."""
+    if bits >= 16:
+        return w
+    q, scale, zero = quantize_weight(w, bits, cfg)
+    return dequantize_weight(q, scale, zero, cfg.group_size).to(w.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Activations
+
+
+@dataclass(frozen=True)
+class ActQuantConfig:
+    """Per-tensor activation quantizer settings (MixDQ: asymmetric min-max, EMA momentum 0.95).
+
+    Ranges come from `rounds` passes of EMA over shuffled calibration batches of `batch_size` rows drawn
+    from every denoising step (Q-Diffusion's timestep-aware calibration). The range always includes 0.
+    """
+
+    symmetric: bool = False
+    momentum: float = 0.95
+    rounds: int = 4
+    batch_size: int = 32
+    seed: int = 0
+
+
+def fake_quant_act(x: torch.Tensor, lo, hi, bits: int, symmetric: bool = False) -> torch.Tensor:
+    """Quantize-dequantize `x` with range `[lo, hi]` (floats or tensors broadcastable to `x`) at `bits`.
+
+    Asymmetric: `scale = (hi - lo) / (2^b - 1)`, integer zero point; symmetric: `scale = max|.| / (2^(b-1) - 1)`.
+    16 bits or more returns `x` unchanged. When autograd tracks `x` (quantization-aware training,
+    `mpsearch.recovery.distill`) the gradient passes straight through (STE); the forward value is unchanged (up to
+    float rounding).
+    """
+    if bits >= 16:
+        return x
+    lo = torch.as_tensor(lo, dtype=torch.float32, device=x.device).clamp_max(0)
+    hi = torch.as_tensor(hi, dtype=torch.float32, device=x.device).clamp_min(0)
+    xf = x.float()
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        scale = (torch.maximum(-lo, hi) / qmax).clamp_min(1e-12)
+        out = torch.clamp(torch.round(xf / scale), -qmax - 1, qmax) * scale
+    else:
+        qmax = 2**bits - 1
+        scale = ((hi - lo) / qmax).clamp_min(1e-12)
+        zero = torch.round(-lo / scale)
+        out = (torch.clamp(torch.round(xf / scale) + zero, 0, qmax) - zero) * scale
+    out = out.to(x.dtype)
+    if x.requires_grad and torch.is_grad_enabled():
+        return x + (out - x).detach()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Applying quantizers to a pipeline
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Candidate bit-widths. 16 means full precision (never measured; degradation 0 by definition)."""
+
+    weight: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
+    act: tuple[int, ...] = (4, 6, 8, 16)
+
+    def __post_init__(self) -> None:
+        from mpsearch.planning.cost import ACT_BITS, WEIGHT_BITS
+
+        for kind, widths, allowed in (("weight", self.weight, WEIGHT_BITS), ("activation", self.act, ACT_BITS)):
+            for b in widths:  # a width no plan can hold (1 bit: NaN scales; 7: no format stores it) is not measured
+                if b not in allowed:
+                    raise ValueError(f"candidate {kind} bit-width {b!r}: plans and checkpoints hold only "
+                                     f"{', '.join(map(str, allowed))} (16 = full precision)")
+        object.__setattr__(self, "weight", tuple(sorted({int(b) for b in self.weight})))
+        object.__setattr__(self, "act", tuple(sorted({int(b) for b in self.act})))
+
+    def of(self, tensor: str) -> tuple[int, ...]:
+        """Bit-widths to measure for `tensor` ('weight' | 'act'): the candidates below 16."""
+        return tuple(b for b in (self.weight if tensor == "weight" else self.act) if b < 16)
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"weight": list(self.weight), "act": list(self.act)}
+
+
+def bos_layers(denoiser: torch.nn.Module, pipe=None) -> list[str]:
+    """Layers whose first text token (BOS) is kept in full precision, as the pipeline's adapter says
+    (cross-attention `to_k` / `to_v` with a causal CLIP text encoder; none with another encoder)."""
+    return adapter_for(pipe if pipe is not None else denoiser).bos_layers(denoiser, pipe)
+
+
+def split_points(denoiser: torch.nn.Module) -> dict[str, int]:
+    """`{conv_shortcut name: channels of the decoder half}` for up-block ResNets whose input is
+    `cat([hidden_states, skip])` (Q-Diffusion's split shortcut). Empty for models without up blocks."""
+    out: dict[str, int] = {}
+    ups = getattr(denoiser, "up_blocks", None)
+    if ups is None:
+        return out
+    mid = getattr(denoiser, "mid_block", None)
+    prev = None
+    if mid is not None and getattr(mid, "resnets", None):
+        prev = mid.resnets[-1].out_channels
+    for b, block in enumerate(ups):
+        for i, res in enumerate(getattr(block, "resnets", [])):
+            first = prev if i == 0 else res.out_channels
+            shortcut = getattr(res, "conv_shortcut", None)
+            if first is not None and shortcut is not None and 0 < first < res.in_channels:
+                out[f"up_blocks.{b}.resnets.{i}.conv_shortcut"] = int(first)
+        if getattr(block, "resnets", None):
+            prev = block.resnets[-1].out_channels
+    return out
+
+
+class _LayerQuant:
+    """Quantizer state of one Linear/Conv2d: cached fake-quant weights per bit-width, activation ranges
+    (shared, and per step when calibrated progressively), BOS and split handling."""
+
+    def __init__(self, session: QuantSession, name: str, module: torch.nn.Module, bos: bool, split: int | None):
+        self.session, self.name, self.module = session, name, module
+        self.bos, self.split = bos, split
+        self.conv = isinstance(module, torch.nn.Conv2d)
+        self.w_cache: dict[int, torch.Tensor] = {}
+        # ranges: [parts, 2] (lo, hi) per part (1 part, or 2 for a split input); step ranges per bits
+        self.range: torch.Tensor | None = None
+        self.step_range: dict[int, torch.Tensor] = {}  # bits -> [n_steps, parts, 2]
+        self._obs: dict = {}
+
+    # ---- weights
+    def weight(self, bits: int | None) -> torch.Tensor:
+        w = self.module.weight
+        if bits is None or bits >= 16:
+            return w
+        if bits not in self.w_cache:
+            cfg = self.session.weight_cfg
+            with torch.no_grad():
+                if self.split and self.session.split_weights:
+                    s = self.split
+                    wq = torch.cat([fake_quant_weight(w[:, :s], bits, cfg), fake_quant_weight(w[:, s:], bits, cfg)], 1)
+                else:
+                    wq = fake_quant_weight(w, bits, cfg)
+            self.w_cache[bits] = wq.detach()
+        return self.w_cache[bits]
+
+    def op(self, x: torch.Tensor, w: torch.Tensor, bias) -> torch.Tensor:
+        if self.conv:
+            return self.module._conv_forward(x, w, bias)
+        return torch.nn.functional.linear(x, w, bias)
+
+    # ---- activations
+    def _parts(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.split:
+            dim = 1 if self.conv else -1
+            return list(torch.split(x, [self.split, x.shape[dim] - self.split], dim=dim))
+        return [x]
+
+    def observe(self, x: torch.Tensor, step: int | None = None) -> None:
+        """Feed one calibration batch (EMA over batches; per step when `step` is given)."""
+        stats = torch.stack([torch.stack([p.detach().amin().float(), p.detach().amax().float()]) for p in self._parts(x)])
+        stats[:, 0].clamp_(max=0)
+        stats[:, 1].clamp_(min=0)
+        m = self.session.act_cfg.momentum
+        prev = self._obs.get(step)
+        self._obs[step] = stats.cpu() if prev is None else m * prev + (1 - m) * stats.cpu()
+
+    def quant_act(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        if bits >= 16:
+            return x
+        sess = self.session
+        rng = self.range
+        steps = sess._row_steps
+        if bits in self.step_range and steps is not None:
+            table = self.step_range[bits].to(x.device)  # [n_steps, parts, 2]
+            rng = table[steps]  # [B, parts, 2]
+        if rng is None:
+            raise RuntimeError(f"{self.name}: activation ranges are not calibrated (pass calib= to quantize_pipeline)")
+        parts = self._parts(x)
+        out = []
+        for k, p in enumerate(parts):
+            lo, hi = rng[..., k, 0], rng[..., k, 1]
+            if lo.dim() == 1:  # per-row ranges
+                shape = (-1,) + (1,) * (p.dim() - 1)
+                lo, hi = lo.reshape(shape), hi.reshape(shape)
+            out.append(fake_quant_act(p, lo.to(x.device), hi.to(x.device), bits, sess.act_cfg.symmetric))
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1 if self.conv else -1)
+
+    # ---- forward
+    def run(self, x: torch.Tensor, w_bits: int | None, a_bits: int | None) -> torch.Tensor:
+        bias = self.module.bias
+        if self.bos and x.dim() == 3 and x.shape[1] > 1 and (w_bits or a_bits):
+            # MixDQ: the BOS token's K/V is the same for every prompt, so it is kept in full precision
+            head = self.op(x[:, :1], self.module.weight, bias)
+            tail = self._run_plain(x[:, 1:], w_bits, a_bits, bias)
+            return torch.cat([head, tail], dim=1)
+        return self._run_plain(x, w_bits, a_bits, bias)
+
+    def _run_plain(self, x, w_bits, a_bits, bias):
+        if a_bits is not None and a_bits < 16:
+            x = self.quant_act(x, a_bits)
+        return self.op(x, self.weight(w_bits), bias)
+
+    def delta(self, x: torch.Tensor, tensor: str, bits: int) -> torch.Tensor:
+        """Output change from quantizing one tensor at `bits` (no bias; linear in the perturbation)."""
+        if self.bos and x.dim() == 3 and x.shape[1] > 1:
+            d = self._delta_plain(x[:, 1:], tensor, bits)
+            return torch.cat([torch.zeros_like(d[:, :1]), d], dim=1)
+        return self._delta_plain(x, tensor, bits)
+
+    def _delta_plain(self, x: torch.Tensor, tensor: str, bits: int) -> torch.Tensor:
+        w = self.module.weight
+        if tensor == "weight":
+            return self.op(x, self.weight(bits) - w, None)
+        return self.op(self.quant_act(x, bits) - x, w, None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sess = self.session
+        if sess._collect is not None:
+            self.observe(x[:, 1:] if self.bos and x.dim() == 3 and x.shape[1] > 1 else x, sess._collect_step)
+            return self.module._mpsearch_orig_forward(x)
+        w_bits, a_bits = sess._config(self.name)
+        if sess._n_slots == 1 or sess._in_sub:
+            slots = sess._slot_cfg.get(self.name) if sess._slot_cfg and not sess._in_sub else None
+            if slots:  # one slot: the whole batch runs with its configuration
+                _, wb, ab, steps = slots[0]
+                if steps is None or sess._step in steps:
+                    w_bits, a_bits = wb, ab
+            return self._finish(x, self.run(x, w_bits, a_bits))
+        here = {s: (wb, ab) for s, wb, ab, steps in sess._slot_cfg.get(self.name, ())
+                if steps is None or sess._step in steps}  # fmt: skip
+        y = sess._partitioned(
+            lambda cfg, xs: self.run(xs, *(cfg or (w_bits, a_bits))), (x,), {}, here,
+        )
+        return self._finish(x, y)
+
+    def _finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        sess = self.session
+        if sess._fisher is not None:
+            y = y + sess._fisher_anchor  # makes y part of the graph so its gradient can be read
+            xd = x.detach()
+            y.register_hook(lambda g, xd=xd: sess._fisher(self, xd, g))
+        return y
+
+
+class QuantSession:
+    """Fake quantization of a pipeline's denoiser, switchable per layer at no cost.
+
+    Quantizer parameters for every candidate bit-width are computed once (weights lazily, cached;
+    activation ranges at calibration), so `set`/`apply` only flip which ones a layer uses (MixDQ's and
+    TMPQ-DM's shared super-checkpoint). Layers are patched in place (their `forward`), so module names,
+    state dicts and `inventory()` are unchanged; `remove()` restores the original forwards.
+
+    >>> session = quantize_pipeline(pipe, Candidates(), calib=reference)
+    >>> session.apply({"conv_in": (8, 8), "down_blocks.0.attentions.0.proj_in": (4, None)})
+    >>> images = pipe(prompts).images          # quantized
+    >>> session.reset()                        # all full precision again
+    """
+
+    def __init__(
+        self,
+        pipe,
+        candidates: Candidates = Candidates(),
+        *,
+        weight_cfg: WeightQuantConfig = WeightQuantConfig(),
+        act_cfg: ActQuantConfig = ActQuantConfig(),
+        bos_aware: bool = True,
+        split_shortcut: bool = True,
+        split_weights: bool = False,
+        layers: list[str] | None = None,
+    ):
+        from mpsearch.model import QUANTIZABLE, find_denoiser
+
+        self.pipe = pipe
+        _, self.denoiser = find_denoiser(pipe)
+        self.candidates, self.weight_cfg, self.act_cfg = candidates, weight_cfg, act_cfg
+        self.bos_aware, self.split_shortcut, self.split_weights = bos_aware, split_shortcut, split_weights
+        self.progressive = False
+        bos = set(bos_layers(self.denoiser, pipe)) if bos_aware else set()
+        splits = split_points(self.denoiser) if split_shortcut else {}
+        wanted = set(layers) if layers is not None else None
+        self.layers: dict[str, _LayerQuant] = {}
+        for name, m in self.denoiser.named_modules():
+            if isinstance(m, QUANTIZABLE) and (wanted is None or name in wanted):
+                self.layers[name] = _LayerQuant(self, name, m, name in bos, splits.get(name))
+        self.timesteps: list[int] | None = None
+        self._plan: dict[str, tuple[int | None, int | None]] = {}
+        self._step_plans: dict[int, dict[str, tuple[int | None, int | None]]] = {}
+        self._slot_cfg: dict[str, list] = {}
+        self._n_slots = 1
+        self._diverged: set[int] = set()  # slots whose rows differ from full precision by now
+        self._in_sub = False
+        self._cache: dict | None = None  # prefix cache of block outputs on full-precision rows (profiler)
+        self._cache_key = None
+        self._cache_bytes = 0
+        self.cache_limit = 2 * 1024**3
+        self._inside: dict[str, bool] = {}
+        self._containers: dict[str, torch.nn.Module] = {}
+        self._step: int | None = None
+        self._row_steps: torch.Tensor | None = None
+        self._collect = None
+        self._collect_step: int | None = None
+        self._fisher = None
+        self._fisher_anchor = None
+        for st in self.layers.values():
+            st.module._mpsearch_orig_forward = st.module.forward
+            st.module.forward = st.forward
+        self._hook = self.denoiser.register_forward_pre_hook(self._on_call, with_kwargs=True)
+
+    # ---- public
+    def set(self, layer_name: str, w_bits: int | None = None, a_bits: int | None = None) -> None:
+        """Quantize one layer's weight and/or input activation (None or 16 = full precision)."""
+        if layer_name not in self.layers:
+            raise KeyError(f"unknown layer {layer_name!r}")
+        w_bits = None if w_bits is None or w_bits >= 16 else int(w_bits)
+        a_bits = None if a_bits is None or a_bits >= 16 else int(a_bits)
+        for bits, cands, what in ((w_bits, self.candidates.weight, "weight"), (a_bits, self.candidates.act, "act")):
+            if bits is not None and bits not in cands:
+                raise ValueError(f"{layer_name}: {bits}-bit {what} is not a candidate {list(cands)}")
+        if w_bits is None and a_bits is None:
+            self._plan.pop(layer_name, None)
+        else:
+            self._plan[layer_name] = (w_bits, a_bits)
+
+    def apply(self, plan_like, step_overrides=None) -> None:
+        """Set every layer from a plan: `{name: (w_bits, a_bits)}`, `{name: {"w_bits":…, "a_bits":…}}`
+        or an `mpsearch.planning.plan.Plan`. Layers not named stay full precision. `step_overrides`: the plan
+        format's `[{"steps": [i, …], "layers": {name: {"a_bits": 8}}}]` or `{step: {name: (w, a)}}`;
+        they replace (per field) the plan's bits at those denoising steps (PCR-style per-step bits)."""
+        if hasattr(plan_like, "layers") and not isinstance(plan_like, dict):
+            step_overrides = plan_like.step_overrides if step_overrides is None else step_overrides
+            plan_like = plan_like.layers
+        self.reset()
+        for name, bits in plan_like.items():
+            self.set(name, *_as_pair(bits))
+        base = dict(self._plan)
+        if isinstance(step_overrides, dict):
+            items = [([int(k)], v) for k, v in step_overrides.items()]
+        else:
+            items = [(o["steps"], o["layers"]) for o in (step_overrides or [])]
+        for steps, layers in items:
+            for step in steps:
+                plan = self._step_plans.setdefault(int(step), dict(base))
+                for name, bits in layers.items():
+                    if name not in self.layers:
+                        raise KeyError(f"step override names unknown layer {name!r}")
+                    w, a = plan.get(name, (None, None))
+                    nw, na = _as_pair(bits, partial=True)
+                    plan[name] = (w if nw is ... else nw, a if na is ... else na)
+        self._plan = base
+
+    def reset(self) -> None:
+        """Every layer back to full precision (quantizer parameters are kept)."""
+        self._plan, self._step_plans = {}, {}
+
+    def remove(self) -> None:
+        """Restore the original module forwards and drop the hooks; the session is unusable afterwards."""
+        for m in [st.module for st in self.layers.values()] + list(self._containers.values()):
+            if "forward" in vars(m):
+                del m.forward
+            vars(m).pop("_mpsearch_orig_forward", None)
+        self._containers = {}
+        self._hook.remove()
+        self.layers = {}
+
+    @property
+    def config(self) -> dict[str, tuple[int | None, int | None]]:
+        return dict(self._plan)
+
+    # ---- calibration
+    def calibrate(self, calib, *, progressive: bool = False) -> QuantSession:
+        """Activation ranges from a `mpsearch.profiling.calibration.Reference` (EMA over shuffled batches of the
+        inputs of every denoising step). `progressive` (PCR) adds per-step ranges for every candidate
+        activation bit-width, each fitted on a trajectory whose earlier steps ran quantized at that width."""
+        from mpsearch.profiling.calibration import progressive_ranges
+
+        self.timesteps = list(calib.timesteps)
+        for st in self.layers.values():
+            st._obs = {}
+        n = calib.n_rows
+        gen = torch.Generator().manual_seed(self.act_cfg.seed)
+        self._collect = True
+        try:
+            with torch.no_grad():
+                for _ in range(self.act_cfg.rounds):
+                    order = torch.randperm(n, generator=gen)
+                    for i in range(0, n, self.act_cfg.batch_size):
+                        calib.forward(self.denoiser, order[i : i + self.act_cfg.batch_size])
+        finally:
+            self._collect = None
+        for st in self.layers.values():
+            st.range = st._obs.get(None)
+            st._obs = {}
+        if progressive:
+            progressive_ranges(self, calib)
+            self.progressive = True
+        return self
+
+    # ---- internals used by the profiler
+    def _config(self, name: str) -> tuple[int | None, int | None]:
+        if self._step_plans and self._step in self._step_plans:
+            return self._step_plans[self._step].get(name, (None, None))
+        return self._plan.get(name, (None, None))
+
+    def _on_call(self, module, args, kwargs):
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        if self.timesteps is None or t is None:
+            self._step, self._row_steps = None, None
+            return
+        index = {int(v): i for i, v in enumerate(self.timesteps)}
+        tt = torch.as_tensor(t).reshape(-1)
+        steps = [index.get(int(v)) for v in tt.tolist()]
+        if any(s is None for s in steps):
+            self._step, self._row_steps = None, None
+            return
+        same = len(set(steps)) == 1
+        self._step = steps[0] if same else None
+        self._row_steps = torch.tensor(steps[0]) if same else torch.tensor(steps)
+
+    def slots(self, configs: list[tuple[str, int | None, int | None, set[int] | None]]):
+        """Context: slot `s` of the batch (rows `[s·R, (s+1)·R)`, `R = batch / len(configs)`) runs with
+        layer `configs[s][0]` at `(w_bits, a_bits)` (during the steps given, or always); every other
+        layer and slot stays at the session's configuration.
+
+        Rows of slots that have not diverged yet (no perturbed layer has run for them) are identical,
+        so blocks and layers compute them once and copy them (`_partitioned`); every computed row sees
+        the same batch shapes of row-wise ops as the one-at-a-time loop, so the numbers are the same."""
+        return _Slots(self, configs)
+
+    def new_batch(self) -> None:
+        """Slot rows are identical again (a fresh denoiser input, not the next step of a trajectory)."""
+        self._diverged = set()
+
+    def _patch_containers(self) -> None:
+        import re
+
+        if self._containers:
+            return
+        for name, m in self.denoiser.named_modules():
+            if re.search(CONTAINER_PATTERN, name):
+                m._mpsearch_orig_forward = m.forward
+                m.forward = functools.partial(_container_forward, self, name, m)
+                self._containers[name] = m
+
+    def _partitioned(self, fn, args: tuple, kwargs: dict, here: dict[int, tuple], cache_name: str | None = None):
+        """Run row-wise `fn(cfg, *args, **kwargs)` on an S-slot batch: non-diverged slots once (base config,
+        cfg None), diverged slots together, and each slot in `here` alone with its own cfg. With a prefix
+        cache set by the profiler (`_cache`, `_cache_key`: the same full-precision input rows), the
+        non-diverged rows of block `cache_name` are computed once per input and reused by later batches."""
+        S = self._n_slots
+        B = _batch_size(args, kwargs)
+        R = B // S
+        div = self._diverged
+        same = [s for s in range(S) if s not in div and s not in here]
+        if not here and not same:
+            return fn(None, *args, **kwargs)
+        parts: list[tuple[list[int], tuple | None]] = []
+        if same:
+            parts.append(([same[0]], None))
+        rest = sorted(div - set(here))
+        if rest:
+            parts.append((rest, None))
+        parts += [([s], cfg) for s, cfg in sorted(here.items())]
+        outs = []
+        rs = self._row_steps
+        for k, (slots, cfg) in enumerate(parts):
+            key = (cache_name, self._cache_key)
+            cached = k == 0 and same and cache_name and self._cache is not None and self._cache_key is not None
+            if cached and key in self._cache:
+                outs.append(self._cache[key])
+                continue
+            idx = torch.cat([torch.arange(s * R, (s + 1) * R) for s in slots])
+            sub_a, sub_k = _take(args, idx, B), _take(kwargs, idx, B)
+            self._row_steps = rs[idx] if rs is not None and rs.dim() else rs
+            saved, self._in_sub = self._in_sub, True
+            try:
+                outs.append(fn(cfg, *sub_a, **sub_k))
+            finally:
+                self._row_steps, self._in_sub = rs, saved
+            if cached and self._cache_bytes < self.cache_limit:
+                self._cache[key] = outs[-1]
+                self._cache_bytes += _nbytes(outs[-1])
+        self._diverged = div | set(here)
+        return _assemble(outs, parts, same, S, R)
+
+
+def _as_pair(bits, partial: bool = False):
+    miss = ... if partial else None
+    if isinstance(bits, dict):
+        return bits.get("w_bits", miss), bits.get("a_bits", miss)
+    if hasattr(bits, "w_bits"):
+        return bits.w_bits, bits.a_bits
+    w, a = bits
+    return w, a
+
+
+# Row-wise blocks whose identical slot rows are computed once (UNet blocks, DiT blocks, time embedding).
+CONTAINER_PATTERN = (
+    r"^((down|up)_blocks\.\d+\.(resnets|attentions|downsamplers|upsamplers)\.\d+|mid_block\.(resnets|attentions)\.\d+"
+    r"|transformer_blocks\.\d+|time_embedding)$"
+)
+
+
+def _batch_size(args, kwargs) -> int:
+    for v in (*args, *kwargs.values()):
+        if isinstance(v, torch.Tensor) and v.dim() > 0:
+            return v.shape[0]
+        if isinstance(v, (tuple, list)) and v:
+            n = _batch_size(tuple(v), {})
+            if n:
+                return n
+    return 0
+
+
+def _nbytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (tuple, list)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def _memory_order(t: torch.Tensor) -> list[int] | None:
+    """`t`'s dims from outermost to innermost in memory (size-1 dims first), or None when `t` is not dense."""
+    order = sorted(range(t.dim()), key=lambda d: -t.stride(d) if t.shape[d] > 1 else -math.inf)
+    return order if t.permute(order).is_contiguous() else None
+
+
+def _inverse(order: list[int]) -> list[int]:
+    return sorted(range(len(order)), key=order.__getitem__)
+
+
+def _select_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows `idx` of `t`, laid out in memory as `t` is. A slot's rows must reach every op with the
+    layout the one-at-a-time batch has: fp16 GEMMs round a transposed input (e.g. the strided
+    `proj_in` input of linear-projection transformers) differently from a contiguous copy of it."""
+    order = _memory_order(t)
+    if order is None:
+        return t.index_select(0, idx)
+    return t.permute(order).index_select(order.index(0), idx).permute(_inverse(order))
+
+
+def _empty_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """An uninitialised tensor of `n` rows like `t`'s, laid out in memory as `t` is (see `_select_rows`)."""
+    order = _memory_order(t)
+    if order is None:
+        return t.new_empty((n, *t.shape[1:]))
+    return t.new_empty([t.shape[d] if d else n for d in order]).permute(_inverse(order))
+
+
+def _take(obj, idx: torch.Tensor, B: int):
+    """Rows `idx` of every batch-first tensor (first dim == B) in nested args, in their own layout."""
+    if isinstance(obj, torch.Tensor):
+        return _select_rows(obj, idx.to(obj.device)) if obj.dim() > 0 and obj.shape[0] == B else obj
+    if isinstance(obj, dict):
+        return {k: _take(v, idx, B) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_take(v, idx, B) for v in obj)
+    return obj
+
+
+def _assemble(outs: list, parts: list, same: list[int], S: int, R: int):
+    first = outs[0]
+    if isinstance(first, torch.Tensor):
+        if first.dim() == 0 or first.shape[0] != len(parts[0][0]) * R:
+            return first  # not batch-first: identical for every slot
+        full = _empty_rows(first, S * R)
+        view = full.view(S, R, *first.shape[1:])
+        for (slots, _), out in zip(parts, outs, strict=True):
+            view[slots] = out.view(len(slots), R, *out.shape[1:])
+        if len(same) > 1:
+            view[same[1:]] = first.view(1, R, *first.shape[1:])  # parts[0] is the representative
+        return full
+    if isinstance(first, (tuple, list)):
+        return type(first)(_assemble([o[i] for o in outs], parts, same, S, R) for i in range(len(first)))
+    if isinstance(first, dict):  # diffusers BaseOutput is a dict subclass
+        return type(first)(**{k: _assemble([o[k] for o in outs], parts, same, S, R) for k in first})
+    return first
+
+
+def _container_forward(session: QuantSession, name: str, module: torch.nn.Module, *args, **kwargs):
+    orig = module._mpsearch_orig_forward
+    if session._n_slots == 1 or session._in_sub or session._inside.get(name, True) or session._fisher is not None:
+        return orig(*args, **kwargs)
+    return session._partitioned(lambda cfg, *a, **k: orig(*a, **k), args, kwargs, {}, cache_name=name)
+
+
+class _Slots:
+    def __init__(self, session: QuantSession, configs):
+        self.session, self.configs = session, configs
+
+    def __enter__(self):
+        sess = self.session
+        cfg: dict[str, list] = {}
+        for s, (name, w, a, steps) in enumerate(self.configs):
+            if name not in sess.layers:
+                raise KeyError(f"unknown layer {name!r}")
+            cfg.setdefault(name, []).append((s, w, a, steps))
+        sess._slot_cfg, sess._n_slots, sess._diverged = cfg, len(self.configs), set()
+        if len(self.configs) > 1:
+            sess._patch_containers()
+        sess._inside = {c: any(n.startswith(c + ".") for n in cfg) for c in sess._containers}
+        return sess
+
+    def __exit__(self, *exc):
+        self.session._slot_cfg, self.session._n_slots, self.session._diverged = {}, 1, set()
+
+
+def quantize_pipeline(
+    pipe,
+    candidates: Candidates = Candidates(),
+    *,
+    calib=None,
+    bos_aware: bool = True,
+    split_shortcut: bool = True,
+    progressive: bool = False,
+    weight_cfg: WeightQuantConfig = WeightQuantConfig(),
+    act_cfg: ActQuantConfig = ActQuantConfig(),
+    split_weights: bool = False,
+) -> QuantSession:
+    """Patch a pipeline's denoiser with switchable fake quantizers; everything starts full precision.
+
+    `calib`: a `mpsearch.profiling.calibration.Reference` (from `mpsearch.profiling.calibration.reference(pipe, prompts)`)
+    to calibrate activation ranges; without it only weights can be quantized. `bos_aware`: MixDQ's
+    full-precision BOS token for cross-attention `to_k`/`to_v`. `split_shortcut`: Q-Diffusion's separate
+    activation ranges for the two concatenated halves of up-block shortcut convs (`split_weights` also
+    splits their weight scales; off by default so the packed export keeps one scale per channel).
+    `progressive`: PCR's per-step activation ranges (needs `calib`).
+    """
+    session = QuantSession(
+        pipe, candidates, weight_cfg=weight_cfg, act_cfg=act_cfg, bos_aware=bos_aware,
+        split_shortcut=split_shortcut, split_weights=split_weights,
+    )  # fmt: skip
+    if calib is not None:
+        session.calibrate(calib, progressive=progressive)
+    elif progressive:
+        raise ValueError("progressive calibration needs calib=")
+    return session

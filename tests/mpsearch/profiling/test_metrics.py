@@ -1,0 +1,62 @@
+"""Metric registry and built-in metrics: values, degradations ≥ 0, 0 for identical inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mpsearch.profiling.metrics import METRICS, get_metric, register_metric
+
+
+def test_sqnr_and_mse():
+    y = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    noisy = y + 0.01 * torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    value, deg = get_metric("sqnr")(y, noisy)
+    assert 35 < value < 45 and math.isclose(deg, 10 ** (-value / 10), rel_tol=1e-12)
+    assert get_metric("sqnr")(y, y) == (math.inf, 0.0)
+    v, d = get_metric("mse")(y, noisy)
+    assert v == d and math.isclose(d, float((noisy - y).pow(2).mean()), rel_tol=1e-6)
+
+
+def test_ssim_is_one_minus_ssim():
+    img = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert get_metric("ssim")(img, img) == (1.0, 0.0)
+    value, deg = get_metric("ssim")(img, (img + 0.1 * torch.rand(img.shape)).clamp(0, 1))
+    assert 0 < value < 1 and math.isclose(deg, 1 - value)
+
+
+def test_adherence_counts_what_is_lost_against_fp():
+    from mpsearch.zoo import scenes
+
+    prompts = [scenes.caption("circle", "red", "top left"), scenes.caption("square", "blue", "center")]
+    images = torch.stack([torch.from_numpy(scenes.render(*scenes.parse_caption(p))).permute(2, 0, 1).float() / 255
+                          for p in prompts])  # fmt: skip
+    assert get_metric("adherence")(images, images, prompts=prompts) == (1.0, 0.0)
+    blank = torch.zeros_like(images)
+    assert get_metric("adherence")(images, blank, prompts=prompts) == (0.0, 1.0)
+    assert get_metric("adherence")(blank, blank, prompts=prompts) == (0.0, 0.0)
+
+
+def test_register_validates():
+    with pytest.raises(ValueError, match="kind"):
+        register_metric("x", kind="style", stage="image")
+    with pytest.raises(ValueError, match="stage"):
+        register_metric("x", kind="content", stage="latent")
+    with pytest.raises(ValueError, match="already registered"):
+        register_metric("sqnr", kind="quality", stage="output")(lambda a, b: 0.0)
+
+    @register_metric("negative", kind="quality", stage="output")
+    def negative(reference, candidate):
+        return -1.0
+
+    try:
+        with pytest.raises(ValueError, match="≥ 0"):
+            get_metric("negative")(torch.zeros(1), torch.zeros(1))
+    finally:
+        METRICS.pop("negative")
+    with pytest.raises(KeyError, match="registered"):
+        get_metric("nope")
+    assert np.isfinite(get_metric("mse")(torch.zeros(2), torch.ones(2))[1])

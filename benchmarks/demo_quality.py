@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from mpsearch.pipelines.generate import generate, image_grid
 from mpsearch.model import classify
+from mpsearch.pipelines.generate import generate, image_grid
 from mpsearch.zoo import DEMO_PATH, detector, scenes
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mpsearch.profiling import calibration as cal
 from mpsearch.model import inventory, load_pipeline
+from mpsearch.profiling import calibration as cal
 from mpsearch.profiling.profiler import profile
 
 GOAL = 1e-3

@@ -28,10 +28,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from mpsearch.model import find_denoiser, inventory, load_pipeline, weights_fingerprint
 from mpsearch.profiling import calibration as cal
 from mpsearch.profiling.backends import Job, get_backend
 from mpsearch.profiling.metrics import get_metric
-from mpsearch.model import find_denoiser, inventory, load_pipeline, weights_fingerprint
 from mpsearch.profiling.profiler import Profiler, plan_units
 from mpsearch.profiling.quant import Candidates, QuantSession
 

@@ -32,9 +32,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mpsearch.model import find_denoiser, inventory, load_pipeline
 from mpsearch.profiling import calibration as cal
 from mpsearch.profiling.metrics import get_metric
-from mpsearch.model import find_denoiser, inventory, load_pipeline
 from mpsearch.profiling.profiler import Profiler, Unit, plan_units, unit_batches
 from mpsearch.profiling.quant import Candidates, QuantSession
 

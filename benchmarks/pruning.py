@@ -128,11 +128,11 @@ def main() -> None:
     import torch
 
     torch.set_flush_denormal(True)
-    from mpsearch.profiling import calibration as cal
-    from mpsearch.recovery.distill import distill
     from mpsearch.evaluation.evaluator import _generate, default_prompts
     from mpsearch.model import load_pipeline
     from mpsearch.planning.plan import Plan
+    from mpsearch.profiling import calibration as cal
+    from mpsearch.recovery.distill import distill
 
     t0 = time.perf_counter()
     df, meta, inv = load_problem_inputs(Path(args.profile))

@@ -41,15 +41,15 @@ def main() -> None:
     import torch
 
     torch.set_flush_denormal(True)
-    from mpsearch.profiling.calibration import reference
     from mpsearch.export.exporter import fake_quantize
-    from mpsearch.pipelines.generate import generate
-    from mpsearch.profiling.metrics import images_to_tensor, ssim
     from mpsearch.model import load_pipeline
+    from mpsearch.pipelines.generate import generate
     from mpsearch.planning.budget import Budget
     from mpsearch.planning.inputs import load_profile
     from mpsearch.planning.plan import Plan
     from mpsearch.planning.planner import solve
+    from mpsearch.profiling.calibration import reference
+    from mpsearch.profiling.metrics import images_to_tensor, ssim
     from mpsearch.zoo.detector import adherence
     from mpsearch.zoo.scenes import sample_prompts
 

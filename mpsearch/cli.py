@@ -117,12 +117,12 @@ def generate(
     """Generate images from prompts with the demo model or any diffusers text-to-image pipeline."""
     import contextlib
 
+    from mpsearch.model import ModelError, load_pipeline
     from mpsearch.pipelines.generate import generate as run
     from mpsearch.pipelines.generate import image_grid
-    from mpsearch.model import ModelError, load_pipeline
     from mpsearch.pipelines.sampling import sampling_defaults
-    from mpsearch.planning.plan import Plan, PlanError
     from mpsearch.pipelines.timesteps import TimestepError
+    from mpsearch.planning.plan import Plan, PlanError
 
     texts = list(prompt or [])
     if prompts is not None:
@@ -151,8 +151,8 @@ def generate(
     how = f"timesteps {kept}" if kept else f"{steps} steps"
     quant = contextlib.nullcontext()
     if plan is not None:
-        from mpsearch.profiling.calibration import demo_prompts, reference
         from mpsearch.export.exporter import activation_bits, fake_quantize
+        from mpsearch.profiling.calibration import demo_prompts, reference
 
         calib = None
         if activation_bits(the_plan):  # activation ranges are calibrated on prompts, as the profiler does

@@ -27,9 +27,9 @@ def register(app: typer.Typer) -> None:
         """Recover a pruned and/or quantized model: LAPTOP-Diff normalised feature distillation from the FP
         model, with the plan's weight and activation quantizers in the loop; OUT is a pipeline to use with the same plan
         (`mpsearch evaluate --plan P --model OUT`, `mpsearch export --plan P --model OUT`)."""
-        from mpsearch.recovery.distill import distill as run
         from mpsearch.model import ModelError
         from mpsearch.planning.plan import PlanError
+        from mpsearch.recovery.distill import distill as run
 
         try:
             _, result = run(plan, model=model, out=out, steps=steps, batch=batch, lr=lr, n_prompts=n_prompts,

@@ -83,13 +83,13 @@ def evaluate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate with FP, the plan and baselines; write a Markdown report with images and plots."""
-    from mpsearch.profiling.calibration import read_prompts
     from mpsearch.evaluation.evaluator import evaluate
+    from mpsearch.evaluation.report import write_report
     from mpsearch.export.exporter import ExportError
-    from mpsearch.profiling.metrics import load_plugin
     from mpsearch.model import ModelError
     from mpsearch.planning.plan import PlanError
-    from mpsearch.evaluation.report import write_report
+    from mpsearch.profiling.calibration import read_prompts
+    from mpsearch.profiling.metrics import load_plugin
 
     quiet(as_json)
     if not plan and quantized is None:

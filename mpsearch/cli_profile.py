@@ -71,10 +71,10 @@ def register(app: typer.Typer) -> None:
         """Measure each layer's sensitivity (one layer quantized at a time) and store it under --out."""
         import time
 
-        from mpsearch.profiling.metrics import load_plugin
         from mpsearch.model import ModelError
-        from mpsearch.profiling.store import ProfileError
+        from mpsearch.profiling.metrics import load_plugin
         from mpsearch.profiling.profiler import profile as run_profile
+        from mpsearch.profiling.store import ProfileError
 
         if layers is not None:
             regex(layers, "--layers")

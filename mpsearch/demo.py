@@ -39,8 +39,8 @@ def run_demo(
     with the baselines (uniform W8/W4, the uniform width nearest its bytes, random at equal bytes).
     `progress`: a rich bar with ETA over the images sampled."""
     from mpsearch.evaluation.evaluator import evaluate
-    from mpsearch.planning.planner import solve
     from mpsearch.evaluation.report import write_report
+    from mpsearch.planning.planner import solve
 
     out, profile = Path(out), profile_folder(profile)
     if not (profile / "meta.json").is_file():

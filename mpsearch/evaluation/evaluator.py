@@ -290,8 +290,15 @@ def evaluate(
     line per stage (the candidate, its bytes). `progress`: a rich bar on stderr over every image sampled
     (prompts × candidates, the FP calibration reference included) with ETA.
     """
+    from mpsearch.export.exporter import (
+        ExportError,
+        as_pipeline,
+        export,
+        fake_quantize,
+        load_quantized,
+        plan_of,
+    )
     from mpsearch.profiling.calibration import demo_settings, reference
-    from mpsearch.export.exporter import ExportError, as_pipeline, export, fake_quantize, load_quantized, plan_of
     from mpsearch.progress import count_bar
 
     log = log or (lambda msg: None)

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from mpsearch.export.atomic import check_target, staged
+from mpsearch.export.storage import get_storage, zero_point
 from mpsearch.model import Inventory, damaged_weights, find_denoiser, fingerprint, inventory, load_pipeline
 from mpsearch.pipelines import denoiser_components
 from mpsearch.planning.cost import (
@@ -51,7 +52,6 @@ from mpsearch.planning.cost import (
 )
 from mpsearch.planning.plan import Plan, PlanError
 from mpsearch.profiling.quant import WeightQuantConfig, bos_layers, fake_quant_weight, quantize_weight
-from mpsearch.export.storage import get_storage, zero_point
 
 SCHEMA = "mpsearch.quantized/1"
 WEIGHTS_FILE = "mpsearch_quantized.safetensors"

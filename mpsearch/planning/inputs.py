@@ -7,8 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from mpsearch.profiling.metrics import get_metric
 from mpsearch.model import Inventory, inventory
+from mpsearch.profiling.metrics import get_metric
 from mpsearch.profiling.store import Profile, check_inventory, read_inventory
 
 

@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 
 from mpsearch.model import Inventory
+from mpsearch.pipelines.timesteps import even_steps
 from mpsearch.planning.budget import KIND_TEXT, Budget, BudgetInfeasible
 from mpsearch.planning.inputs import group_metrics, load_profile, profile_name
 from mpsearch.planning.plan import Plan
 from mpsearch.planning.problem import SearchSpace, build_problem, solution_to_plan
 from mpsearch.planning.steps import StepOptions, joint_search, step_pool, step_problem
-from mpsearch.pipelines.timesteps import even_steps
 from solvers.pareto import pareto_front as front
 from solvers.problem import InfeasibleBudget, Problem, Solution
 from solvers.registry import SolverSpec, available_solvers, get_solver
@@ -192,7 +192,9 @@ def search(model: Any = None, budget: Budget | str = "4bits", *, profile_dir: st
            profile_options: dict[str, Any] | None = None, **solve_options: Any) -> Plan:
     """Profile `model` (or resume its profile in `profile_dir`), then solve for `budget` (with `steps=N`,
     keeping N denoising steps, sampled with `model`). `solve_options`: as for `solve`."""
-    from mpsearch.profiling.profiler import profile as run_profile  # profiling loads the quantization engine: on use
+    from mpsearch.profiling.profiler import (
+        profile as run_profile,  # profiling loads the quantization engine: on use
+    )
 
     result = run_profile(model, out=profile_dir, **(profile_options or {}))
     if solve_options.get("steps") is not None:  # the timestep search samples with the same pipeline

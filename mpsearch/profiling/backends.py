@@ -178,10 +178,10 @@ class _Replica:
     def __init__(self, recipe: dict, reference) -> None:
         import torch
 
-        from mpsearch.profiling.metrics import METRICS
         from mpsearch.model import find_denoiser, load_pipeline, weights_fingerprint
-        from mpsearch.profiling.store import ProfileError
+        from mpsearch.profiling.metrics import METRICS
         from mpsearch.profiling.quant import QuantSession
+        from mpsearch.profiling.store import ProfileError
 
         device = "cuda" if torch.cuda.is_available() and _gpu_ids() else "cpu"
         src = recipe["model"]

@@ -32,12 +32,12 @@ from typing import Any
 
 import torch
 
+from mpsearch.model import find_denoiser, inventory, load_pipeline, weights_fingerprint
 from mpsearch.profiling import calibration as cal
 from mpsearch.profiling.lock import FolderLock
 from mpsearch.profiling.metrics import Metric, get_metric
-from mpsearch.model import find_denoiser, inventory, load_pipeline, weights_fingerprint
-from mpsearch.profiling.store import KEY, Profile, ProfileError, Store, merge  # noqa: F401 (re-exported)
 from mpsearch.profiling.quant import ActQuantConfig, Candidates, QuantSession, WeightQuantConfig
+from mpsearch.profiling.store import KEY, Profile, ProfileError, Store, merge  # noqa: F401 (re-exported)
 
 MODES = ("exact", "batched", "fisher")
 DEFAULT_METRICS = ("sqnr", "mse", "ssim", "adherence")

@@ -201,8 +201,8 @@ def distill(
     it); `out` also saves it there with `plan.json` and `distill.json`. Prompts are the demo's scene sampler (`seed + 1000`,
     other than the profiler's calibration prompts) or, for other models, the calibration fallbacks.
     """
-    from mpsearch.profiling import calibration as cal
     from mpsearch.export.exporter import activation_bits, as_pipeline, check_plan, plan_of
+    from mpsearch.profiling import calibration as cal
 
     log = log or (lambda msg: None)
     plan = plan_of(plan)

@@ -8,11 +8,11 @@ import json
 import torch
 from typer.testing import CliRunner
 
-from mpsearch.profiling import calibration as cal
 from mpsearch.cli import app
 from mpsearch.export.exporter import fake_quantize
 from mpsearch.model import find_denoiser, inventory, load_pipeline
 from mpsearch.planning.plan import LayerBits, Plan
+from mpsearch.profiling import calibration as cal
 from mpsearch.profiling.pruning import find_units
 
 runner = CliRunner()

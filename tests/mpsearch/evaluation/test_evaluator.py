@@ -7,10 +7,10 @@ import json
 import pytest
 
 from mpsearch.evaluation.evaluator import PeakRSS, baselines, evaluate, nearest_uniform_bits, random_plan
+from mpsearch.evaluation.report import write_report
 from mpsearch.model import inventory
 from mpsearch.planning.cost import model_bytes
 from mpsearch.planning.plan import LayerBits, Plan
-from mpsearch.evaluation.report import write_report
 
 PROMPTS = {"calib": ["a red circle at the top left", "a blue square in the center"],
            "heldout": ["a green triangle at the bottom right"]}

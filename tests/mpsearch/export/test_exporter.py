@@ -18,12 +18,12 @@ from mpsearch.export.exporter import (
     load_quantized,
     safetensors_header_bytes,
 )
-from mpsearch.model import find_denoiser, inventory
 from mpsearch.export.packing import pack_bits, packed_nbytes, unpack_bits
+from mpsearch.export.storage import get_storage
+from mpsearch.model import find_denoiser, inventory
 from mpsearch.planning.cost import model_bytes
 from mpsearch.planning.plan import LayerBits, Plan, PlanError
 from mpsearch.profiling.quant import bos_layers, fake_quant_weight
-from mpsearch.export.storage import get_storage
 
 
 def mixed_plan(inv, fmt: str, seed: int = 0, widths=(2, 3, 4, 5, 6, 8, 16)) -> Plan:

@@ -6,10 +6,10 @@ import copy
 import pytest
 from torch import nn
 
-from mpsearch.profiling.calibration import capture_call, initial_noise
 from mpsearch.model import find_denoiser, inventory, meta_denoiser
 from mpsearch.pipelines import ADAPTERS, ModelError, PipelineAdapter, adapter_for, denoiser_components
 from mpsearch.pipelines.sampling import sampling_defaults
+from mpsearch.profiling.calibration import capture_call, initial_noise
 from mpsearch.profiling.pruning import find_units
 from mpsearch.profiling.quant import bos_layers
 from tests.conftest import build_tiny_pixart_pipeline, build_tiny_sdxl_pipeline

@@ -5,7 +5,6 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, PNDMScheduler
 
 from mpsearch.pipelines.generate import generate
-from mpsearch.planning.plan import Plan
 from mpsearch.pipelines.timesteps import (
     KeptStepsDDIMScheduler,
     TimestepError,
@@ -15,6 +14,7 @@ from mpsearch.pipelines.timesteps import (
     sampling_at,
     schedule,
 )
+from mpsearch.planning.plan import Plan
 
 PROMPT = ["a red circle at the top left"]
 

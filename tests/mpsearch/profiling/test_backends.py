@@ -15,12 +15,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mpsearch.profiling import calibration as cal
 from mpsearch.cli import app
+from mpsearch.profiling import calibration as cal
 from mpsearch.profiling.backends import RAY_HINT, get_backend
 from mpsearch.profiling.metrics import METRICS, register_metric, sqnr
-from mpsearch.profiling.store import Profile
 from mpsearch.profiling.profiler import profile
+from mpsearch.profiling.store import Profile
 
 KEYS = ["layer", "tensor", "bits", "metric", "step_group"]
 # 4 layers × (w2, w8, a4) × 2 step groups; output (sqnr) and image (ssim) units

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpsearch.profiling import calibration as cal
 from mpsearch.model import find_denoiser
+from mpsearch.profiling import calibration as cal
 from tests.conftest import TINY_PIPELINES
 
 PROMPTS = cal.demo_prompts(2)

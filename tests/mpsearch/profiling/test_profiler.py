@@ -18,8 +18,8 @@ import torch
 
 from mpsearch.profiling import calibration as cal
 from mpsearch.profiling.metrics import METRICS, register_metric, sqnr
-from mpsearch.profiling.store import Profile, ProfileError, merge
 from mpsearch.profiling.profiler import profile
+from mpsearch.profiling.store import Profile, ProfileError, merge
 
 ROOT = Path(__file__).resolve().parents[3]
 PROMPTS = cal.demo_prompts(2)

@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-from mpsearch.profiling import calibration as cal
 from mpsearch.export.exporter import export, fake_quantize, load_quantized
 from mpsearch.model import find_denoiser, inventory
 from mpsearch.planning.budget import BudgetInfeasible
 from mpsearch.planning.plan import LayerBits, Plan, PlanError
 from mpsearch.planning.planner import solve
 from mpsearch.planning.problem import SearchSpace, build_problem, solution_to_plan
+from mpsearch.profiling import calibration as cal
 from mpsearch.profiling.profiler import profile
 from mpsearch.profiling.pruning import find_units, pruned
 from solvers.evolution import EvolutionConfig

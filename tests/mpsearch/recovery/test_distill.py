@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from mpsearch.profiling import calibration as cal
-from mpsearch.recovery.distill import Student, distill
 from mpsearch.export.exporter import fake_quantize
 from mpsearch.model import find_denoiser, inventory, load_pipeline
 from mpsearch.planning.plan import LayerBits, Plan
+from mpsearch.profiling import calibration as cal
 from mpsearch.profiling.pruning import find_units
+from mpsearch.recovery.distill import Student, distill
 
 
 def _plan(pipe) -> Plan:

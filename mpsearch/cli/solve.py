@@ -1,179 +1,16 @@
-"""`mpsearch` command line: inspect, generate, profile, solve, export, evaluate, demo."""
+"""`mpsearch solve`: the per-layer bits (and kept steps) under a budget, from a profile; writes a plan and,
+with --pareto, the loss-budget front."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported anywhere
 
 import typer
 from rich.table import Table
 
-import mpsearch
-from mpsearch.cli_common import ModelOpt, OneLineErrors, console, err, fail, quiet, regex, writable_file
-
-app = typer.Typer(
-    name="mpsearch",
-    help="Mixed-precision bit-width search for diffusion models: profile once, solve under a budget, export.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
-    cls=OneLineErrors,
-)
-def _version(value: bool) -> None:
-    if value:
-        console.print(f"mpsearch {mpsearch.__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
-) -> None:
-    """Mixed-precision bit-width search for diffusion models."""
-    from mpsearch.progress import quiet_libraries
-
-    quiet_libraries()  # transformers' and diffusers' loading bars and torchvision notices
-
-
-def human_bytes(n: float) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:,.3f} {unit}"
-    return f"{n:,.0f} B"
-
-
-@app.command()
-def inspect(
-    model: ModelOpt = None,
-    resolution: Annotated[int | None, typer.Option(help="Image side in pixels (default: the model's).")] = None,
-    group: Annotated[list[str] | None, typer.Option(
-        help="Group override REGEX=content|quality (repeatable; tried before MixDQ's attn2/ff rule).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the inventory as JSON.")] = False,
-    limit: Annotated[int, typer.Option(help="Rows of the layer table (0 = all).")] = 0,
-) -> None:
-    """List the quantizable layers of a model's denoiser: sizes, groups, fp16 bytes and MACs."""
-    from mpsearch.model import ModelError, inventory
-    from mpsearch.planning.cost import fixed_bytes, fp16_bytes
-
-    overrides = []
-    for g in group or []:
-        pattern, _, name = g.rpartition("=")
-        if not pattern:
-            fail(f"--group {g!r}: expected REGEX=content or REGEX=quality")
-        overrides.append((regex(pattern, "--group"), name))
-    try:
-        inv = inventory(model, resolution=resolution, groups=overrides)
-    except (ModelError, ValueError) as e:
-        fail(str(e))
-    if as_json:
-        typer.echo(json.dumps(inv.to_dict(), indent=1))
-        return
-    table = Table(title=f"{inv.model}: {inv.component} at {inv.resolution}px, {len(inv)} quantizable layers")
-    for col in ("layer", "kind", "group", "params", "out", "MACs"):
-        table.add_column(col, justify="left" if col in ("layer", "kind", "group") else "right", overflow="fold")
-    rows = inv.layers if limit <= 0 else inv.layers[:limit]
-    for l in rows:
-        table.add_row(l.name, l.kind, l.group, f"{l.params:,}", f"{l.out_channels:,}", f"{l.macs:,}")
-    if limit and len(inv) > limit:
-        table.caption = f"… {len(inv) - limit} more rows (--limit 0 shows all)"
-    console.print(table)
-    totals = Table(title="group totals")
-    for col in ("group", "layers", "weight params", "share", "MACs"):
-        totals.add_column(col, justify="right")
-    qparams = sum(l.params for l in inv.layers)
-    for g, t in sorted(inv.group_totals().items()):
-        totals.add_row(g, str(t["layers"]), f"{t['params']:,}", f"{t['params'] / qparams:.1%}", f"{t['macs']:,}")
-    kinds = {k: [l for l in inv.layers if l.kind == k] for k in ("linear", "conv2d")}
-    for k, ls in kinds.items():
-        totals.add_row(k, str(len(ls)), f"{sum(l.params + l.bias for l in ls):,} (with bias)", "", "")
-    console.print(totals)
-    console.print(
-        f"fp16 size: [bold]{human_bytes(fp16_bytes(inv))}[/] ({fp16_bytes(inv):,} bytes; unquantized parts "
-        f"{fixed_bytes(inv):,} bytes)   MACs per denoiser call: [bold]{inv.total_macs / 1e9:,.2f} G[/]   "
-        f"fingerprint {inv.fingerprint}"
-    )
-
-
-@app.command()
-def generate(
-    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="A prompt (repeatable).")] = None,
-    prompts: Annotated[Path | None, typer.Option(help="A file of prompts, one per line.")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write (a grid when several prompts).")] = Path("out.png"),
-    model: ModelOpt = None,
-    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the model's).")] = None,
-    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the first image; image i uses seed + i.")] = 0,
-    size: Annotated[int | None, typer.Option(help="Image side in pixels (default: the model's).")] = None,
-    plan: Annotated[Path | None, typer.Option("--plan", help="Sample with a plan: its bits (simulated, as "
-                                              "`evaluate` does) and its kept timesteps.")] = None,
-    quantized: Annotated[Path | None, typer.Option("--quantized", "-q", help="Sample with a checkpoint written "
-                                                   "by `mpsearch export` (at its plan's kept timesteps).")] = None,
-) -> None:
-    """Generate images from prompts with the demo model or any diffusers text-to-image pipeline."""
-    import contextlib
-
-    from mpsearch.model import ModelError, load_pipeline
-    from mpsearch.pipelines.generate import generate as run
-    from mpsearch.pipelines.generate import image_grid
-    from mpsearch.pipelines.sampling import sampling_defaults
-    from mpsearch.pipelines.timesteps import TimestepError
-    from mpsearch.planning.plan import Plan, PlanError
-
-    texts = list(prompt or [])
-    if prompts is not None:
-        if not prompts.is_file():
-            fail(f"--prompts {prompts}: no such file")
-        texts += [line.strip() for line in prompts.read_text().splitlines() if line.strip()]
-    if not texts:
-        fail("give at least one --prompt or a --prompts file")
-    if plan is not None and quantized is not None:
-        fail("pass --plan or --quantized, not both")
-    try:
-        the_plan = Plan.load(plan) if plan is not None else None
-        if quantized is not None:
-            from mpsearch.export.exporter import load_quantized
-
-            pipe = load_quantized(quantized)
-            the_plan = pipe.mpsearch_plan
-        else:
-            pipe = load_pipeline(model)
-    except (ModelError, PlanError, OSError, ValueError) as e:
-        fail(str(e))
-    d = sampling_defaults(model)
-    guidance = d["guidance"] if guidance is None else guidance
-    kept = the_plan.kept_timesteps if the_plan is not None and steps is None else None
-    steps = None if kept else steps or d["steps"]
-    how = f"timesteps {kept}" if kept else f"{steps} steps"
-    quant = contextlib.nullcontext()
-    if plan is not None:
-        from mpsearch.export.exporter import activation_bits, fake_quantize
-        from mpsearch.profiling.calibration import demo_prompts, reference
-
-        calib = None
-        if activation_bits(the_plan):  # activation ranges are calibrated on prompts, as the profiler does
-            calib = reference(pipe, texts if model not in (None, "demo") else demo_prompts(8), steps=d["steps"],
-                              guidance=guidance)  # fmt: skip
-        try:
-            quant = fake_quantize(pipe, the_plan, calib=calib)
-        except (PlanError, ValueError) as e:
-            fail(str(e))
-    try:
-        with quant, console.status(f"generating {len(texts)} image(s), {how}"):
-            images = run(pipe, texts, seed=seed, steps=steps, timesteps=kept, guidance=guidance, height=size, width=size)
-    except TimestepError as e:
-        fail(str(e))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if len(images) == 1:
-        images[0].save(out)
-    else:
-        cols = min(len(images), 8)
-        image_grid(images, rows=-(-len(images) // cols), cols=cols, labels=texts, tile=96).save(out)
-    console.print(f"wrote {out} ({len(images)} image(s), {how}, guidance {guidance:g}, seed {seed})")
+from mpsearch.cli.common import ModelOpt, console, err, fail, human_bytes, quiet, regex, writable_file
 
 
 def print_plan_summary(plan, inv, budget=None) -> None:
@@ -225,7 +62,6 @@ def print_plan_summary(plan, inv, budget=None) -> None:
                   f"{s.get('status', '?')}{gap} in {s.get('time_s', 0):.3f}s")
 
 
-@app.command()
 def solve(
     budget: Annotated[str, typer.Option("--budget", "-b", help="4GB, 4GiB, 500MB, 4.5bits, 30%, 2Tbitops, 25%bitops.")],
     profile: Annotated[Path, typer.Option("--profile", "-p", help="Profile folder from `mpsearch profile` (default: "
@@ -267,25 +103,49 @@ def solve(
 ) -> None:
     """Find the per-layer bits (and, with --steps, the kept denoising steps) that minimise the profiled
     degradation under a budget; write a plan."""
-    from mpsearch.demo import profile_folder
-    from mpsearch.planning.budget import Budget, BudgetError
-    from mpsearch.planning.inputs import load_profile
     from mpsearch.planning.planner import solve as run
-    from mpsearch.planning.problem import ASSUME_MISSING, SearchSpace
-    from solvers.registry import get_solver
 
-    def bits(text):
-        try:
-            return [int(x) for x in text.split(",")] if text else None
-        except ValueError:
-            fail(f"bits must be comma-separated integers, got {text!r}")
-
-    try:
-        b = Budget.parse(budget)
-    except BudgetError as e:
-        fail(str(e))
+    b = _budget(budget)
     quiet(as_json)
     front_range = _pareto_range(pareto) if pareto else None
+    _check_before_work(protect, protect_top, time_limit, out, pareto)
+    profile = _profile_folder(profile)
+    space = _space(w_bits, a_bits, weight_only=weight_only, protect=protect, protect_top=protect_top, prune=prune,
+                   assume_missing=assume_missing)  # fmt: skip
+    inv, understood = _read_profile(profile, b, steps, pool)
+    options = _solve_options(solver, steps, plugin, seed=seed, pool=pool, step_groups=step_groups, model=model,
+                             fitness=fitness, fitness_prompts=fitness_prompts, rerank=rerank, backend=backend,
+                             fmt=fmt, space=space, time_limit=time_limit)  # fmt: skip
+    try:
+        plan = run(profile, b, options)
+    except ValueError as e:  # BudgetInfeasible among them: its message names the smallest feasible budget
+        fail(str(e))
+    front = _front(profile, front_range, inv, fmt=fmt, space=space, backend=backend) if pareto else None
+    try:
+        plan.save(out)
+    except OSError as e:
+        fail(f"--out {out}: {e.strerror or e}")
+    _print_result(plan, inv, b, out, assume_missing)
+    written = _write_front(front, out, inv) if front is not None else None
+    if as_json:
+        typer.echo(json.dumps({"out": str(out), "budget": understood, "plan": plan.to_dict(),
+                               "pareto": None if front is None else {"csv": str(written[0]), "png": str(written[1]),
+                                                                     "points": front.to_dict("records")}}, indent=1))
+
+
+def _budget(text: str):
+    """The `Budget` of --budget, or a one-line error naming the accepted forms."""
+    from mpsearch.planning.budget import Budget, BudgetError
+
+    try:
+        return Budget.parse(text)
+    except BudgetError as e:
+        fail(str(e))
+
+
+def _check_before_work(protect: list[str] | None, protect_top: float, time_limit: float | None, out: Path,
+                       pareto: str | None) -> None:  # fmt: skip
+    """Option values that need no profile: regexes, ranges, and that --out (and the front's files) can be written."""
     for pattern in protect or []:
         regex(pattern, "--protect")
     if not 0 <= protect_top <= 1:
@@ -294,66 +154,105 @@ def solve(
         fail(f"--time-limit {time_limit:g}: seconds, more than 0")
     for path in (out, *([out.with_suffix(".pareto.csv"), out.with_suffix(".pareto.png")] if pareto else [])):
         writable_file(path, "--out")
+
+
+def _profile_folder(profile: Path) -> Path:
+    """The profile folder --profile names (the bundled demo profile by default), or a one-line error."""
+    from mpsearch.evaluation.demo import profile_folder
+
     profile = profile_folder(profile)
     if not (profile / "meta.json").is_file():
         fail(f"{profile} is not a profile folder (no meta.json); run `mpsearch profile --out {profile}` first")
+    return profile
+
+
+def _space(w_bits: str | None, a_bits: str | None, *, weight_only: bool, protect: list[str] | None,
+           protect_top: float, prune: bool, assume_missing: str):  # fmt: skip
+    """The `SearchSpace` of the options: candidate widths from comma-separated text, protections, pruning."""
+    from mpsearch.planning.problem import ASSUME_MISSING, SearchSpace
+
+    def bits(text):
+        try:
+            return [int(x) for x in text.split(",")] if text else None
+        except ValueError:
+            fail(f"bits must be comma-separated integers, got {text!r}")
+
     space = SearchSpace(w_bits=bits(w_bits), a_bits=bits(a_bits), weight_only=weight_only,
                         protect=protect or [], protect_top=protect_top, prune=prune, assume_missing=assume_missing)
     if assume_missing not in ASSUME_MISSING:
         fail(f"--assume-missing {assume_missing!r}: choose {' or '.join(ASSUME_MISSING)}")
+    return space
+
+
+def _read_profile(profile: Path, budget, steps: int | None, pool: int | None) -> tuple:
+    """(inventory, the budget as understood) of the profile; prints the budget line first thing on stdout."""
+    from mpsearch.planning.inputs import load_profile
+
     try:  # a malformed or mixed profile folder: one line naming file:line
         _, meta, inv = load_profile(profile)
     except ValueError as e:
         fail(str(e))
-    understood = b.describe(inv)
+    understood = budget.describe(inv)
     if steps is not None:
         from mpsearch.planning.steps import describe_budget
 
-        understood = describe_budget(b, inv, steps, meta, pool)
+        understood = describe_budget(budget, inv, steps, meta, pool)
     console.print(f"budget: {understood}")
+    return inv, understood
+
+
+def _solve_options(solver: str, steps: int | None, plugin: list[str] | None, *, seed: int, pool: int | None,
+                   step_groups: str, model: str | None, fitness: str | None, fitness_prompts: int | None,
+                   rerank: int, **common):  # fmt: skip
+    """The `SolveOptions` the options say: the solver's seed where it has one and, with --steps, the kept-step
+    search (its model, fitness and re-ranking only for a solver that samples). `common`: backend, fmt,
+    space, time_limit. --pool, --model and --fitness without --steps are an error."""
+    from mpsearch.planning.planner import SolveOptions
+    from mpsearch.planning.steps import StepOptions
+    from solvers.registry import get_solver
+
     try:
         spec = get_solver(solver)
     except ValueError as e:
         fail(str(e))
-    options = {"seed": seed} if "seed" in spec.option_names() else {}
-    if steps is not None:
-        from mpsearch.profiling.metrics import load_plugin
+    solver_options = {"seed": seed} if "seed" in spec.option_names() else {}
+    if steps is None:
+        if pool is not None or model is not None or fitness is not None:
+            fail("--pool, --model and --fitness belong to the timestep search: add --steps N")
+        return SolveOptions(solver=solver, solver_options=solver_options, **common)
+    from mpsearch.profiling.metrics import load_plugin
 
-        for p in plugin or []:
-            load_plugin(p)
-        options.update(steps=steps, pool=pool, grouping=step_groups, progress=True,
-                       log=lambda m: err.print(f"[dim]{m}[/]"))
-        if spec.consumes == "steps":  # it searches kept steps by sampling the model
-            options.update(model=model, fitness_metric=fitness, fitness_prompts=fitness_prompts, rerank=rerank)
-    elif pool is not None or model is not None or fitness is not None:
-        fail("--pool, --model and --fitness belong to the timestep search: add --steps N")
+    for p in plugin or []:
+        load_plugin(p)
+    sampling = {"model": model, "fitness_metric": fitness, "fitness_prompts": fitness_prompts, "rerank": rerank}
     try:
-        plan = run(profile, b, solver=solver, backend=backend, fmt=fmt, space=space, time_limit=time_limit, **options)
-    except ValueError as e:  # BudgetInfeasible among them: its message names the smallest feasible budget
+        step = StepOptions(pool=pool, grouping=step_groups, progress=True, log=lambda m: err.print(f"[dim]{m}[/]"),
+                           **(sampling if spec.consumes == "steps" else {}))  # it samples the model: its options
+    except ValueError as e:
         fail(str(e))
-    front = _front(profile, front_range, inv, fmt=fmt, space=space, backend=backend) if pareto else None
-    try:
-        plan.save(out)
-    except OSError as e:
-        fail(f"--out {out}: {e.strerror or e}")
-    print_plan_summary(plan, inv, b)
+    return SolveOptions(solver=solver, steps=steps, step=step, solver_options=solver_options, **common)
+
+
+def _print_result(plan, inv, budget, out: Path, assume_missing: str) -> None:
+    """The plan's summary, a note on options the profile never measured, and where the plan went."""
+    print_plan_summary(plan, inv, budget)
     if plan.solver.get("unmeasured"):
         names = plan.solver["unmeasured"]
         how = "offered at zero loss" if assume_missing == "zero" else "not offered"
         console.print(f"note: {len(names)} option(s) the profile never measured were {how}: {', '.join(names[:4])}"
                       + (f" and {len(names) - 4} more (plan.json lists them)" if len(names) > 4 else ""))
     console.print(f"wrote {out}")
-    if front is not None:
-        from mpsearch.planning.planner import plot_front
 
-        csv, png = out.with_suffix(".pareto.csv"), out.with_suffix(".pareto.png")
-        front.to_csv(csv, index=False)
-        plot_front(front, png, title=f"{inv.model}: predicted loss vs size")
-        console.print(f"pareto front: {len(front)} points → {csv}, {png}")
-    if as_json:
-        typer.echo(json.dumps({"out": str(out), "budget": understood, "plan": plan.to_dict(),
-                               "pareto": None if front is None else {"csv": str(csv), "png": str(png),
-                                                                     "points": front.to_dict("records")}}, indent=1))
+
+def _write_front(front, out: Path, inv) -> tuple[Path, Path]:
+    """The --pareto front as CSV and plot beside the plan: (csv, png)."""
+    from mpsearch.planning.planner import plot_front
+
+    csv, png = out.with_suffix(".pareto.csv"), out.with_suffix(".pareto.png")
+    front.to_csv(csv, index=False)
+    plot_front(front, png, title=f"{inv.model}: predicted loss vs size")
+    console.print(f"pareto front: {len(front)} points → {csv}, {png}")
+    return csv, png
 
 
 PARETO_MAX = 1000  # points of a --pareto front
@@ -394,39 +293,3 @@ def _front(profile: Path, front_range: tuple, inv, *, fmt: str, space, backend: 
         fail(f"--pareto {text!r}: no budget from {lo} to {hi} can be met")
     return front
 
-
-from mpsearch.cli_export import register as _register_export  # noqa: E402
-
-_register_export(app)
-from mpsearch.cli_profile import register as _register_profile  # noqa: E402
-
-_register_profile(app)
-from mpsearch.cli_distill import register as _register_distill  # noqa: E402
-
-_register_distill(app)
-
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("runs/demo"),
-    budget: Annotated[list[str] | None, typer.Option("--budget", "-b", help="Budgets to solve (repeatable); "
-                                                     "the first is exported and gets the baselines.")] = None,
-    n_prompts: Annotated[int, typer.Option(help="Prompts per split (in-domain and held-out).")] = 16,
-) -> None:
-    """The whole job on the bundled demo model: solve, export, evaluate; writes OUT/report.md."""
-    import time
-
-    from mpsearch.cli_export import show_evaluation
-    from mpsearch.demo import BUDGETS, run_demo
-
-    t0 = time.perf_counter()
-    try:
-        ev, report = run_demo(out, budgets=budget or BUDGETS, n_prompts=n_prompts,
-                              log=lambda m: err.print(f"[dim]{m}[/]"), progress=True)
-    except (FileNotFoundError, ValueError) as e:
-        fail(str(e))
-    show_evaluation(ev, report)
-    console.print(f"demo finished in {time.perf_counter() - t0:.0f} s (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()

@@ -290,28 +290,6 @@ def test_custom_metric_is_profiled_and_stored(pipe, tmp_path):
         METRICS.pop("mean_shift", None)
 
 
-def test_cli_profile_and_merge(pipe, tmp_path):
-    from typer.testing import CliRunner
-
-    from mpsearch.cli import app
-
-    model = tmp_path / "model"
-    pipe.save_pretrained(model)
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS) + "\n")
-    runner = CliRunner()
-    common = ["--model", str(model), "--prompts", str(prompts), "--steps", "4", "--bits", "2,8", "--act-bits", "8,16",
-              "--metrics", "sqnr", "--layers", "^conv_(in|out)$"]  # fmt: skip
-    for i in range(2):
-        r = runner.invoke(app, ["profile", *common, "--out", str(tmp_path / f"s{i}"), "--shard", f"{i}/2"])
-        assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")])
-    assert r.exit_code == 0, r.output
-    assert len(Profile.load(tmp_path / "m")) == 2 * 3 * 1
-    r = runner.invoke(app, ["profile", *common, "--mode", "nope", "--out", str(tmp_path / "x")])
-    assert r.exit_code != 0 and "mode" in r.output
-
-
 FAMILY_LAYERS = {  # a conv, the added conditioning, a cross-attention (content) layer, a split shortcut / output
     "sdxl": r"^(conv_in|add_embedding\.linear_1|down_blocks\.1\.attentions\.0\.transformer_blocks\.1\.attn2\.to_k"
             r"|up_blocks\.0\.resnets\.0\.conv_shortcut)$",
@@ -337,26 +315,6 @@ def test_other_pipelines_profile_batched_equals_exact(name):
     assert (w[2] >= w[8]).mean() > 0.9 and (w[2] > 0).all()  # 2-bit weights hurt, and more than 8-bit
     fisher = profile(pipe, mode="fisher", **dict(kw, metrics=None, all_metrics=False)).df
     assert len(fisher) == 4 * 3 * 2 and fisher.degradation.gt(0).all()
-
-
-@pytest.mark.parametrize("name", list(FAMILY_LAYERS))
-def test_cli_profile_on_a_saved_pipeline(name, tmp_path):
-    from typer.testing import CliRunner
-
-    from mpsearch.cli import app
-    from tests.conftest import TINY_PIPELINES
-
-    TINY_PIPELINES[name]().save_pretrained(tmp_path / "model")
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS) + "\n")
-    rescale = ["--guidance-rescale", "0.5"] if name == "sdxl" else []
-    r = CliRunner().invoke(app, ["profile", "--model", str(tmp_path / "model"), "--prompts", str(prompts),
-                                 "--steps", "2", "--bits", "2", "--act-bits", "16", "--metrics", "sqnr,ssim", *rescale,
-                                 "--all-metrics", "--layers", FAMILY_LAYERS[name], "--out", str(tmp_path / "p")])
-    assert r.exit_code == 0, r.output
-    prof = Profile.load(tmp_path / "p")
-    assert len(prof) == 4 * 1 * 1 * 2 and prof.meta["component"] == ("unet" if name == "sdxl" else "transformer")
-    assert prof.meta["sampling"].get("guidance_rescale") == (0.5 if name == "sdxl" else None)
 
 
 def test_shipped_demo_profile_is_still_accepted(tmp_path):

@@ -1,5 +1,5 @@
-"""`mpsearch profile`: each layer's sensitivity, measured and stored in a profile folder; the CLI builds a
-`ProfileOptions` from its options."""
+"""`mpsearch profile`: each layer's sensitivity, measured and stored in a profile folder; the options become
+a `ProfileOptions` (`mpsearch.profiling.profiler`)."""
 
 # no `from __future__ import annotations`: typer reads the option types at run time
 from pathlib import Path
@@ -70,6 +70,7 @@ def profile(
 
     from mpsearch.model import ModelError
     from mpsearch.profiling.metrics import load_plugin
+    from mpsearch.profiling.profiler import ProfileOptions
     from mpsearch.profiling.profiler import profile as run_profile
     from mpsearch.profiling.store import ProfileError
 
@@ -77,19 +78,20 @@ def profile(
         regex(layers, "--layers")
     for p in plugin or []:
         load_plugin(p)
+    options = ProfileOptions(
+        out=out, bits=_ints(bits, "--bits"), act_bits=_ints(act_bits, "--act-bits"),
+        tensors=[t.strip() for t in tensors.split(",") if t.strip()], prune=prune,
+        metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
+        prompts=prompts, n_prompts=n_prompts, seed=seed, steps=steps, guidance=guidance,
+        guidance_rescale=guidance_rescale,
+        step_groups=int(step_groups) if step_groups.isdigit() else step_groups, mode=mode, slots=slots,
+        shard=shard, all_metrics=all_metrics, layers=layers, bos_aware=bos_aware,
+        split_shortcut=split_shortcut, progressive=progressive, device=device, progress=True,
+        log=_log, backend=backend, address=address, workers=workers,
+    )  # fmt: skip
     t0 = time.perf_counter()
     try:
-        prof = run_profile(
-            model, out=out, bits=_ints(bits, "--bits"), act_bits=_ints(act_bits, "--act-bits"),
-            tensors=[t.strip() for t in tensors.split(",") if t.strip()], prune=prune,
-            metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
-            prompts=prompts, n_prompts=n_prompts, seed=seed, steps=steps, guidance=guidance,
-            guidance_rescale=guidance_rescale,
-            step_groups=int(step_groups) if step_groups.isdigit() else step_groups, mode=mode, slots=slots,
-            shard=shard, all_metrics=all_metrics, layers=layers, bos_aware=bos_aware,
-            split_shortcut=split_shortcut, progressive=progressive, device=device, progress=True,
-            log=_log, backend=backend, address=address, workers=workers,
-        )  # fmt: skip
+        prof = run_profile(model, options)
     except (ModelError, ProfileError, ValueError, KeyError, FileNotFoundError, ImportError) as e:
         fail(str(e).strip("'\""))
     console.print(f"{out}: {len(prof)} measurements ({time.perf_counter() - t0:.0f} s), metrics "

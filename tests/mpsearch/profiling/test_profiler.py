@@ -1,4 +1,4 @@
-"""Profiler: batched == exact, fisher ranks like exact, resume after SIGKILL, torn lines, shards, custom metrics."""
+"""Profiler: options object == keywords (unknown ones refused), batched == exact, fisher ranks like exact, resume after SIGKILL, torn lines, shards, custom metrics."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 
 from mpsearch.profiling import calibration as cal
 from mpsearch.profiling.metrics import METRICS, register_metric, sqnr
-from mpsearch.profiling.profiler import profile
+from mpsearch.profiling.profiler import ProfileOptions, profile
 from mpsearch.profiling.store import Profile, ProfileError, merge
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -59,6 +59,34 @@ def test_profile_rows_and_meta(pipe, tmp_path):
     # the 2-bit weight hurts more than the 8-bit one
     t = loaded.table("sqnr", "weight")
     assert t.loc["conv_in", 2] > t.loc["conv_in", 8] > 0
+
+
+def test_options_object_and_keywords_give_the_same_profile(pipe, tmp_path):
+    """`profile(pipe, ProfileOptions(...))`, the same fields as keywords, and an object with keywords
+    replacing some of its fields measure the same rows under the same header."""
+    kw = dict(SMALL, layers=r"^(conv_in|mid_block\.attentions\.0\.transformer_blocks\.0\.attn2\.to_k)$")
+    by_keywords = profile(pipe, out=tmp_path / "k", **kw)
+    by_options = profile(pipe, ProfileOptions(out=tmp_path / "o", **kw))
+    mixed = profile(pipe, ProfileOptions(out=tmp_path / "m", **dict(kw, steps=8, seed=3)), steps=4, seed=0)
+    assert len(by_keywords) == 2 * 3 * 2  # 2 layers × (w2, w8, a4) × 2 step groups
+    for other in (by_options, mixed):
+        pd.testing.assert_frame_equal(_frame(other), _frame(by_keywords), check_exact=True)
+        strip = lambda meta: {k: v for k, v in meta.items() if k != "created"}  # noqa: E731
+        assert strip(other.meta) == strip(by_keywords.meta)
+    assert ProfileOptions.of(ProfileOptions(seed=3), mode="batched") == ProfileOptions(seed=3, mode="batched")
+
+
+def test_unknown_keyword_is_refused_naming_it(tmp_path):
+    """A misspelt option is a TypeError naming it (and the field it resembles) before any work; so is an
+    options argument that is not a ProfileOptions."""
+    with pytest.raises(TypeError, match=r"profile\(\) got unexpected keyword argument 'n_promts' \(did you mean "
+                                        r"'n_prompts'\?\)"):
+        profile(None, out=tmp_path / "p", n_promts=2)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments 'frobnicate', 'colour'"):
+        profile(None, ProfileOptions(out=tmp_path / "p"), frobnicate=True, colour="red")
+    with pytest.raises(TypeError, match="options must be a ProfileOptions, got dict"):
+        profile(None, {"steps": 2})
+    assert not (tmp_path / "p").exists()
 
 
 def assert_same_rows(exact: pd.DataFrame, batched: pd.DataFrame) -> None:
@@ -108,7 +136,7 @@ import sys, time
 from tests.conftest import build_tiny_pipeline
 from mpsearch.profiling.calibration import demo_prompts
 from mpsearch.profiling.metrics import register_metric, sqnr
-from mpsearch.profiling.profiler import profile
+from mpsearch.profiling.profiler import ProfileOptions, profile
 
 @register_metric("slow_sqnr", kind="quality", stage="output")
 def slow_sqnr(reference, candidate):
@@ -165,7 +193,7 @@ from pathlib import Path
 from tests.conftest import build_tiny_pipeline
 from mpsearch.profiling.calibration import demo_prompts
 from mpsearch.profiling.metrics import register_metric, sqnr
-from mpsearch.profiling.profiler import profile
+from mpsearch.profiling.profiler import ProfileOptions, profile
 
 @register_metric("held_sqnr", kind="quality", stage="output")
 def held_sqnr(reference, candidate):

@@ -23,7 +23,7 @@ class VerbOptions:
         """`options` (default: every field at its default) with `kwargs` replacing its fields."""
         verb = cls.__name__.removesuffix("Options").lower()
         if options is not None and not isinstance(options, cls):
-            raise TypeError(f"{verb}(): options must be a {cls.__name__}, got {type(options).__name__}")
+            raise TypeError(f"{verb}(): options must be of type {cls.__name__}, got {type(options).__name__}")
         names = [f.name for f in fields(cls)]
         unknown = [k for k in kwargs if k not in names]
         if unknown:

@@ -34,6 +34,7 @@ def evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate with FP, the plan and baselines; write a Markdown report with images and plots."""
+    from mpsearch.evaluation.evaluator import EvaluateOptions
     from mpsearch.evaluation.evaluator import evaluate as run
     from mpsearch.evaluation.report import write_report
     from mpsearch.export.exporter import ExportError
@@ -51,11 +52,12 @@ def evaluate(
     if calib_prompts or heldout_prompts:
         prompts = {"calib": read_prompts(calib_prompts) if calib_prompts else [],
                    "heldout": read_prompts(heldout_prompts) if heldout_prompts else []}
+    options = EvaluateOptions(model=model, quantized=quantized, prompts=prompts, n_prompts=n_prompts, seed=seed,
+                              steps=steps, guidance=guidance, with_baselines=baselines,
+                              checkpoint=(out / "checkpoint") if checkpoint and quantized is None else False,
+                              log=lambda m: err.print(f"[dim]{m}[/]"), progress=True)  # fmt: skip
     try:
-        ev = run(list(plan or []), model=model, quantized=quantized, prompts=prompts, n_prompts=n_prompts,
-                      seed=seed, steps=steps, guidance=guidance, with_baselines=baselines,
-                      checkpoint=(out / "checkpoint") if checkpoint and quantized is None else False,
-                      log=lambda m: err.print(f"[dim]{m}[/]"), progress=True)
+        ev = run(list(plan or []), options)
     except (ExportError, PlanError, ModelError, ValueError, FileNotFoundError) as e:
         fail(str(e))
     report = write_report(ev, out)

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from mpsearch.evaluation.evaluator import PeakRSS, baselines, evaluate, nearest_uniform_bits, random_plan
+from mpsearch.evaluation.evaluator import (
+    EvaluateOptions,
+    PeakRSS,
+    baselines,
+    evaluate,
+    nearest_uniform_bits,
+    random_plan,
+)
 from mpsearch.evaluation.report import write_report
 from mpsearch.model import inventory
 from mpsearch.planning.cost import model_bytes
@@ -117,3 +124,22 @@ def test_evaluate_shows_a_bar_over_every_image_it_samples(tiny_pipe, capsys):
     assert "evaluating" in err and "8/8" in err and "ETA" in err
     assert out == ""
     assert lines[0] == "calibration reference (FP)" and lines[-1].startswith("plan: ")
+
+
+def test_options_object_and_keywords_evaluate_the_same(tiny_pipe):
+    """`evaluate(plan, EvaluateOptions(...))`, the same fields as keywords, and an object with keywords
+    replacing some of its fields give the same results; a misspelt keyword is a TypeError naming it."""
+    plan = six_bit_plan(inventory(tiny_pipe))
+    kw = dict(model=tiny_pipe, prompts={"calib": PROMPTS["calib"][:1]}, steps=1, guidance=3.0, uniform=(8,))
+    by_keywords = evaluate(plan, **kw).to_dict()
+    by_options = evaluate(plan, EvaluateOptions(**kw)).to_dict()
+    mixed = evaluate(plan, EvaluateOptions(**dict(kw, steps=3, uniform=(2,))), steps=1, uniform=(8,)).to_dict()
+    names = [r["name"] for r in by_keywords["results"]]
+    assert names == ["fp", "plan", "uniform-w8", *names[3:]] and "random" in names
+    assert by_options == by_keywords and mixed == by_keywords
+    assert all(r["pixel_mse"] == 0 for r in by_keywords["results"] if r["name"] == "fp")
+    with pytest.raises(TypeError, match=r"evaluate\(\) got unexpected keyword argument 'baselines' \(did you mean "
+                                        r"'with_baselines'\?\)"):
+        evaluate(plan, model=tiny_pipe, baselines=False)
+    with pytest.raises(TypeError, match="options must be of type EvaluateOptions, got dict"):
+        evaluate(plan, {"steps": 1})

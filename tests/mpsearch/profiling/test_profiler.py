@@ -84,7 +84,7 @@ def test_unknown_keyword_is_refused_naming_it(tmp_path):
         profile(None, out=tmp_path / "p", n_promts=2)
     with pytest.raises(TypeError, match=r"unexpected keyword arguments 'frobnicate', 'colour'"):
         profile(None, ProfileOptions(out=tmp_path / "p"), frobnicate=True, colour="red")
-    with pytest.raises(TypeError, match="options must be a ProfileOptions, got dict"):
+    with pytest.raises(TypeError, match="options must be of type ProfileOptions, got dict"):
         profile(None, {"steps": 2})
     assert not (tmp_path / "p").exists()
 

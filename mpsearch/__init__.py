@@ -19,7 +19,7 @@ _LAZY = {
     "Budget": "mpsearch.planning.budget",
     "Plan": "mpsearch.planning.plan",
     "profile": "mpsearch.profiling.profiler",
-    "Profile": "mpsearch.profiling.profiler",
+    "Profile": "mpsearch.profiling.store",
     "merge": "mpsearch.profiling.store",
     "register_metric": "mpsearch.profiling.metrics",
     "solve": "mpsearch.planning.planner",

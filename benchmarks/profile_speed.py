@@ -34,9 +34,9 @@ import torch
 
 from mpsearch.model import find_denoiser, inventory, load_pipeline
 from mpsearch.profiling import calibration as cal
+from mpsearch.profiling.engine import Profiler, Unit, plan_units, unit_batches
 from mpsearch.profiling.metrics import get_metric
-from mpsearch.profiling.profiler import Profiler, Unit, plan_units, unit_batches
-from mpsearch.profiling.quant import Candidates, QuantSession
+from mpsearch.profiling.session import Candidates, QuantSession
 
 KEY = ["layer", "tensor", "bits", "step_group"]
 

@@ -21,7 +21,7 @@ _LAZY = {
     "Plan": "mpsearch.planning.plan",
     "profile": "mpsearch.profiling.profiler",
     "ProfileOptions": "mpsearch.profiling.profiler",
-    "Profile": "mpsearch.profiling.profiler",
+    "Profile": "mpsearch.profiling.store",
     "merge": "mpsearch.profiling.store",
     "register_metric": "mpsearch.profiling.metrics",
     "solve": "mpsearch.planning.planner",

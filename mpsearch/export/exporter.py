@@ -5,7 +5,7 @@
     qpipe = load_quantized("out/")          # a working pipeline with optimum-quanto low-bit modules
 
 The simulation and the checkpoint agree bit for bit on the weights: both use
-`mpsearch.profiling.quant.quantize_weight` with the format's quantizer config (symmetric, one fp16 scale per
+`mpsearch.profiling.quantizers.quantize_weight` with the format's quantizer config (symmetric, one fp16 scale per
 output channel), and both keep every unquantized denoiser parameter (biases, norms, embeddings, 16-bit
 layers) at fp16, the dtype the cost model charges (`WeightFormat.float_bytes`): the simulation rounds
 them to fp16 and back. Cross-attention K/V layers of CLIP-conditioned models are BOS-aware (MixDQ): the
@@ -51,7 +51,8 @@ from mpsearch.planning.cost import (
     stored_mean_bits,
 )
 from mpsearch.planning.plan import Plan, PlanError
-from mpsearch.profiling.quant import WeightQuantConfig, bos_layers, fake_quant_weight, quantize_weight
+from mpsearch.profiling.quantizers import WeightQuantConfig, fake_quant_weight, quantize_weight
+from mpsearch.profiling.session import bos_layers
 
 SCHEMA = "mpsearch.quantized/1"
 WEIGHTS_FILE = "mpsearch_quantized.safetensors"
@@ -230,7 +231,7 @@ def fake_quantize(
     Quantized layers get `fake_quant_weight` values at their nominal bits; every other parameter is
     rounded to fp16 (`round_float`), as the checkpoint stores it. BOS-aware K/V (`bos`) substitutes the
     full-precision BOS row. Activation bits (`a_bits < 16`, and per-step `step_overrides`, PCR's
-    activation relaxing) run through the profiler's quantizers (`mpsearch.profiling.quant.quantize_pipeline`:
+    activation relaxing) run through the profiler's quantizers (`mpsearch.profiling.session.quantize_pipeline`:
     split shortcuts, BOS-aware, ranges calibrated on `calib`, a `mpsearch.profiling.calibration.Reference`, with
     full-precision weights as the profiler does; `progressive` = PCR per-step ranges). Per-step
     activation bits apply when sampling with the reference's number of steps.
@@ -247,7 +248,7 @@ def fake_quantize(
         fq.removed = remove_units(den, plan.pruned_units)
     acts = activation_bits(plan)
     if acts:
-        from mpsearch.profiling.quant import Candidates, quantize_pipeline
+        from mpsearch.profiling.session import Candidates, quantize_pipeline
 
         if calib is None:
             raise ValueError("the plan quantizes activations: pass calib= (mpsearch.profiling.calibration.reference(pipe, prompts))")

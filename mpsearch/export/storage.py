@@ -1,6 +1,6 @@
 """On-disk layout of one quantized layer, one storage per weight format of `mpsearch.planning.cost`.
 
-Every storage writes the signed integer codes `q` of `mpsearch.profiling.quant.quantize_weight` (symmetric,
+Every storage writes the signed integer codes `q` of `mpsearch.profiling.quantizers.quantize_weight` (symmetric,
 `q ∈ [-2^(b-1), 2^(b-1) - 1]` for `b` nominal bits) as unsigned codes `q + 2^(s-1)` in `s` stored bits,
 plus the fp16 per-output-channel scales (shape `[out, 1, ...]`, broadcastable to the weight as
 optimum-quanto keeps them). The code offset `2^(s-1)` is a constant of the format (recorded in the

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mpsearch.profiling.profiler import Profiler, Unit, unit_batches
+from mpsearch.profiling.engine import Profiler, Unit, unit_batches
 from mpsearch.progress import unit_bar
 from solvers.registry import Registry
 
@@ -180,7 +180,7 @@ class _Replica:
 
         from mpsearch.model import find_denoiser, load_pipeline, weights_fingerprint
         from mpsearch.profiling.metrics import METRICS
-        from mpsearch.profiling.quant import QuantSession
+        from mpsearch.profiling.session import QuantSession
         from mpsearch.profiling.store import ProfileError
 
         device = "cuda" if torch.cuda.is_available() and _gpu_ids() else "cpu"

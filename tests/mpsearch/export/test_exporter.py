@@ -23,7 +23,8 @@ from mpsearch.export.storage import get_storage
 from mpsearch.model import find_denoiser, inventory
 from mpsearch.planning.cost import model_bytes
 from mpsearch.planning.plan import LayerBits, Plan, PlanError
-from mpsearch.profiling.quant import bos_layers, fake_quant_weight
+from mpsearch.profiling.quantizers import fake_quant_weight
+from mpsearch.profiling.session import bos_layers
 
 
 def mixed_plan(inv, fmt: str, seed: int = 0, widths=(2, 3, 4, 5, 6, 8, 16)) -> Plan:
@@ -62,7 +63,7 @@ def test_pack_layout_is_little_endian_bitstream():
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
 def test_storage_decodes_the_quantizer_integers(fmt, bits):
     from mpsearch.export.exporter import weight_config
-    from mpsearch.profiling.quant import quantize_weight
+    from mpsearch.profiling.quantizers import quantize_weight
 
     storage = get_storage(fmt)
     stored = {"packed": bits, "quanto": {3: 4, 5: 8, 6: 8}.get(bits, bits)}[fmt]

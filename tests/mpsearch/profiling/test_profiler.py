@@ -1,4 +1,5 @@
-"""Profiler: options object == keywords (unknown ones refused), batched == exact, fisher ranks like exact, resume after SIGKILL, torn lines, shards, custom metrics."""
+"""Profiler: options object == keywords (unknown ones refused), batched == exact, fisher ranks like exact,
+resume after SIGKILL, torn lines, shards, custom metrics."""
 
 from __future__ import annotations
 
@@ -136,7 +137,7 @@ import sys, time
 from tests.conftest import build_tiny_pipeline
 from mpsearch.profiling.calibration import demo_prompts
 from mpsearch.profiling.metrics import register_metric, sqnr
-from mpsearch.profiling.profiler import ProfileOptions, profile
+from mpsearch.profiling.profiler import profile
 
 @register_metric("slow_sqnr", kind="quality", stage="output")
 def slow_sqnr(reference, candidate):
@@ -193,7 +194,7 @@ from pathlib import Path
 from tests.conftest import build_tiny_pipeline
 from mpsearch.profiling.calibration import demo_prompts
 from mpsearch.profiling.metrics import register_metric, sqnr
-from mpsearch.profiling.profiler import ProfileOptions, profile
+from mpsearch.profiling.profiler import profile
 
 @register_metric("held_sqnr", kind="quality", stage="output")
 def held_sqnr(reference, candidate):

@@ -57,10 +57,12 @@ class Profiler:
     """Evaluates units against a cached FP reference with a calibrated `QuantSession`."""
 
     def __init__(self, pipe, ref: cal.Reference, session: QuantSession, groups: list[list[int]], *,
-                 max_batch: int = 1024):  # fmt: skip
+                 max_batch: int = 1024, decode_batch: int | None = 64):  # fmt: skip
         self.pipe, self.ref, self.session, self.groups = pipe, ref, session, groups
         _, self.denoiser = find_denoiser(pipe)
         self.max_batch = max_batch
+        self.decode_batch = decode_batch  # images per VAE decode, across slots (None: one slot at a time)
+        self._ref_images: torch.Tensor | None = None
         self.restart = cal.restartable(pipe)
         self._fp_out: dict[int, torch.Tensor] = {}
         self._prefix_cache: dict = {}  # block outputs on full-precision rows, reused across slot batches
@@ -96,7 +98,9 @@ class Profiler:
         return [o.cpu() for o in out]
 
     # ---- image stage
-    def _images(self, units: list[Unit]) -> list[torch.Tensor]:
+    def _images(self, units: list[Unit]) -> torch.Tensor:
+        """Images `[S, N, 3, H, W]` (on the pipeline's device) sampled with each unit's layer quantized
+        during its group's steps, decoded `decode_batch` images at a time across slots."""
         g = units[0].group
         steps = self.groups[g]
         start = steps[0] if self.restart else 0
@@ -104,22 +108,34 @@ class Profiler:
         lat = self.ref.latents[start].to(self.pipe.device).repeat(S, 1, 1, 1)
         with torch.no_grad(), self.session.slots([u.config(set(steps)) for u in units]):
             lat = cal.denoise(self.pipe, self.ref, lat, start=start, n_slots=S)
-            # decoded slot by slot: the same batch shape as the one-at-a-time loop, so the same numbers
-            images = cal.decode(self.pipe, lat, batch=lat.shape[0] // S).cpu()
-        return list(images.view(S, -1, *images.shape[1:]))
+            images = cal.decode(self.pipe, lat, batch=self.decode_batch or lat.shape[0] // S)
+        return images.view(S, -1, *images.shape[1:])
+
+    def _fp_images(self, device) -> torch.Tensor:
+        """The reference's FP images on `device` (copied once)."""
+        if self._ref_images is None or self._ref_images.device != torch.device(device):
+            self._ref_images = self.ref.images.to(device)
+        return self._ref_images
 
     def evaluate(self, units: list[Unit]) -> list[dict]:
-        """Rows for units that share stage and step group, evaluated in one batch (slots)."""
+        """Rows for units that share stage and step group, evaluated in one batch (slots); each metric
+        scores every unit that asks for it in one call (`Metric.many`)."""
         stage = units[0].stage
         assert all(u.stage == stage and u.group == units[0].group for u in units)
         if stage == "output":
-            cands, ref = self._outputs(units), self.fp_output(units[0].group)
+            cands, ref = torch.stack(self._outputs(units)), self.fp_output(units[0].group)
         else:
-            cands, ref = self._images(units), self.ref.images
+            cands = self._images(units)
+            ref = self._fp_images(cands.device)
+        scores: dict[tuple[int, str], tuple[float, float]] = {}
+        for name in dict.fromkeys(m for u in units for m in u.metrics):
+            idx = [i for i, u in enumerate(units) if name in u.metrics]
+            got = get_metric(name).many(ref, cands[idx], prompts=self.ref.prompts)
+            scores.update({(i, name): r for i, r in zip(idx, got, strict=True)})
         rows = []
-        for u, cand in zip(units, cands, strict=True):
+        for i, u in enumerate(units):
             for name in u.metrics:
-                value, deg = get_metric(name)(ref, cand, prompts=self.ref.prompts)
+                value, deg = scores[i, name]
                 rows.append({"layer": u.layer, "tensor": u.tensor, "bits": u.bits, "metric": name,
                              "step_group": u.group, "value": value, "degradation": deg})  # fmt: skip
         return rows

@@ -62,6 +62,7 @@ class Profiler:
         _, self.denoiser = find_denoiser(pipe)
         self.max_batch = max_batch
         self.decode_batch = decode_batch  # images per VAE decode, across slots (None: one slot at a time)
+        self.image_slots: int | None = None  # at most this many slots per image batch (a memory plan's)
         self._ref_images: torch.Tensor | None = None
         self.restart = cal.restartable(pipe)
         self._fp_out: dict[int, torch.Tensor] = {}
@@ -122,6 +123,9 @@ class Profiler:
         scores every unit that asks for it in one call (`Metric.many`)."""
         stage = units[0].stage
         assert all(u.stage == stage and u.group == units[0].group for u in units)
+        k = self.image_slots
+        if stage == "image" and k and len(units) > k:  # a memory plan's smaller image batches
+            return [r for i in range(0, len(units), k) for r in self.evaluate(units[i : i + k])]
         if stage == "output":
             cands, ref = torch.stack(self._outputs(units)), self.fp_output(units[0].group)
         else:
@@ -141,8 +145,10 @@ class Profiler:
         return rows
 
     # ---- fisher
-    def fisher(self, layers: Sequence[str], tensors: Sequence[str], *, seed: int = 0, samples: int = 1) -> list[dict]:
-        """Gradient proxy for every (layer, tensor, bits, step group) from one backward pass per chunk."""
+    def fisher(self, layers: Sequence[str], tensors: Sequence[str], *, seed: int = 0, samples: int = 1,
+               rows: int | None = None) -> list[dict]:  # fmt: skip
+        """Gradient proxy for every (layer, tensor, bits, step group) from one backward pass per chunk of
+        `max_batch` rows (`rows`: only the first chunk of that many rows, as the memory probe measures)."""
         sess, ref = self.session, self.ref
         cands = {t: sess.candidates.of(t) for t in tensors}
         G = len(self.groups)
@@ -165,23 +171,24 @@ class Profiler:
                         a = acc.setdefault((st.name, t, b), torch.zeros(G, dtype=torch.float64))
                         a.index_add_(0, state["groups"], s)
 
-        rows_all = torch.arange(ref.n_rows)
+        rows_all = torch.arange(ref.n_rows) if rows is None else torch.arange(rows) % ref.n_rows
+        chunk = self.max_batch if rows is None else rows
         gen = torch.Generator().manual_seed(seed)
         was = [p.requires_grad for p in self.denoiser.parameters()]
         self.denoiser.requires_grad_(False)
         sess._fisher = hook
         sess._fisher_anchor = torch.zeros((), requires_grad=True, device=self.pipe.device)
         try:
-            for i in range(0, ref.n_rows, self.max_batch):
-                rows = rows_all[i : i + self.max_batch]
-                state["groups"] = group_of_step[rows // ref.rows_per_step]
+            for i in range(0, len(rows_all), chunk):
+                batch = rows_all[i : i + chunk]
+                state["groups"] = group_of_step[batch // ref.rows_per_step]
                 for _ in range(samples):
                     with torch.enable_grad():
-                        y = ref.forward(self.denoiser, rows)
+                        y = ref.forward(self.denoiser, batch)
                         r = torch.randn(y.shape, generator=gen).to(y.device)
                         (y * r).sum().backward()
                 with torch.no_grad():
-                    y0 = ref.outputs.flatten(0, 1)[rows].double()
+                    y0 = ref.outputs.flatten(0, 1)[batch].double()
                     signal.index_add_(0, state["groups"], y0.pow(2).flatten(1).sum(1))
         finally:
             sess._fisher, sess._fisher_anchor = None, None

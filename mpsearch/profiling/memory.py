@@ -130,56 +130,64 @@ def line_of(measure: Callable[[int], int], a: int = 2, b: int = 4) -> Line:
 @dataclass(frozen=True)
 class MemoryModel:
     """Predicted peak bytes of each kind of work: `fixed` (weights, reference and caches already on the
-    device) plus its line in rows (`forward`: denoiser rows per call without gradients; `fisher`: rows
+    device) plus the fake-quant weight cache plus its line in rows (`forward`: denoiser rows per call without gradients; `fisher`: rows
     per forward + backward; `decode`: images per VAE decode)."""
 
     fixed: int
     lines: dict[str, Line]
+    weight_cache: int = 0  # bytes of every candidate's fake-quant weights, cached (within a plan's limit)
 
-    def peak(self, kind: str, rows: int) -> int:
-        return self.fixed + self.lines[kind].at(rows)
+    def peak(self, kind: str, rows: int, weight_cache: int | None = None) -> int:
+        cache = self.weight_cache if weight_cache is None else weight_cache
+        return self.fixed + cache + self.lines[kind].at(rows)
 
     def to_dict(self) -> dict:
-        return {"fixed": self.fixed, **{k: {"base": v.base, "per_row": v.per_row} for k, v in self.lines.items()}}
+        return {"fixed": self.fixed, "weight_cache": self.weight_cache,
+                **{k: {"base": v.base, "per_row": v.per_row} for k, v in self.lines.items()}}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class MemoryPlan:
     """Batches that fit: `max_batch` denoiser rows per output forward (and per Fisher chunk),
     `image_slots` slots per image batch, `decode_batch` images per decode, `cache_limit` bytes of
-    prefix cache; `predicted` peak bytes of each kind at those sizes."""
+    prefix cache, `weight_cache_limit` bytes of cached fake-quant weights; `predicted` peak bytes of each
+    kind at those sizes."""
 
     max_batch: int
     image_slots: int
     decode_batch: int
     cache_limit: int
+    weight_cache_limit: int
     predicted: dict[str, int]
 
 
 def fit(model: MemoryModel, max_bytes: int, *, rows_per_step: int, max_batch: int, slots: int, fisher: bool,
         images: bool, decode_batch: int = 64) -> MemoryPlan:  # fmt: skip
-    """The largest batches (up to the requested ones) whose predicted peak stays within `max_bytes`; a
-    quarter of what is left beside the largest batch (at most 2 GiB) goes to the slot prefix cache.
-    ValueError (one line, naming what the smallest batch needs) when it does not fit: one row (Fisher,
-    output measurements) and, for image measurements, one step of rows (one slot) and one decoded image."""
-    room = max_bytes - model.fixed
+    """The largest batches (up to the requested ones) whose predicted peak stays within `max_bytes`.
+
+    What is left beside the weights goes first to the smallest workable batch (one row for Fisher and
+    output measurements; one step of rows, one slot, and one decoded image for image measurements), then
+    to the fake-quant weight cache (up to half of the rest; uncached widths are computed at each use),
+    then to the batches; a quarter of what remains (at most 2 GiB) is the slot prefix cache. ValueError
+    in one line naming what the smallest batch needs when even that does not fit."""
     kind = "fisher" if fisher else "forward"
-    rows = min(max_batch, model.lines[kind].rows_within(room))
     least = 1 if fisher or not images else rows_per_step
-    decoded = min(decode_batch, model.lines["decode"].rows_within(room)) if images else 1
-    if rows < least or decoded < 1:
-        need = max(model.peak(kind, least), model.peak("decode", 1) if images else 0)
-        what = "one row" if least == 1 else f"one slot ({least} rows per step)"
+    need = max(model.peak(kind, least, 0), model.peak("decode", 1, 0) if images else 0)
+    if need > max_bytes:
+        what = "one row" if least == 1 else f"one slot ({least} rows per step) and one decoded image"
         raise ValueError(f"--max-memory {_gib(max_bytes)}: nothing fits; the smallest batch needs {_gib(need)} "
-                         f"(weights and reference {_gib(model.fixed)}, {what} and one decoded image "
-                         f"{_gib(need - model.fixed)})")  # fmt: skip
+                         f"(weights {_gib(model.fixed)}, {what} {_gib(need - model.fixed)})")  # fmt: skip
+    wcache = min(model.weight_cache, (max_bytes - need) // 2)
+    room = max_bytes - model.fixed - wcache
+    rows = max(least, min(max_batch, model.lines[kind].rows_within(room)))
+    decoded = max(1, min(decode_batch, model.lines["decode"].rows_within(room))) if images else 1
     image_slots = max(1, min(slots, rows // rows_per_step))
     cache = int(min(2 * 1024**3, max(0, room - model.lines[kind].at(rows)) // 4))
-    predicted = {kind: model.peak(kind, rows) + (0 if fisher else cache)}
+    predicted = {kind: model.peak(kind, rows, wcache) + (0 if fisher else cache)}
     if images:
-        predicted["image"] = model.peak("forward", image_slots * rows_per_step)
-        predicted["decode"] = model.peak("decode", decoded)
-    return MemoryPlan(rows, image_slots, decoded, cache, predicted)
+        predicted["image"] = model.peak("forward", image_slots * rows_per_step, wcache)
+        predicted["decode"] = model.peak("decode", decoded, wcache)
+    return MemoryPlan(rows, image_slots, decoded, cache, wcache, predicted)
 
 
 def probe(prof: Profiler, *, fisher: bool, images: bool, layers: list[str] = (), tensors: tuple[str, ...] = ("weight",)
@@ -202,13 +210,17 @@ def probe(prof: Profiler, *, fisher: bool, images: bool, layers: list[str] = (),
         with torch.no_grad():
             return peak_bytes(lambda: decode_images(pipe, lat, batch=k), device)
 
-    lines = {"forward": line_of(forward)}
-    lines["fisher"] = line_of(backward) if fisher else lines["forward"]
-    lines["decode"] = line_of(decode) if images else Line(0, 0)
-    fixed = resident_bytes(pipe, device) + weight_cache_bytes(prof.session)
+    saved, prof.session.weight_cache_limit = prof.session.weight_cache_limit, 0  # cache nothing while probing
+    try:
+        lines = {"forward": line_of(forward)}
+        lines["fisher"] = line_of(backward) if fisher else lines["forward"]
+        lines["decode"] = line_of(decode) if images else Line(0, 0)
+    finally:
+        prof.session.weight_cache_limit = saved
+    fixed = resident_bytes(pipe, device)
     if images and device.type != "cpu":
         fixed += ref.images.numel() * 4  # the FP images, copied to the device for the image metrics
-    return MemoryModel(fixed, lines)
+    return MemoryModel(fixed, lines, weight_cache_bytes(prof.session))
 
 
 def weight_cache_bytes(session) -> int:

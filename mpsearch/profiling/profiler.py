@@ -378,10 +378,11 @@ def _fit_memory(run: _Run, prof: Profiler, log: Callable[[str], None]) -> None:
     plan = fit(model, parse_bytes(opts.max_memory), rows_per_step=run.ref.rows_per_step, max_batch=opts.max_batch,
                slots=slots, fisher=fisher, images=images)  # fmt: skip
     prof.max_batch, prof.decode_batch, prof.image_slots = plan.max_batch, plan.decode_batch, plan.image_slots
-    prof.session.cache_limit = plan.cache_limit
+    prof.session.cache_limit, prof.session.weight_cache_limit = plan.cache_limit, plan.weight_cache_limit
     peak = max(plan.predicted.values())
     log(f"memory plan for {opts.max_memory}: {plan.max_batch} rows per forward, {plan.image_slots} image slots, "
-        f"{plan.decode_batch} images per decode; predicted peak {peak / 2**30:.2f} GiB")  # fmt: skip
+        f"{plan.decode_batch} images per decode, {plan.weight_cache_limit / 2**30:.2f} of "
+        f"{model.weight_cache / 2**30:.2f} GiB fake-quant weights cached; predicted peak {peak / 2**30:.2f} GiB")  # fmt: skip
 
 
 def _run_prune(prof: Profiler, store, units, metrics, log) -> None:

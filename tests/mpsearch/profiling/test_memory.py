@@ -65,7 +65,7 @@ def test_probed_model_predicts_measured_peaks(prof):
     weights = sum(p.numel() * p.element_size() for c in prof.pipe.components.values()
                   if isinstance(c, torch.nn.Module) for p in [*c.parameters(), *c.buffers()])  # fmt: skip
     cache = sum(st.module.weight.numel() * 4 for st in prof.session.layers.values())  # 1 weight candidate
-    assert model.fixed == weights + cache
+    assert (model.fixed, model.weight_cache) == (weights, cache)
 
 
 def test_fit_chunks_to_the_ceiling_and_refuses_in_one_line():
@@ -76,6 +76,9 @@ def test_fit_chunks_to_the_ceiling_and_refuses_in_one_line():
     plan = fit(model, 1000 + 100 + 10 * 12, rows_per_step=4, max_batch=1024, slots=8, fisher=False, images=True)
     assert (plan.max_batch, plan.image_slots) == (12, 3)
     assert fit(model, 1000 + 100 + 50 * 3, rows_per_step=4, max_batch=2, slots=8, fisher=True, images=False).max_batch == 2
+    cached = MemoryModel(1000, model.lines, weight_cache=300)
+    plan = fit(cached, 1000 + 140 + 200, rows_per_step=4, max_batch=1024, slots=8, fisher=False, images=True)
+    assert plan.weight_cache_limit == 100 and plan.max_batch == 14  # half of what one slot leaves, then rows
     with pytest.raises(ValueError, match=r"^--max-memory .*: nothing fits; the smallest batch needs") as e:
         fit(model, 1000 + 100 + 10 * 3, rows_per_step=4, max_batch=1024, slots=8, fisher=False, images=True)
     assert "\n" not in str(e.value)

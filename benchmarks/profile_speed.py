@@ -68,7 +68,7 @@ def prefix_bound(pipe, ref, units: list[Unit], inv) -> float:
     mods = {m: n for n, m in denoiser.named_modules() if n in inv}
     hooks = [m.register_forward_pre_hook(lambda m, a: order.append(mods[m])) for m in mods]
     with torch.no_grad():
-        ref.forward(denoiser, torch.arange(2))
+        ref.forward(denoiser, torch.arange(min(2, ref.n_rows)))
     for h in hooks:
         h.remove()
     macs = np.array([inv[n].macs for n in order], dtype=float)

@@ -44,8 +44,11 @@ def profile(
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
     guidance_rescale: Annotated[float, typer.Option(help="SD/SDXL's CFG rescale factor (0 = off).")] = 0.0,
     step_groups: Annotated[str, typer.Option(help="auto | N (TMPQ-DM quadratic grouping into N).")] = "auto",
-    mode: Annotated[str, typer.Option(help="exact | batched (slot batching, same numbers) | fisher (proxy).")] = "exact",
+    mode: Annotated[str, typer.Option(help="batched (slot batching, the same numbers as exact) | exact "
+                                          "(one at a time) | fisher (proxy).")] = "batched",
     slots: Annotated[int, typer.Option(help="Perturbations per batched forward (--mode batched).")] = 8,
+    max_memory: Annotated[str | None, typer.Option(help="Peak memory ceiling on the device, e.g. 22GiB: rows, "
+                                                   "slots and decodes are chunked to fit.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Profile folder (resumed when it exists).")] = Path("profiles/demo"),
     shard: Annotated[str | None, typer.Option(help="i/n: measure every n-th evaluation from the i-th.")] = None,
     all_metrics: Annotated[bool, typer.Option("--all-metrics", help="Every layer on every metric.")] = False,
@@ -85,7 +88,7 @@ def profile(
         prompts=prompts, n_prompts=n_prompts, seed=seed, steps=steps, guidance=guidance,
         guidance_rescale=guidance_rescale,
         step_groups=int(step_groups) if step_groups.isdigit() else step_groups, mode=mode, slots=slots,
-        shard=shard, all_metrics=all_metrics, layers=layers, bos_aware=bos_aware,
+        max_memory=max_memory, shard=shard, all_metrics=all_metrics, layers=layers, bos_aware=bos_aware,
         split_shortcut=split_shortcut, progressive=progressive, device=device, progress=True,
         log=_log, backend=backend, address=address, workers=workers,
     )  # fmt: skip

@@ -5,8 +5,8 @@ Quality layers are measured on quality metrics and content layers on content met
 metric-decoupled analysis); `all_metrics=True` measures every pair. Modes:
 
 - `exact`: the naive loop, one evaluation per (layer, tensor, bits, step group).
-- `batched`: slot batching, several single-layer perturbations in one batched forward (slot `s` of the
-  batch has layer `s` quantized); the same numbers as `exact`.
+- `batched` (the default): slot batching, several single-layer perturbations in one batched forward (slot
+  `s` of the batch has layer `s` quantized); the same numbers as `exact` (tested bitwise on CPU).
 - `fisher`: one forward + backward over the calibration inputs scores every layer × tensor × bits
   (ModelOpt auto_quantize's gradient proxy): with `r ~ N(0, I)` on the denoiser output, `(rᵀ J ΔY)²`
   estimates the output noise power `‖J ΔY‖²` of the perturbation `ΔY` at the layer's output, so metric
@@ -107,8 +107,10 @@ class ProfileOptions(VerbOptions):
     (Q-Diffusion's split-shortcut activation ranges), `progressive` (PCR's per-step activation
     calibration), `weight_cfg` / `act_cfg` (quantizer settings; default `WeightQuantConfig()` /
     `ActQuantConfig()`).
-    How: `mode`, exact | batched | fisher; `slots`, perturbations per batched forward; `max_batch`, rows
-    per denoiser forward; `shard`, 'i/n' (every n-th evaluation from the i-th); `device`; `cache`, keep the
+    How: `mode`, exact | batched (default; the same numbers as exact) | fisher; `slots`, perturbations per
+    batched forward; `max_batch`, rows per denoiser forward; `max_memory`, a ceiling on the profiler's peak
+    memory on its device ('22GiB', '24GB' or bytes): rows, slots and decodes are chunked to fit it by a
+    measured model of the peak (`mpsearch.profiling.memory`), refused in one line when nothing fits; `shard`, 'i/n' (every n-th evaluation from the i-th); `device`; `cache`, keep the
     FP reference in `out/cache`; `backend`, where measurements run, 'local' or 'ray' (`address`: the Ray
     cluster, `workers`: actors; see `mpsearch.profiling.backends`), every backend storing the same rows.
     Reporting: `progress`, a rich bar on stderr; `log`, where one-line notes go.
@@ -127,7 +129,7 @@ class ProfileOptions(VerbOptions):
     guidance_rescale: float = 0.0
     resolution: int | None = None
     step_groups: int | str | list[list[int]] = "auto"
-    mode: str = "exact"
+    mode: str = "batched"
     slots: int = 8
     shard: str | tuple[int, int] | None = None
     all_metrics: bool = False
@@ -140,6 +142,7 @@ class ProfileOptions(VerbOptions):
     act_cfg: ActQuantConfig | None = None
     device: str = "cpu"
     max_batch: int = 1024
+    max_memory: str | int | None = None
     cache: bool = True
     progress: bool = False
     log: Callable[[str], None] | None = None
@@ -194,6 +197,10 @@ def _checked(opts: ProfileOptions) -> Callable[[Any], None]:
     if opts.prune and opts.mode == "fisher":
         raise ValueError("prune: unit scores are measured, not estimated; use mode exact or batched")
     parse_shard(opts.shard)
+    if opts.max_memory is not None:
+        from mpsearch.profiling.memory import parse_bytes
+
+        parse_bytes(opts.max_memory)
     return run_units
 
 
@@ -345,6 +352,8 @@ def _measure(run: _Run, session: QuantSession, store, units: list | None, run_un
     else:
         session.timesteps = list(run.ref.timesteps)
     prof = Profiler(run.pipe, run.ref, session, run.groups, max_batch=opts.max_batch)
+    if opts.max_memory is not None:
+        _fit_memory(run, prof, log)
     if units is not None:
         _run_prune(prof, store, units, run.metrics, log)
     if opts.mode == "fisher":
@@ -356,6 +365,24 @@ def _measure(run: _Run, session: QuantSession, store, units: list | None, run_un
     missing = [u for u in todo if any((u.layer, u.tensor, u.bits, m, u.group) not in store.done for m in u.metrics)]
     log(f"{len(todo)} evaluations in this shard, {len(todo) - len(missing)} already stored")
     run_units(Job(prof, store, missing, 1 if opts.mode == "exact" else opts.slots, run.model, opts.progress, log))
+
+
+def _fit_memory(run: _Run, prof: Profiler, log: Callable[[str], None]) -> None:
+    """Chunk rows, image slots, decodes and the prefix cache to fit `max_memory` (see `memory.fit`)."""
+    from mpsearch.profiling.memory import fit, parse_bytes, probe
+
+    opts, fisher = run.opts, run.opts.mode == "fisher"
+    images = any(m.stage == "image" for m in run.metrics)
+    model = probe(prof, fisher=fisher, images=images, layers=[l.name for l in run.layers], tensors=tuple(run.tensors))
+    slots = 1 if opts.mode == "exact" else opts.slots
+    plan = fit(model, parse_bytes(opts.max_memory), rows_per_step=run.ref.rows_per_step, max_batch=opts.max_batch,
+               slots=slots, fisher=fisher, images=images)  # fmt: skip
+    prof.max_batch, prof.decode_batch, prof.image_slots = plan.max_batch, plan.decode_batch, plan.image_slots
+    prof.session.cache_limit, prof.session.weight_cache_limit = plan.cache_limit, plan.weight_cache_limit
+    peak = max(plan.predicted.values())
+    log(f"memory plan for {opts.max_memory}: {plan.max_batch} rows per forward, {plan.image_slots} image slots, "
+        f"{plan.decode_batch} images per decode, {plan.weight_cache_limit / 2**30:.2f} of "
+        f"{model.weight_cache / 2**30:.2f} GiB fake-quant weights cached; predicted peak {peak / 2**30:.2f} GiB")  # fmt: skip
 
 
 def _run_prune(prof: Profiler, store, units, metrics, log) -> None:

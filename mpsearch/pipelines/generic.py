@@ -16,6 +16,7 @@ class Generic(PipelineAdapter):
     name = "generic"
 
     def dummy_inputs(self, denoiser: nn.Module, resolution: int, text_len: int, *, batch: int = 1,
-                     device: Any = None) -> dict[str, Any]:  # fmt: skip
+                     device: Any = None, vae_scale: int = 8) -> dict[str, Any]:  # fmt: skip
         like = "pixart" if "Transformer" in type(denoiser).__name__ else "sdxl" if is_text_time(denoiser) else "sd"
-        return ADAPTERS.lookup(like).dummy_inputs(denoiser, resolution, text_len, batch=batch, device=device)
+        return ADAPTERS.lookup(like).dummy_inputs(denoiser, resolution, text_len, batch=batch, device=device,
+                                                         vae_scale=vae_scale)

@@ -23,10 +23,10 @@ class PixArt(PipelineAdapter):
     single_file = {"pixart": "PixArtAlphaPipeline"}
 
     def dummy_inputs(self, denoiser: nn.Module, resolution: int, text_len: int, *, batch: int = 1,
-                     device: Any = None) -> dict[str, Any]:  # fmt: skip
+                     device: Any = None, vae_scale: int = 8) -> dict[str, Any]:  # fmt: skip
         cfg = denoiser.config
         device = device or next(denoiser.parameters()).device
-        side = resolution // 8
+        side = resolution // vae_scale
         text_dim = cfg.caption_channels or cfg.cross_attention_dim
         added = {"resolution": torch.zeros(batch, 2, device=device), "aspect_ratio": torch.zeros(batch, 1, device=device)}
         return {"hidden_states": torch.zeros(batch, cfg.in_channels, side, side, device=device),

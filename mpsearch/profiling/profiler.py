@@ -147,7 +147,8 @@ class Profiler:
         steps = self.groups[g]
         start = steps[0] if self.restart else 0
         S = len(units)
-        lat = self.ref.latents[start].to(self.pipe.device).repeat(S, 1, 1, 1)
+        lat = self.ref.latents[start].to(self.pipe.device)
+        lat = lat.repeat(S, *([1] * (lat.dim() - 1)))  # packed latents (Flux) are [N, tokens, C]
         with torch.no_grad(), self.session.slots([u.config(set(steps)) for u in units]):
             lat = cal.denoise(self.pipe, self.ref, lat, start=start, n_slots=S)
             # decoded slot by slot: the same batch shape as the one-at-a-time loop, so the same numbers
@@ -404,7 +405,7 @@ def profile(
                     session.calibrate(ref, progressive=progressive)
                     log(f"calibrated activation ranges in {time.perf_counter() - t0:.1f} s")
                 else:
-                    session.timesteps = list(ref.timesteps)
+                    session.timesteps = ref.model_timesteps  # as the denoiser gets them
                 prof = Profiler(pipe, ref, session, groups, max_batch=max_batch)
                 if prune:
                     _run_prune(prof, store, units, metric_objs, log)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from mpsearch.pipelines import adapter_for
+from mpsearch.pipelines.timesteps import step_indices
 
 
 @dataclass(frozen=True)
@@ -451,7 +452,7 @@ class QuantSession:
         activation bit-width, each fitted on a trajectory whose earlier steps ran quantized at that width."""
         from mpsearch.profiling.calibration import progressive_ranges
 
-        self.timesteps = list(calib.timesteps)
+        self.timesteps = list(getattr(calib, "model_timesteps", calib.timesteps))  # as the denoiser gets them
         for st in self.layers.values():
             st._obs = {}
         n = calib.n_rows
@@ -484,9 +485,8 @@ class QuantSession:
         if self.timesteps is None or t is None:
             self._step, self._row_steps = None, None
             return
-        index = {int(v): i for i, v in enumerate(self.timesteps)}
         tt = torch.as_tensor(t).reshape(-1)
-        steps = [index.get(int(v)) for v in tt.tolist()]
+        steps = step_indices(self.timesteps, tt.tolist())  # Flux passes t / 1000: matched by value, not int()
         if any(s is None for s in steps):
             self._step, self._row_steps = None, None
             return

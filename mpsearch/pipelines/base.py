@@ -81,6 +81,8 @@ class PipelineAdapter:
     group_note: ClassVar[str] = MIXDQ_NOTE
     single_file: ClassVar[dict[str, str]] = {}  # diffusers single-file model type prefix → pipeline class
     bos_pattern: ClassVar[str | None] = BOS_PATTERN
+    unit_lists: ClassVar[tuple[str, ...]] = ()  # a DiT's top-level block lists whose entries are prunable units
+    pair_blocks: ClassVar[tuple[str, ...]] = ()  # block classes returning (encoder_hidden_states, hidden_states)
 
     def claims(self, obj: Any) -> bool:
         """Whether this adapter is the one for `obj` whatever its class (checked before class names)."""
@@ -180,12 +182,16 @@ class PipelineAdapter:
         return [n for n, m in denoiser.named_modules() if isinstance(m, nn.Linear) and re.search(self.bos_pattern, n)]
 
     def unit_kind(self, name: str, module: nn.Module) -> str | None:
-        """The kind of prunable unit `module` is ("transformer", "transformer_block", "resnet", or a DiT's
-        "dit_block"), or None."""
-        return blocks.unit_kind(name, module)
+        """The kind of prunable unit `module` is ("transformer", "transformer_block", "resnet", or "dit_block":
+        an entry of one of the family's `unit_lists`), or None."""
+        return blocks.block_list_unit(name, self.unit_lists) or blocks.unit_kind(name, module)
 
     def stand_in(self, module: nn.Module) -> nn.Module:
         """The module that replaces a removed unit (returns its input, in the structure diffusers expects)."""
+        if type(module).__name__ in self.pair_blocks:
+            return blocks.PrunedJointBlock()
+        if self.unit_lists and type(module).__name__ not in ("Transformer2DModel", "ResnetBlock2D"):
+            return blocks.PrunedTransformerBlock()
         return blocks.stand_in(module)
 
     def feature_blocks(self, denoiser: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -196,6 +202,13 @@ class PipelineAdapter:
             out += [("mid_block", denoiser.mid_block)] if denoiser.mid_block is not None else []
             return out + [(f"up_blocks.{i}", b) for i, b in enumerate(denoiser.up_blocks)]
         return [(n, m) for n, m in denoiser.named_modules() if self.unit_kind(n, m) is not None]
+
+    def block_feature(self, module: nn.Module, output: Any) -> torch.Tensor:
+        """The feature of a block's output that distillation matches: the image stream of a two-stream
+        block (`(encoder_hidden_states, hidden_states)`), else the first output."""
+        if type(module).__name__ in self.pair_blocks or isinstance(module, blocks.PrunedJointBlock):
+            return output[1]
+        return output[0] if isinstance(output, tuple) else output
 
 
 ADAPTERS: Registry[PipelineAdapter] = Registry("pipeline adapter")

@@ -17,6 +17,7 @@ timesteps. diffusers schedulers differ here (read from their `set_timesteps`, di
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 from collections.abc import Iterator, Sequence
@@ -184,6 +185,7 @@ def pinned_scheduler(scheduler: Any, timesteps: Sequence[int | float], sigmas: S
     if sigmas is not None and len(sigmas) != len(ts):
         raise TimestepError(f"{len(ts)} timesteps but {len(sigmas)} sigmas")
 
+    @functools.wraps(type(base).set_timesteps)  # its signature: pipelines check it for sigmas= / timesteps=
     def set_timesteps(self, *args, **kwargs) -> None:
         device = kwargs.get("device")
         if not flow:

@@ -35,6 +35,7 @@ say what a recording cannot:
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -117,7 +118,11 @@ class PipelineAdapter:
         return out
 
     def text_len(self, pipe: Any) -> int:
-        """Text tokens of one denoiser call (for MACs): the tokenizer's length, else CLIP's 77."""
+        """Text tokens of one denoiser call (for MACs): the pipeline's default `max_sequence_length` (T5 and
+        Gemma pipelines pad to it), else the tokenizer's length, else CLIP's 77."""
+        param = inspect.signature(pipe).parameters.get("max_sequence_length") if callable(pipe) else None
+        if param is not None and isinstance(param.default, int):
+            return param.default
         tokenizer = getattr(pipe, "tokenizer", None)
         return int(tokenizer.model_max_length) if tokenizer is not None else 77
 

@@ -174,14 +174,13 @@ def kept_scheduler(scheduler: Any) -> Any:
 def pinned_scheduler(scheduler: Any, timesteps: Sequence[int | float], sigmas: Sequence[float] | None = None) -> Any:
     """A scheduler like `scheduler` whose `set_timesteps(...)`, however the pipeline calls it, samples at
     `timesteps`: through `timesteps=` where the scheduler takes them (`kept_scheduler`), else (flow
-    matching) by running the pipeline's own call and then keeping `timesteps` with `sigmas` (default
-    `t / T`, which flow-match Euler's timesteps are up to one float32 rounding)."""
+    matching) by running the pipeline's own call and then keeping `timesteps` with `sigmas`. Without
+    `sigmas`: those of the scheduler's own schedule with the fewest steps that holds every kept timestep
+    (exact for schedules the pipeline leaves to the scheduler: SD3, AuraFlow, Sana), else (Flux, Lumina 2,
+    whose pipelines pass their own sigmas) `t / T`, which a flow-match timestep is up to one float32 rounding."""
     base = kept_scheduler(scheduler)
     ts = list(timesteps)
     flow = not native(base) and not isinstance(base, KeptStepsDDIMScheduler)
-    if flow and sigmas is None and type(base).__name__ != "FlowMatchEulerDiscreteScheduler":
-        raise TimestepError(f"{type(base).__name__} rounds its flow timesteps: the sigma of a kept timestep comes "
-                            "from the schedule of the pool it was kept from; pass pool= (the plan's pool)")
     if sigmas is not None and len(sigmas) != len(ts):
         raise TimestepError(f"{len(ts)} timesteps but {len(sigmas)} sigmas")
 
@@ -191,8 +190,7 @@ def pinned_scheduler(scheduler: Any, timesteps: Sequence[int | float], sigmas: S
         if not flow:
             return type(base).set_timesteps(self, timesteps=ts, device=device)
         type(base).set_timesteps(self, *args, **kwargs)  # state the pipeline's own call sets (e.g. Flux's mu)
-        T = self.config.num_train_timesteps
-        sig = sigmas if sigmas is not None else [float(np.float32(float(t) / T)) for t in ts]
+        sig = sigmas if sigmas is not None else _own_sigmas(self, ts, kwargs.get("mu"))
         self.timesteps = torch.tensor(ts, dtype=self.timesteps.dtype, device=self.timesteps.device)
         last = self.sigmas[-1:].to(torch.float32)
         self.sigmas = torch.cat([torch.tensor(sig, dtype=torch.float32, device=last.device), last])
@@ -201,6 +199,26 @@ def pinned_scheduler(scheduler: Any, timesteps: Sequence[int | float], sigmas: S
 
     cls = type(f"Pinned{type(base).__name__}", (type(base),), {"set_timesteps": set_timesteps})
     return cls.from_config(base.config)
+
+
+def _own_sigmas(scheduler: Any, ts: list[int | float], mu: float | None) -> list[float]:
+    """Sigmas of `ts` in the scheduler's own schedule with the fewest steps that holds them all; else `t / T`
+    (flow-match Euler) or `TimestepError` (flow DPM-Solver, whose rounded timesteps do not give their sigma)."""
+    import copy
+
+    probe = copy.deepcopy(scheduler)
+    cls = type(scheduler).__mro__[1]  # the scheduler's own class, under the pinned one
+    extra = {"mu": mu} if mu is not None else {}
+    for n in range(len(ts), scheduler.config.num_train_timesteps + 1):
+        cls.set_timesteps(probe, num_inference_steps=n, **extra)
+        table = {_number(t): float(s) for t, s in zip(probe.timesteps, probe.sigmas, strict=False)}
+        if all(t in table for t in ts):
+            return [table[t] for t in ts]
+    if type(scheduler).__name__ != "PinnedFlowMatchEulerDiscreteScheduler":
+        raise TimestepError(f"{cls.__name__}: no schedule of its own holds the timesteps {ts}; pass pool= (the "
+                            "plan's pool) to read their sigmas")  # fmt: skip
+    T = scheduler.config.num_train_timesteps
+    return [float(np.float32(float(t) / T)) for t in ts]
 
 
 def schedule_table(pipe: Any, steps: int, resolution: int | None = None) -> dict[int | float, float]:

@@ -321,7 +321,7 @@ def _observe(meta: nn.Module, resolution: int, text_len: int, vae_scale: int) ->
 
     handles = [m.register_forward_hook(hook) for m in names]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), adapter_for(meta).on_meta(meta):
             meta(**dummy_inputs(meta, resolution, text_len, device="meta", vae_scale=vae_scale))
     except (TypeError, AttributeError, RuntimeError, ValueError) as e:
         raise ModelError(f"{type(meta).__name__}: cannot run its forward on dummy inputs ({type(e).__name__}: {e}); "

@@ -35,6 +35,7 @@ say what a recording cannot:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 from collections.abc import Sequence
@@ -116,6 +117,11 @@ class PipelineAdapter:
         if getattr(cfg, "time_cond_proj_dim", None):  # LCM/TCD: the guidance embedding
             out["timestep_cond"] = torch.zeros(batch, cfg.time_cond_proj_dim, device=device)
         return out
+
+    def on_meta(self, denoiser: nn.Module) -> contextlib.AbstractContextManager:
+        """Context for running `denoiser` on the meta device with `dummy_inputs` (a family whose forward
+        reads tensor values, e.g. Lumina 2's mask lengths, patches that here)."""
+        return contextlib.nullcontext()
 
     def text_len(self, pipe: Any) -> int:
         """Text tokens of one denoiser call (for MACs): the pipeline's default `max_sequence_length` (T5 and

@@ -294,6 +294,11 @@ class _LayerQuant:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sess = self.session
+        B = sess._call_batch
+        if B and not sess._in_sub and not self.conv and x.dim() >= 2 and x.shape[0] != B and x.shape[0] % B == 0:
+            # rows of several samples flattened together (HunyuanDiT's T5 projection): batch-first again, so
+            # slots, per-row ranges and Fisher rows see one row per sample
+            return self.forward(x.view(B, -1, *x.shape[1:])).flatten(0, 1)
         if sess._collect is not None:
             self.observe(x[:, 1:] if self.bos and x.dim() == 3 and x.shape[1] > 1 else x, sess._collect_step)
             return self.module._mpsearch_orig_forward(x)
@@ -376,6 +381,7 @@ class QuantSession:
         self._containers: dict[str, torch.nn.Module] = {}
         self._step: int | None = None
         self._row_steps: torch.Tensor | None = None
+        self._call_batch: int | None = None  # rows of the current denoiser call
         self._collect = None
         self._collect_step: int | None = None
         self._fisher = None
@@ -481,6 +487,8 @@ class QuantSession:
         return self._plan.get(name, (None, None))
 
     def _on_call(self, module, args, kwargs):
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        self._call_batch = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() else None
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         if self.timesteps is None or t is None:
             self._step, self._row_steps = None, None

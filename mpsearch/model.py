@@ -337,12 +337,14 @@ def count_macs(denoiser: nn.Module, resolution: int, text_len: int, vae_scale: i
     return _observe(_meta(denoiser), resolution, text_len, vae_scale)[0]
 
 
-def layer_streams(denoiser: nn.Module, resolution: int, text_len: int, vae_scale: int = 8) -> dict[str, str]:
-    """What each quantizable layer's input holds, measured: its input length at `resolution` and at twice
-    that (four times the image tokens). Unchanged: "text" tokens; four times: "image" tokens (or pixels);
-    in between: "joint" (text and image tokens in one sequence); no token axis: "other"."""
+def layer_streams(denoiser: nn.Module, resolution: int, text_len: int, vae_scale: int = 8, *,
+                  lengths: dict[str, int] | None = None) -> dict[str, str]:  # fmt: skip
+    """What each quantizable layer's input holds, measured: its input length at `resolution` (`lengths`,
+    when `_observe` already measured them) and at twice that (four times the image tokens). Unchanged:
+    "text" tokens; four times: "image" tokens (or pixels); in between: "joint" (text and image tokens in
+    one sequence); no token axis: "other"."""
     meta = _meta(denoiser)
-    _, one = _observe(meta, resolution, text_len, vae_scale)
+    one = lengths if lengths is not None else _observe(meta, resolution, text_len, vae_scale)[1]
     _, two = _observe(meta, 2 * resolution, text_len, vae_scale)
     out = {}
     for name, a in one.items():
@@ -432,8 +434,9 @@ def inventory(
     if resolution % vae_scale or resolution % 8:
         raise ModelError(f"resolution {resolution} is not a multiple of {max(vae_scale, 8)} (the VAE's downsampling)")
 
-    macs = count_macs(denoiser, resolution, text_len, vae_scale)
-    streams = layer_streams(denoiser, resolution, text_len, vae_scale)
+    meta = _meta(denoiser)
+    macs, lengths = _observe(meta, resolution, text_len, vae_scale)
+    streams = layer_streams(meta, resolution, text_len, vae_scale, lengths=lengths)
     layers, covered, excluded = [], 0, {}
     for lname, m in denoiser.named_modules():
         if not isinstance(m, QUANTIZABLE):

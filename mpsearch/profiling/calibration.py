@@ -394,7 +394,7 @@ def capture_call(pipe, prompts: list[str], *, noise: torch.Tensor | None = None,
     wanted = {"prompt": prompts, "num_inference_steps": steps, "guidance_scale": guidance, "height": resolution,
               "width": resolution, "output_type": "latent", "guidance_rescale": guidance_rescale}  # fmt: skip
     if noise is not None:
-        wanted["latents"] = noise
+        wanted["latents"] = noise.to(den.dtype)  # as the pipeline draws them (it runs its first step here)
     if guidance_rescale and "guidance_rescale" not in inspect.signature(pipe.__call__).parameters:
         raise ModelError(f"{who} has no guidance_rescale")
     rec = record(pipe, wanted)

@@ -40,7 +40,8 @@ class Layer:
     multiply-accumulates of one denoiser call at batch 1 (classifier-free guidance doubles them).
     `stream`: what its input holds, measured by running the denoiser at two resolutions (`layer_streams`):
     text tokens (length follows the prompt, not the image), image tokens or pixels, both (joint
-    attention's concatenated sequence), or neither (timestep and pooled embeddings).
+    attention's concatenated sequence), or neither (timestep and pooled embeddings); "" for a UNet, whose
+    groups follow MixDQ's names (defined on UNets), so the second forward is saved.
     """
 
     name: str
@@ -53,7 +54,7 @@ class Layer:
     macs: int
     group: str  # "quality" | "content"
     component: str  # "unet" | "transformer"
-    stream: str = ""  # "text" | "image" | "joint" | "other": which tokens its input holds (measured)
+    stream: str = ""  # "text" | "image" | "joint" | "other": which tokens its input holds ("": not measured)
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
@@ -436,7 +437,9 @@ def inventory(
 
     meta = _meta(denoiser)
     macs, lengths = _observe(meta, resolution, text_len, vae_scale)
-    streams = layer_streams(meta, resolution, text_len, vae_scale, lengths=lengths)
+    # a UNet's groups are MixDQ's names, defined on UNets: its streams are not measured (a second forward)
+    unet = hasattr(denoiser, "down_blocks") and adapter.group_by != "stream"
+    streams = {} if unet else layer_streams(meta, resolution, text_len, vae_scale, lengths=lengths)
     layers, covered, excluded = [], 0, {}
     for lname, m in denoiser.named_modules():
         if not isinstance(m, QUANTIZABLE):
@@ -457,9 +460,9 @@ def inventory(
                 in_channels=(m.in_channels // m.groups) if is_conv else m.in_features,
                 kernel=tuple(m.kernel_size) if is_conv else (),
                 macs=macs[lname],
-                group=_group(lname, streams.get(lname, "other"), user, adapter),
+                group=_group(lname, streams.get(lname, ""), user, adapter),
                 component=component,
-                stream=streams.get(lname, "other"),
+                stream=streams.get(lname, ""),
             )
         )
     total = sum(p.numel() for p in denoiser.parameters())

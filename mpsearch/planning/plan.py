@@ -75,7 +75,7 @@ class Plan:
     format: str = "packed"
     budget: str | None = None
     step_overrides: list[dict[str, Any]] = field(default_factory=list)
-    kept_timesteps: list[int] | None = None
+    kept_timesteps: list[int | float] | None = None  # flow-matching schedules: fractional
     pruned_units: list[str] = field(default_factory=list)
     pruned_fixed_params: int = 0
     predicted: dict[str, Any] = field(default_factory=dict)
@@ -207,10 +207,10 @@ class Plan:
         except ValueError as e:
             raise fail("format", str(e)) from None
         kept = d.get("kept_timesteps")
-        if kept is not None and not (isinstance(kept, list) and kept and all(isinstance(t, int) and t >= 0 for t in kept)
+        if kept is not None and not (isinstance(kept, list) and kept and all(_is_timestep(t) for t in kept)
                                      and all(b < a for a, b in zip(kept, kept[1:], strict=False))):
-            raise fail("kept_timesteps", "must be null or a non-empty, strictly decreasing list of integer timesteps "
-                       "(the sampling order)")
+            raise fail("kept_timesteps", "must be null or a non-empty, strictly decreasing list of timesteps "
+                       "(the sampling order; flow-matching ones may be fractional)")
         overrides = _or(d, "step_overrides", [])
         if not isinstance(overrides, list):
             raise fail("step_overrides", "must be a list of {\"steps\": [int], \"layers\": {...}}")
@@ -291,6 +291,11 @@ def _or(d: dict, key: str, empty: Any) -> Any:
     """d[key], or `empty` when it is missing or null (other falsy values, such as 0 or "", stay wrong)."""
     value = d.get(key)
     return empty if value is None else value
+
+
+def _is_timestep(value: Any) -> bool:
+    """A timestep: a number ≥ 0 (flow-matching schedules have fractional ones), not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def _is_int(value: Any) -> bool:

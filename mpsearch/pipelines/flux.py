@@ -5,7 +5,8 @@ and image tokens), CLIP pooled + T5 text, flow matching with a resolution-depend
 What is special, and where mpsearch reads it:
 - guidance is *embedded*: dev passes `guidance` (one value per row) to its transformer and makes one call
   per step, no CFG batch (schnell passes none); the capture sees one call of N rows and replays it so.
-  `true_cfg_scale` > 1 with a negative prompt makes two calls per step (separate guidance), replayed too.
+  (`true_cfg_scale` with a negative prompt would make two calls combined at that scale; mpsearch samples
+  without a negative prompt, so it never does.)
 - `img_ids` / `txt_ids` (position ids, `[tokens, 3]`) have no batch dimension: shared by every row and
   slot, declared in `shared_args` so a token count equal to the batch size cannot be mistaken for rows.
 - latents are packed 2x2 into tokens (`[N, (h/2)·(w/2), 4·C]`, the layout the denoiser takes and the

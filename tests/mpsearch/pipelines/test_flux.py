@@ -57,6 +57,8 @@ def test_groups_follow_the_measured_text_stream(pipe):
     assert "context_embedder" in content and "transformer_blocks.1.attn.add_q_proj" in content
     assert {inv[n].stream for n in ("single_transformer_blocks.0.attn.to_q", "single_transformer_blocks.0.proj_out")} == {"joint"}
     assert all(l.kind == "linear" for l in inv)  # no Conv2d in Flux
+    other = inventory(build_tiny_flux_pipeline(seed=1))  # the rule is measured from shapes: the same for any weights
+    assert [(l.name, l.group) for l in other] == [(l.name, l.group) for l in inv]
 
 
 def test_every_command(pipe, tmp_path):

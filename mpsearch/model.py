@@ -14,7 +14,7 @@ import json
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,12 @@ class Inventory:
             t["params"] += layer.params
             t["macs"] += layer.macs
         return totals
+
+    def with_groups(self, groups: dict[str, str], note: str) -> Inventory:
+        """A copy whose layers are in `groups` (`{name: "content" | "quality"}`; others keep theirs), and
+        whose `group_note` says why."""
+        layers = [replace(layer, group=groups.get(layer.name, layer.group)) for layer in self.layers]
+        return replace(self, layers=layers, group_note=note)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Inventory:

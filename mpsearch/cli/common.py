@@ -106,6 +106,17 @@ def regex(pattern: str, option: str) -> str:
     return pattern
 
 
+def group_overrides(values: list[str] | None) -> list[tuple[str, str]]:
+    """`--group REGEX=content|quality` values as (regex, group) pairs, or a one-line error naming the bad one."""
+    pairs = []
+    for value in values or []:
+        pattern, _, group = value.rpartition("=")
+        if not pattern or group not in ("content", "quality"):
+            fail(f"--group {value!r}: expected REGEX=content or REGEX=quality")
+        pairs.append((regex(pattern, "--group"), group))
+    return pairs
+
+
 def writable_file(path: Path, option: str) -> Path:
     """`path` if a file can be written there (not a folder, no file on the way); checked before any work."""
     if path.is_dir():

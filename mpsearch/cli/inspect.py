@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mpsearch.cli.common import ModelOpt, console, fail, human_bytes, regex
+from mpsearch.cli.common import ModelOpt, console, fail, group_overrides, human_bytes
 
 
 def inspect(
@@ -23,14 +23,8 @@ def inspect(
     from mpsearch.model import ModelError, inventory
     from mpsearch.planning.cost import fixed_bytes, fp16_bytes
 
-    overrides = []
-    for g in group or []:
-        pattern, _, name = g.rpartition("=")
-        if not pattern:
-            fail(f"--group {g!r}: expected REGEX=content or REGEX=quality")
-        overrides.append((regex(pattern, "--group"), name))
     try:
-        inv = inventory(model, resolution=resolution, groups=overrides)
+        inv = inventory(model, resolution=resolution, groups=group_overrides(group))
     except (ModelError, ValueError) as e:
         fail(str(e))
     if as_json:

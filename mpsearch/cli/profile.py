@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mpsearch.cli.common import ModelOpt, console, err, fail, regex
+from mpsearch.cli.common import ModelOpt, console, err, fail, group_overrides, regex
 
 
 def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
@@ -44,6 +44,12 @@ def profile(
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
     guidance_rescale: Annotated[float, typer.Option(help="SD/SDXL's CFG rescale factor (0 = off).")] = 0.0,
     step_groups: Annotated[str, typer.Option(help="auto | N (TMPQ-DM quadratic grouping into N).")] = "auto",
+    resolution: Annotated[int | None, typer.Option(help="Image side in pixels (default: the model's).")] = None,
+    groups: Annotated[str, typer.Option(help="Content vs quality: rule (the family's: MixDQ's names on UNets, "
+                                        "the text stream on joint attention) | measured (one output and one "
+                                        "image measurement per layer at W4 decide).")] = "rule",
+    group: Annotated[list[str] | None, typer.Option(
+        help="Group override REGEX=content|quality (repeatable; tried before --groups).")] = None,
     mode: Annotated[str, typer.Option(help="batched (slot batching, the same numbers as exact) | exact "
                                           "(one at a time) | fisher (proxy).")] = "batched",
     slots: Annotated[int, typer.Option(help="Perturbations per batched forward (--mode batched).")] = 8,
@@ -88,6 +94,7 @@ def profile(
         prompts=prompts, n_prompts=n_prompts, seed=seed, steps=steps, guidance=guidance,
         guidance_rescale=guidance_rescale,
         step_groups=int(step_groups) if step_groups.isdigit() else step_groups, mode=mode, slots=slots,
+        resolution=resolution, groups=groups, group_overrides=group_overrides(group),
         max_memory=max_memory, shard=shard, all_metrics=all_metrics, layers=layers, bos_aware=bos_aware,
         split_shortcut=split_shortcut, progressive=progressive, device=device, progress=True,
         log=_log, backend=backend, address=address, workers=workers,

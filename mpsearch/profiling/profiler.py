@@ -26,7 +26,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from mpsearch.profiling.store import KEY, Profile, Store
 MODES = ("exact", "batched", "fisher")
 DEFAULT_METRICS = ("sqnr", "mse", "ssim", "adherence")
 TENSORS = ("weight", "act")
+GROUP_RULES = ("rule", "measured")
 
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
@@ -103,6 +104,10 @@ class ProfileOptions(VerbOptions):
     `mpsearch.zoo.DEMO_STEPS/DEMO_GUIDANCE`, else 8 / 3.0); `guidance_rescale`, SD/SDXL's CFG rescale (0 =
     off); `resolution`, image side in pixels (default the model's); `step_groups`, 'auto' (1 group for ≤ 4
     steps, else TMPQ-DM's quadratic grouping into 4), a number of groups, or explicit lists of step indices.
+    Content vs quality: `groups`, 'rule' (the family's rule: MixDQ's names on UNets, the measured text stream
+    on joint attention) or 'measured' (`mpsearch.profiling.grouping`: one output and one image measurement
+    per layer at W4 decide, in a pass of its own stored under `out/grouping`); `group_overrides`,
+    `{regex: "content" | "quality"}` (or pairs) tried first, before either.
     With which quantizers: `bos_aware` (MixDQ's BOS-aware cross-attention K/V), `split_shortcut`
     (Q-Diffusion's split-shortcut activation ranges), `progressive` (PCR's per-step activation
     calibration), `weight_cfg` / `act_cfg` (quantizer settings; default `WeightQuantConfig()` /
@@ -129,6 +134,8 @@ class ProfileOptions(VerbOptions):
     guidance_rescale: float = 0.0
     resolution: int | None = None
     step_groups: int | str | list[list[int]] = "auto"
+    groups: str = "rule"
+    group_overrides: Sequence[tuple[str, str]] | dict[str, str] | None = None
     mode: str = "batched"
     slots: int = 8
     shard: str | tuple[int, int] | None = None
@@ -163,7 +170,19 @@ def profile(model: Any = None, options: ProfileOptions | None = None, **kwargs: 
     Returns the `Profile` of everything stored at `out` (this shard's part when sharded).
     `mpsearch.profiling.lock.FolderLocked` (a ValueError naming the holder) when another process writes `out`.
     """
-    opts = ProfileOptions.of(options, **kwargs)
+    return _profile(model, ProfileOptions.of(options, **kwargs))
+
+
+def measure_groups(model: Any = None, options: ProfileOptions | None = None, **kwargs: Any) -> dict[str, str]:
+    """`{layer: "content" | "quality"}` measured (`mpsearch.profiling.grouping`): the pass `profile` runs
+    with `groups="measured"`, alone, stored (and resumed) at `out/grouping` when `out` is set.
+
+    >>> groups = measure_groups(pipe, out="profiles/mine", prompts="prompts.txt")          # doctest: +SKIP
+    """
+    return _profile(model, ProfileOptions.of(options, **{**kwargs, "groups": "measured"}), groups_only=True)
+
+
+def _profile(model: Any, opts: ProfileOptions, *, groups_only: bool = False) -> Any:
     log = opts.log or (lambda msg: None)
     run_units = _checked(opts)  # before any expensive work
     out = Path(opts.out) if opts.out is not None else None
@@ -173,6 +192,10 @@ def profile(model: Any = None, options: ProfileOptions | None = None, **kwargs: 
         session = QuantSession(run.pipe, run.candidates, weight_cfg=run.weight_cfg, act_cfg=run.act_cfg,
                                bos_aware=opts.bos_aware, split_shortcut=opts.split_shortcut)  # fmt: skip
         try:
+            if opts.groups == "measured":
+                run = _measured_groups(run, session, out, run_units, log)
+            if groups_only:
+                return {l.name: l.group for l in run.inv.layers}
             meta = _meta(run)
             units = _prunable_units(run, meta) if opts.prune else None
             store = Store(out, meta) if out is not None else _MemoryStore(meta)
@@ -189,6 +212,8 @@ def _checked(opts: ProfileOptions) -> Callable[[Any], None]:
     """The backend's runner, once the options that need no model are known to be valid."""
     if opts.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {opts.mode!r}")
+    if opts.groups not in GROUP_RULES:
+        raise ValueError(f"groups must be one of {GROUP_RULES}, got {opts.groups!r}")
     from mpsearch.profiling.backends import get_backend
 
     run_units = get_backend(opts.backend, address=opts.address, workers=opts.workers)
@@ -244,7 +269,7 @@ def _settle(model: Any, opts: ProfileOptions, out: Path | None, log: Callable[[s
     pipe = model if hasattr(model, "components") else load_pipeline(model, device=opts.device)
     pipe.set_progress_bar_config(disable=True)
     component, denoiser = find_denoiser(pipe)
-    inv = inventory(pipe, resolution=opts.resolution)
+    inv = inventory(pipe, resolution=opts.resolution, groups=opts.group_overrides)
     fingerprint = weights_fingerprint(denoiser)
     prompts, steps, guidance = _sampling(opts, demo)
     seeds = [opts.seed + i for i in range(len(prompts))]
@@ -292,6 +317,51 @@ def _chosen_layers(inv: Inventory, layers: str | Sequence[str] | None) -> list[L
     return chosen
 
 
+def _measured_groups(run: _Run, session: QuantSession, out: Path | None, run_units: Callable[[Any], None],
+                     log: Callable[[str], None]) -> _Run:  # fmt: skip
+    """`groups="measured"`: every layer measured alone at W4 on sqnr and ssim over all steps (a profile of its
+    own at `out/grouping`, resumed like this one), then each layer's group from `grouping.assign_groups`.
+    The user's overrides still come first."""
+    from mpsearch.profiling.backends import Job
+    from mpsearch.profiling.grouping import MEASURED_BITS, MEASURED_METRICS, MEASURED_NOTE, assign_groups
+
+    opts = run.opts
+    sub_opts = replace(opts, tensors=("weight",), all_metrics=True, prune=False, shard=None, layers=None,
+                       mode="exact" if opts.mode == "exact" else "batched")  # fmt: skip
+    every_step = [list(range(run.ref.steps))]
+    sub = replace(run, opts=sub_opts, metrics=[get_metric(m) for m in MEASURED_METRICS], layers=list(run.inv.layers),
+                  candidates=Candidates((MEASURED_BITS,), run.candidates.act), groups=every_step)  # fmt: skip
+    meta = {**_meta(sub), "groups": {}, "group_note": "every layer on both kinds' metrics: the groups are the outcome"}
+    store = Store(out / "grouping", meta) if out is not None else _MemoryStore(meta)
+    if out is not None:
+        run.inv.save(out / "grouping" / "inventory.json")
+    session.timesteps = run.ref.model_timesteps
+    prof = Profiler(run.pipe, run.ref, session, every_step, max_batch=opts.max_batch)
+    if opts.max_memory is not None:
+        _fit_memory(sub, prof, log)
+    todo = plan_units(sub.layers, every_step, sub.candidates, ["weight"], sub.metrics, True)
+    with store:
+        missing = [u for u in todo if any((u.layer, u.tensor, u.bits, m, u.group) not in store.done for m in u.metrics)]
+        log(f"measuring content vs quality: {len(todo)} evaluations at W{MEASURED_BITS}, "
+            f"{len(todo) - len(missing)} already stored")  # fmt: skip
+        run_units(Job(prof, store, missing, 1 if opts.mode == "exact" else opts.slots, run.model, opts.progress, log))
+        measured = assign_groups(store.profile(), {l.name: l.group for l in run.inv.layers})
+    user = _overridden(run.inv.names, opts.group_overrides)
+    groups = {n: g for n, g in measured.items() if n not in user}
+    inv = run.inv.with_groups(groups, MEASURED_NOTE + ("; user overrides first" if user else ""))
+    counts = {g: sum(l.group == g for l in inv.layers) for g in ("content", "quality")}
+    log(f"measured groups: {counts['content']} content, {counts['quality']} quality layers")
+    return replace(run, inv=inv, layers=_chosen_layers(inv, opts.layers))
+
+
+def _overridden(names: list[str], overrides: Sequence[tuple[str, str]] | dict[str, str] | None) -> set[str]:
+    """The layers a user's `{regex: group}` override decides (they keep the inventory's group)."""
+    import re
+
+    pairs = list(overrides.items()) if isinstance(overrides, dict) else list(overrides or [])
+    return {n for n in names if any(re.search(p, n) for p, _ in pairs)}
+
+
 def _meta(run: _Run) -> dict[str, Any]:
     """The profile's header (meta.json): model, candidates, metrics, step groups, sampling and quantizer
     settings, and every metric's value on the FP reference itself (`baseline`)."""
@@ -308,6 +378,7 @@ def _meta(run: _Run) -> dict[str, Any]:
         "inventory_fingerprint": inv.fingerprint,
         "layers": inv.names,
         "groups": {l.name: l.group for l in inv.layers},
+        "group_note": inv.group_note,
         "candidates": run.candidates.to_dict(),
         "tensors": run.tensors,
         "metrics": ({"fisher": {"kind": "quality", "stage": "gradient", "version": "1"}} if fisher

@@ -223,6 +223,12 @@ def check_compatible(old: dict, new: dict, where: str) -> None:
                 f"{where} was measured with other {key!r} settings: {json.dumps(old.get(key))[:200]} != "
                 f"{json.dumps(new.get(key))[:200]}; choose another --out to measure with the new ones"
             )
+    old_groups, new_groups = old.get("groups") or {}, new.get("groups") or {}
+    differ = [n for n in new_groups if n in old_groups and old_groups[n] != new_groups[n]]
+    if differ:
+        raise ProfileError(f"{where} was measured with other content/quality groups ({len(differ)} layer(s) "
+                           f"differ, first {differ[0]!r}: {old_groups[differ[0]]} != {new_groups[differ[0]]}); "
+                           f"choose another --out to measure with the new ones")  # fmt: skip
     for name, m in new.get("metrics", {}).items():
         o = old.get("metrics", {}).get(name)
         if o is not None and o != m:

@@ -325,8 +325,11 @@ def solve(
                        log=lambda m: err.print(f"[dim]{m}[/]"))
         if spec.consumes == "steps":  # it searches kept steps by sampling the model
             options.update(model=model, fitness_metric=fitness, fitness_prompts=fitness_prompts, rerank=rerank)
+    elif model is not None and spec.image_pick and pool is None and fitness is None:
+        options.update(model=model, fitness_prompts=fitness_prompts)  # it renders its candidate plans
     elif pool is not None or model is not None or fitness is not None:
-        fail("--pool, --model and --fitness belong to the timestep search: add --steps N")
+        fail("--pool, --model and --fitness belong to the timestep search: add --steps N (--model alone also "
+             "lets a solver that picks its plan by images render them, e.g. --solver mixdq)")
     try:
         plan = run(profile, b, solver=solver, backend=backend, fmt=fmt, space=space, time_limit=time_limit, **options)
     except ValueError as e:  # BudgetInfeasible among them: its message names the smallest feasible budget
@@ -404,6 +407,9 @@ _register_profile(app)
 from mpsearch.cli_distill import register as _register_distill  # noqa: E402
 
 _register_distill(app)
+from mpsearch.cli_import import register as _register_import  # noqa: E402
+
+_register_import(app)
 
 @app.command()
 def demo(

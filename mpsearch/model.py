@@ -38,6 +38,9 @@ class Layer:
 
     `params` counts weight elements only; `bias` counts bias elements (0 when absent). `macs` are
     multiply-accumulates of one denoiser call at batch 1 (classifier-free guidance doubles them).
+    `act_numel`: elements of the layer's input activation in one denoiser call at batch 1 (the size an
+    activation bit-width multiplies, MixDQ's activation ratio); None = unknown (an inventory written
+    before it was recorded).
     """
 
     name: str
@@ -50,6 +53,7 @@ class Layer:
     macs: int
     group: str  # "quality" | "content"
     component: str  # "unet" | "transformer"
+    act_numel: int | None = None
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
@@ -279,6 +283,12 @@ def dummy_inputs(denoiser: nn.Module, resolution: int, text_len: int, *, batch: 
 
 def count_macs(denoiser: nn.Module, resolution: int, text_len: int) -> dict[str, int]:
     """MACs per quantizable layer for one call at batch 1, from a forward pass on the meta device."""
+    return layer_counts(denoiser, resolution, text_len)[0]
+
+
+def layer_counts(denoiser: nn.Module, resolution: int, text_len: int) -> tuple[dict[str, int], dict[str, int]]:
+    """(MACs, input activation elements) per quantizable layer for one call at batch 1, from one forward
+    pass on the meta device (a layer called several times sums its calls)."""
     meta = denoiser
     if next(denoiser.parameters()).device.type != "meta":
         cls, cfg = type(denoiser), dict(denoiser.config)
@@ -286,6 +296,7 @@ def count_macs(denoiser: nn.Module, resolution: int, text_len: int) -> dict[str,
             meta = cls.from_config(cfg)
     names = {m: n for n, m in meta.named_modules() if isinstance(m, QUANTIZABLE)}
     macs: dict[str, int] = {}
+    acts: dict[str, int] = {}
 
     def hook(module, inputs, output):
         out = output[0] if isinstance(output, tuple) else output
@@ -295,6 +306,7 @@ def count_macs(denoiser: nn.Module, resolution: int, text_len: int) -> dict[str,
             kh, kw = module.kernel_size
             n = out.numel() * (module.in_channels // module.groups) * kh * kw
         macs[names[module]] = macs.get(names[module], 0) + int(n)
+        acts[names[module]] = acts.get(names[module], 0) + int(inputs[0].numel())
 
     handles = [m.register_forward_hook(hook) for m in names]
     try:
@@ -303,7 +315,7 @@ def count_macs(denoiser: nn.Module, resolution: int, text_len: int) -> dict[str,
     finally:
         for h in handles:
             h.remove()
-    return macs
+    return macs, acts
 
 
 def fingerprint(denoiser: nn.Module) -> str:
@@ -370,7 +382,7 @@ def inventory(
     if resolution % 8:
         raise ModelError(f"resolution {resolution} is not a multiple of 8 (the VAE's downsampling)")
 
-    macs = count_macs(denoiser, resolution, text_len)
+    macs, acts = layer_counts(denoiser, resolution, text_len)
     layers, covered = [], 0
     for lname, m in denoiser.named_modules():
         if not isinstance(m, QUANTIZABLE):
@@ -390,6 +402,7 @@ def inventory(
                 macs=macs.get(lname, 0),
                 group=classify(lname, rules),
                 component=component,
+                act_numel=acts.get(lname, 0),
             )
         )
     total = sum(p.numel() for p in denoiser.parameters())

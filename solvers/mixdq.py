@@ -271,7 +271,24 @@ def _sweep(run: _Run, stage: _Stage, base: np.ndarray, free: dict[str, list[int]
             sol = run.problem.evaluate(choice, status="feasible", backend=f"mixdq/{run.backend}",
                                        info={"target": float(B), "k": float(k), "group_targets": targets})
             plans.append(MixDQPlan(float(B), float(k), targets, sol))
+    if not plans:
+        what = "weight" if stage.tensor == "weight" else "activation"
+        raise ValueError(f"no (B, k) cell of MixDQ's {what} sweep is feasible for {stage.target:g} mean {what} bits "
+                         f"({skipped[0][2] if skipped else 'no cell'}){_reach(stage, r, ranges, q, c)}")
     return plans, skipped
+
+
+def _reach(stage: _Stage, r: float, ranges: dict[str, tuple[float, float]], q: str, c: str) -> str:
+    """The mean bits the group ranges let the k grid reach, for an error message."""
+    spans = []
+    for k in stage.k_grid:
+        lo, hi = max(ranges[q][0], ranges[c][0] / k), min(ranges[q][1], ranges[c][1] / k)
+        if lo <= hi:
+            spans += [x * (1 + k * r) / (1 + r) for x in (lo, hi)]
+    if not spans:
+        return ""
+    lo, hi = math.ceil(min(spans) * 1000) / 1000, math.floor(max(spans) * 1000) / 1000  # inside, after rounding
+    return f"; with this k grid its group ranges reach targets from about {lo:g} to {hi:g} mean bits"
 
 
 def _output_noise(run: _Run, solution: Solution) -> float:
@@ -374,9 +391,6 @@ def mixdq_search(
         base[i] = problem.option_index(i, key)
     free = {g: [i for i in items if i not in problem.fixed] for g, items in run.members.items()}
     plans, skipped = _sweep(run, weights, base, free)
-    if not plans:
-        raise ValueError(f"no (B, k) cell of MixDQ's sweep is feasible for target {target} bits "
-                         f"({skipped[0][2] if skipped else 'no cell'})")
     plans, best, how = _pick(run, plans, pick, "(weights)")
     record = _record(best, plans, skipped, how)
     acts = MixDQResult(best.solution, ())
@@ -431,9 +445,6 @@ def mixdq_act_search(
         base[i] = next(k for k, key in enumerate(problem.keys[i]) if weight_bits(key) == w and (act_bits(key) or 0) >= FULL)
     free = {g: [i for i in items if i not in kept] for g, items in free.items()}
     plans, skipped = _sweep(run, stage, base, free)
-    if not plans:
-        raise ValueError(f"no (B, k) cell of MixDQ's activation sweep is feasible for {target} mean activation "
-                         f"bits ({skipped[0][2] if skipped else 'no cell'})")
     plans, best, how = _pick(run, plans, pick, "(activations)")
     record = _record(best, plans, skipped, how) | {"fp16": [run.label(i) for i in kept]}
     info = dict(best.solution.info) | {"plans": len(plans), "skipped": len(skipped), "record": {"mixdq": record}}

@@ -100,7 +100,8 @@ class MixDQPlan:
 @dataclass(frozen=True)
 class MixDQResult:
     """The pick (`best`), the weight sweep's plans and skipped cells `(B, k, why)`, how the pick was made,
-    and the same for the activation stage (empty when it did not run) with the layers kept at fp16."""
+    and the same for the activation stage (empty when it did not run) with the layers kept at fp16. From
+    `mixdq_act_search`, `plans` and `skipped` are the activation sweep's."""
 
     best: Solution
     plans: tuple[MixDQPlan, ...]

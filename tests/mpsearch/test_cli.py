@@ -18,7 +18,8 @@ def test_help_lists_verbs():
     # the app's own help text says "profile", "solve", "export": check the registered commands instead
     from typer.main import get_command
 
-    verbs = {"inspect", "generate", "profile", "merge", "solve", "export", "evaluate", "distill", "demo"}
+    verbs = {"inspect", "generate", "profile", "merge", "solve", "export", "evaluate", "distill", "demo",
+             "import-profile"}
     assert set(get_command(app).commands) == verbs
 
 

@@ -1,7 +1,8 @@
 """mpsearch: mixed-precision bit-width search for diffusion models.
 
 Public verbs: `inventory`, `profile`, `solve`, `search`, `export`, `evaluate`, `load_quantized`, plus the
-objects `Budget`, `Plan`, `Profile`, and `import_profile` (other tools' sensitivity logs). Heavy modules load on first use.
+objects `Budget`, `Plan`, `Profile`, the verbs' options (`ProfileOptions`, `SolveOptions`,
+`EvaluateOptions`), and `import_profile` (other tools' sensitivity logs). Heavy modules load on first use.
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ _LAZY = {
     "Budget": "mpsearch.planning.budget",
     "Plan": "mpsearch.planning.plan",
     "profile": "mpsearch.profiling.profiler",
+    "ProfileOptions": "mpsearch.profiling.profiler",
     "Profile": "mpsearch.profiling.store",
     "merge": "mpsearch.profiling.store",
     "import_profile": "mpsearch.profiling.importers",
     "register_metric": "mpsearch.profiling.metrics",
     "solve": "mpsearch.planning.planner",
     "search": "mpsearch.planning.planner",
+    "SolveOptions": "mpsearch.planning.planner",
     "export": "mpsearch.export.exporter",
     "load_quantized": "mpsearch.export.exporter",
     "fake_quantize": "mpsearch.export.exporter",
     "evaluate": "mpsearch.evaluation.evaluator",
+    "EvaluateOptions": "mpsearch.evaluation.evaluator",
     "generate": "mpsearch.pipelines.generate",
 }
 

@@ -202,7 +202,9 @@ class _Replica:
             METRICS[name] = metric  # the driver's, custom ones included
         session = QuantSession(pipe, **recipe["session"])
         _load_calibration(session, recipe["calibration"])
-        self.prof = Profiler(pipe, reference, session, recipe["groups"], max_batch=recipe["max_batch"])
+        self.prof = Profiler(pipe, reference, session, recipe["groups"], max_batch=recipe["max_batch"],
+                             decode_batch=recipe["decode_batch"])  # fmt: skip
+        self.prof.image_slots = recipe["image_slots"]
 
     def evaluate(self, batches: list[list[Unit]]) -> list[dict]:
         rows = []
@@ -233,6 +235,8 @@ def _recipe(job: Job) -> dict:
         "calibration": _calibration(sess),
         "groups": job.prof.groups,
         "max_batch": job.prof.max_batch,
+        "decode_batch": job.prof.decode_batch,
+        "image_slots": job.prof.image_slots,
         "metrics": {n: get_metric(n) for n in names},
     }  # fmt: skip
 

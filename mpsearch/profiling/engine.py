@@ -57,10 +57,13 @@ class Profiler:
     """Evaluates units against a cached FP reference with a calibrated `QuantSession`."""
 
     def __init__(self, pipe, ref: cal.Reference, session: QuantSession, groups: list[list[int]], *,
-                 max_batch: int = 1024):  # fmt: skip
+                 max_batch: int = 1024, decode_batch: int | None = 64):  # fmt: skip
         self.pipe, self.ref, self.session, self.groups = pipe, ref, session, groups
         _, self.denoiser = find_denoiser(pipe)
         self.max_batch = max_batch
+        self.decode_batch = decode_batch  # images per VAE decode, across slots (None: one slot at a time)
+        self.image_slots: int | None = None  # at most this many slots per image batch (a memory plan's)
+        self._ref_images: torch.Tensor | None = None
         self.restart = cal.restartable(pipe)
         self._fp_out: dict[int, torch.Tensor] = {}
         self._prefix_cache: dict = {}  # block outputs on full-precision rows, reused across slot batches
@@ -96,7 +99,9 @@ class Profiler:
         return [o.cpu() for o in out]
 
     # ---- image stage
-    def _images(self, units: list[Unit]) -> list[torch.Tensor]:
+    def _images(self, units: list[Unit]) -> torch.Tensor:
+        """Images `[S, N, 3, H, W]` (on the pipeline's device) sampled with each unit's layer quantized
+        during its group's steps, decoded `decode_batch` images at a time across slots."""
         g = units[0].group
         steps = self.groups[g]
         start = steps[0] if self.restart else 0
@@ -104,29 +109,46 @@ class Profiler:
         lat = self.ref.latents[start].to(self.pipe.device).repeat(S, 1, 1, 1)
         with torch.no_grad(), self.session.slots([u.config(set(steps)) for u in units]):
             lat = cal.denoise(self.pipe, self.ref, lat, start=start, n_slots=S)
-            # decoded slot by slot: the same batch shape as the one-at-a-time loop, so the same numbers
-            images = cal.decode(self.pipe, lat, batch=lat.shape[0] // S).cpu()
-        return list(images.view(S, -1, *images.shape[1:]))
+            images = cal.decode(self.pipe, lat, batch=self.decode_batch or lat.shape[0] // S)
+        return images.view(S, -1, *images.shape[1:])
+
+    def _fp_images(self, device) -> torch.Tensor:
+        """The reference's FP images on `device` (copied once)."""
+        if self._ref_images is None or self._ref_images.device != torch.device(device):
+            self._ref_images = self.ref.images.to(device)
+        return self._ref_images
 
     def evaluate(self, units: list[Unit]) -> list[dict]:
-        """Rows for units that share stage and step group, evaluated in one batch (slots)."""
+        """Rows for units that share stage and step group, evaluated in one batch (slots); each metric
+        scores every unit that asks for it in one call (`Metric.many`)."""
         stage = units[0].stage
         assert all(u.stage == stage and u.group == units[0].group for u in units)
+        k = self.image_slots
+        if stage == "image" and k and len(units) > k:  # a memory plan's smaller image batches
+            return [r for i in range(0, len(units), k) for r in self.evaluate(units[i : i + k])]
         if stage == "output":
-            cands, ref = self._outputs(units), self.fp_output(units[0].group)
+            cands, ref = torch.stack(self._outputs(units)), self.fp_output(units[0].group)
         else:
-            cands, ref = self._images(units), self.ref.images
+            cands = self._images(units)
+            ref = self._fp_images(cands.device)
+        scores: dict[tuple[int, str], tuple[float, float]] = {}
+        for name in dict.fromkeys(m for u in units for m in u.metrics):
+            idx = [i for i, u in enumerate(units) if name in u.metrics]
+            got = get_metric(name).many(ref, cands[idx], prompts=self.ref.prompts)
+            scores.update({(i, name): r for i, r in zip(idx, got, strict=True)})
         rows = []
-        for u, cand in zip(units, cands, strict=True):
+        for i, u in enumerate(units):
             for name in u.metrics:
-                value, deg = get_metric(name)(ref, cand, prompts=self.ref.prompts)
+                value, deg = scores[i, name]
                 rows.append({"layer": u.layer, "tensor": u.tensor, "bits": u.bits, "metric": name,
                              "step_group": u.group, "value": value, "degradation": deg})  # fmt: skip
         return rows
 
     # ---- fisher
-    def fisher(self, layers: Sequence[str], tensors: Sequence[str], *, seed: int = 0, samples: int = 1) -> list[dict]:
-        """Gradient proxy for every (layer, tensor, bits, step group) from one backward pass per chunk."""
+    def fisher(self, layers: Sequence[str], tensors: Sequence[str], *, seed: int = 0, samples: int = 1,
+               rows: int | None = None) -> list[dict]:  # fmt: skip
+        """Gradient proxy for every (layer, tensor, bits, step group) from one backward pass per chunk of
+        `max_batch` rows (`rows`: only the first chunk of that many rows, as the memory probe measures)."""
         sess, ref = self.session, self.ref
         cands = {t: sess.candidates.of(t) for t in tensors}
         G = len(self.groups)
@@ -149,23 +171,24 @@ class Profiler:
                         a = acc.setdefault((st.name, t, b), torch.zeros(G, dtype=torch.float64))
                         a.index_add_(0, state["groups"], s)
 
-        rows_all = torch.arange(ref.n_rows)
+        rows_all = torch.arange(ref.n_rows) if rows is None else torch.arange(rows) % ref.n_rows
+        chunk = self.max_batch if rows is None else rows
         gen = torch.Generator().manual_seed(seed)
         was = [p.requires_grad for p in self.denoiser.parameters()]
         self.denoiser.requires_grad_(False)
         sess._fisher = hook
         sess._fisher_anchor = torch.zeros((), requires_grad=True, device=self.pipe.device)
         try:
-            for i in range(0, ref.n_rows, self.max_batch):
-                rows = rows_all[i : i + self.max_batch]
-                state["groups"] = group_of_step[rows // ref.rows_per_step]
+            for i in range(0, len(rows_all), chunk):
+                batch = rows_all[i : i + chunk]
+                state["groups"] = group_of_step[batch // ref.rows_per_step]
                 for _ in range(samples):
                     with torch.enable_grad():
-                        y = ref.forward(self.denoiser, rows)
+                        y = ref.forward(self.denoiser, batch)
                         r = torch.randn(y.shape, generator=gen).to(y.device)
                         (y * r).sum().backward()
                 with torch.no_grad():
-                    y0 = ref.outputs.flatten(0, 1)[rows].double()
+                    y0 = ref.outputs.flatten(0, 1)[batch].double()
                     signal.index_add_(0, state["groups"], y0.pow(2).flatten(1).sum(1))
         finally:
             sess._fisher, sess._fisher_anchor = None, None

@@ -90,16 +90,20 @@ class _LayerQuant:
         w = self.module.weight
         if bits is None or bits >= 16:
             return w
-        if bits not in self.w_cache:
-            cfg = self.session.weight_cfg
-            with torch.no_grad():
-                if self.split and self.session.split_weights:
-                    s = self.split
-                    wq = torch.cat([fake_quant_weight(w[:, :s], bits, cfg), fake_quant_weight(w[:, s:], bits, cfg)], 1)
-                else:
-                    wq = fake_quant_weight(w, bits, cfg)
-            self.w_cache[bits] = wq.detach()
-        return self.w_cache[bits]
+        if bits in self.w_cache:
+            return self.w_cache[bits]
+        sess, cfg = self.session, self.session.weight_cfg
+        with torch.no_grad():
+            if self.split and sess.split_weights:
+                s = self.split
+                wq = torch.cat([fake_quant_weight(w[:, :s], bits, cfg), fake_quant_weight(w[:, s:], bits, cfg)], 1)
+            else:
+                wq = fake_quant_weight(w, bits, cfg)
+        n = wq.numel() * wq.element_size()
+        if sess.weight_cache_limit is None or sess._weight_cache_bytes + n <= sess.weight_cache_limit:
+            self.w_cache[bits] = wq.detach()  # past the limit (a memory plan's), computed again at each use
+            sess._weight_cache_bytes += n
+        return wq.detach()
 
     def op(self, x: torch.Tensor, w: torch.Tensor, bias) -> torch.Tensor:
         if self.conv:
@@ -251,6 +255,8 @@ class QuantSession:
         self._cache_key = None
         self._cache_bytes = 0
         self.cache_limit = 2 * 1024**3
+        self.weight_cache_limit: int | None = None  # bytes of cached fake-quant weights (None: all of them)
+        self._weight_cache_bytes = 0
         self._inside: dict[str, bool] = {}
         self._containers: dict[str, torch.nn.Module] = {}
         self._step: int | None = None

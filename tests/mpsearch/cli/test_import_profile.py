@@ -9,8 +9,7 @@ from typer.testing import CliRunner
 from mpsearch.cli import app
 from mpsearch.model import inventory
 from mpsearch.planning.plan import Plan
-
-from .profiling.importers.mixdq_logs import log_file, write_logs
+from tests.mpsearch.profiling.importers.mixdq_logs import log_file, write_logs
 
 runner = CliRunner()
 
@@ -30,6 +29,13 @@ def test_import_profile_then_solve(tmp_path, tiny_pipe):
     plan = Plan.load(tmp_path / "plan.json")
     assert plan.solver["mixdq"]["pick"].startswith("no images") and "act" not in plan.solver["mixdq"]
     assert abs(plan.predicted["mean_w_bits"] - 5) <= 0.3 + 0.02 and {b.a_bits for b in plan.layers.values()} == {16}
+    # --model without --steps goes to MixDQ's pick by images (not refused as a timestep option); MixDQ's logs
+    # say nothing of how they sampled, so there is nothing to render: one line says so
+    r = runner.invoke(app, ["solve", "--profile", str(out), "--budget", "5bits", "--solver", "mixdq", "--weight-only",
+                            "--model", str(model), "-o", str(tmp_path / "picked.json")])  # fmt: skip
+    assert r.exit_code == 2 and "records no calibration prompts" in r.output and not (tmp_path / "picked.json").exists()
+    r = runner.invoke(app, ["solve", "--profile", str(out), "--budget", "5bits", "--solver", "ilp", "--model", str(model)])
+    assert r.exit_code == 2 and "belong to the timestep search" in r.output  # the ILP picks nothing by images
     r = runner.invoke(app, ["import-profile", "mixdq", str(src), "--out", str(out), "--model", str(model)])
     assert r.exit_code == 2 and "already exists" in r.output
 

@@ -36,6 +36,7 @@ def main() -> None:
     from mpsearch.model import load_pipeline
     from mpsearch.planning.inputs import load_profile
     from mpsearch.planning.planner import solve
+    from mpsearch.planning.problem import SearchSpace
 
     t0 = time.perf_counter()
     _, _, inv = load_profile(args.profile)
@@ -48,7 +49,8 @@ def main() -> None:
         plans.append(ilp)
         meta[ilp.solver["name"]] = ("ilp", b)
         try:
-            mix = solve(args.profile, budget, solver="mixdq")
+            # weight-only, as every plan here (MixDQ mode would also allocate activations, at ~7.7 mean bits)
+            mix = solve(args.profile, budget, solver="mixdq", space=SearchSpace(weight_only=True))
             mix.solver["name"] = f"mixdq@{budget}"
             plans.append(mix)
             meta[mix.solver["name"]] = ("mixdq", b)

@@ -1,8 +1,8 @@
 """mpsearch: mixed-precision bit-width search for diffusion models.
 
 Public verbs: `inventory`, `profile`, `solve`, `search`, `export`, `evaluate`, `load_quantized`, plus the
-objects `Budget`, `Plan`, `Profile` and the verbs' options (`ProfileOptions`, `SolveOptions`,
-`EvaluateOptions`). Heavy modules load on first use.
+objects `Budget`, `Plan`, `Profile`, the verbs' options (`ProfileOptions`, `SolveOptions`,
+`EvaluateOptions`), and `import_profile` (other tools' sensitivity logs). Heavy modules load on first use.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ _LAZY = {
     "ProfileOptions": "mpsearch.profiling.profiler",
     "Profile": "mpsearch.profiling.store",
     "merge": "mpsearch.profiling.store",
+    "import_profile": "mpsearch.profiling.importers",
     "register_metric": "mpsearch.profiling.metrics",
     "solve": "mpsearch.planning.planner",
     "search": "mpsearch.planning.planner",

@@ -38,6 +38,9 @@ class Layer:
 
     `params` counts weight elements only; `bias` counts bias elements (0 when absent). `macs` are
     multiply-accumulates of one denoiser call at batch 1 (classifier-free guidance doubles them).
+    `act_numel`: elements of the layer's input activation in one denoiser call at batch 1 (the size an
+    activation bit-width multiplies, MixDQ's activation ratio); None = unknown (an inventory written
+    before it was recorded).
     `stream`: what its input holds, measured by running the denoiser at two resolutions (`layer_streams`):
     text tokens (length follows the prompt, not the image), image tokens or pixels, both (joint
     attention's concatenated sequence), or neither (timestep and pooled embeddings); "" for a UNet, whose
@@ -55,6 +58,7 @@ class Layer:
     group: str  # "quality" | "content"
     component: str  # "unet" | "transformer"
     stream: str = ""  # "text" | "image" | "joint" | "other": which tokens its input holds ("": not measured)
+    act_numel: int | None = None
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
@@ -305,12 +309,15 @@ def _meta(denoiser: nn.Module) -> nn.Module:
         return cls.from_config(cfg)
 
 
-def _observe(meta: nn.Module, resolution: int, text_len: int, vae_scale: int) -> tuple[dict[str, int], dict[str, int]]:
-    """MACs and input length (tokens, or pixels of a conv) of every quantizable layer that one call at
-    batch 1 runs, on the meta device. A layer its forward never runs is in neither dict."""
+def _observe(meta: nn.Module, resolution: int, text_len: int,
+             vae_scale: int) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:  # fmt: skip
+    """MACs, input length (tokens, or pixels of a conv) and input activation elements (`Layer.act_numel`; a
+    layer called several times sums its calls) of every quantizable layer that one call at batch 1 runs,
+    on the meta device. A layer its forward never runs is in no dict."""
     names = {m: n for n, m in meta.named_modules() if isinstance(m, QUANTIZABLE)}
     macs: dict[str, int] = {}
     length: dict[str, int] = {}
+    acts: dict[str, int] = {}
 
     def hook(module, inputs, output):
         out = output[0] if isinstance(output, tuple) else output
@@ -325,6 +332,7 @@ def _observe(meta: nn.Module, resolution: int, text_len: int, vae_scale: int) ->
         name = names[module]
         macs[name] = macs.get(name, 0) + int(n)
         length.setdefault(name, int(tokens))
+        acts[name] = acts.get(name, 0) + int(x.numel())
 
     handles = [m.register_forward_hook(hook) for m in names]
     try:
@@ -336,7 +344,7 @@ def _observe(meta: nn.Module, resolution: int, text_len: int, vae_scale: int) ->
     finally:
         for h in handles:
             h.remove()
-    return macs, length
+    return macs, length, acts
 
 
 def count_macs(denoiser: nn.Module, resolution: int, text_len: int, vae_scale: int = 8) -> dict[str, int]:
@@ -352,7 +360,7 @@ def layer_streams(denoiser: nn.Module, resolution: int, text_len: int, vae_scale
     one sequence); no token axis: "other"."""
     meta = _meta(denoiser)
     one = lengths if lengths is not None else _observe(meta, resolution, text_len, vae_scale)[1]
-    _, two = _observe(meta, 2 * resolution, text_len, vae_scale)
+    two = _observe(meta, 2 * resolution, text_len, vae_scale)[1]
     out = {}
     for name, a in one.items():
         b = two.get(name, 0)
@@ -399,6 +407,40 @@ def _model_name(model: Any) -> str:
     return str(path) if path else type(model).__name__
 
 
+def _layers(denoiser: nn.Module, component: str, macs: dict[str, int], acts: dict[str, int],
+            streams: dict[str, str], groups: dict[str, str]) -> tuple[list[Layer], int, dict[str, str]]:  # fmt: skip
+    """(the quantizable layers, parameters they cover (weights and biases), the excluded layers with the
+    reason) of `denoiser`, from one meta forward's MACs and input elements (`_observe`), the measured
+    streams and each layer's group. A Linear/Conv2d the forward never ran is excluded."""
+    layers, covered, excluded = [], 0, {}
+    for lname, m in denoiser.named_modules():
+        if not isinstance(m, QUANTIZABLE):
+            continue
+        if lname not in macs:
+            excluded[lname] = "its forward never runs in a denoiser call (weights read directly): not quantizable"
+            continue
+        bias = m.bias.numel() if m.bias is not None else 0
+        covered += m.weight.numel() + bias
+        is_conv = isinstance(m, nn.Conv2d)
+        layers.append(
+            Layer(
+                name=lname,
+                kind="conv2d" if is_conv else "linear",
+                params=m.weight.numel(),
+                bias=bias,
+                out_channels=m.out_channels if is_conv else m.out_features,
+                in_channels=(m.in_channels // m.groups) if is_conv else m.in_features,
+                kernel=tuple(m.kernel_size) if is_conv else (),
+                macs=macs[lname],
+                group=groups[lname],
+                component=component,
+                stream=streams.get(lname, ""),
+                act_numel=acts[lname],
+            )
+        )
+    return layers, covered, excluded
+
+
 def inventory(
     model: Any = None,
     *,
@@ -442,35 +484,12 @@ def inventory(
         raise ModelError(f"resolution {resolution} is not a multiple of {max(vae_scale, 8)} (the VAE's downsampling)")
 
     meta = _meta(denoiser)
-    macs, lengths = _observe(meta, resolution, text_len, vae_scale)
+    macs, lengths, acts = _observe(meta, resolution, text_len, vae_scale)
     # a UNet's groups are MixDQ's names, defined on UNets: its streams are not measured (a second forward)
     unet = hasattr(denoiser, "down_blocks") and adapter.group_by != "stream"
     streams = {} if unet else layer_streams(meta, resolution, text_len, vae_scale, lengths=lengths)
-    layers, covered, excluded = [], 0, {}
-    for lname, m in denoiser.named_modules():
-        if not isinstance(m, QUANTIZABLE):
-            continue
-        if lname not in macs:
-            excluded[lname] = "its forward never runs in a denoiser call (weights read directly): not quantizable"
-            continue
-        bias = m.bias.numel() if m.bias is not None else 0
-        covered += m.weight.numel() + bias
-        is_conv = isinstance(m, nn.Conv2d)
-        layers.append(
-            Layer(
-                name=lname,
-                kind="conv2d" if is_conv else "linear",
-                params=m.weight.numel(),
-                bias=bias,
-                out_channels=m.out_channels if is_conv else m.out_features,
-                in_channels=(m.in_channels // m.groups) if is_conv else m.in_features,
-                kernel=tuple(m.kernel_size) if is_conv else (),
-                macs=macs[lname],
-                group=_group(lname, streams.get(lname, ""), user, adapter),
-                component=component,
-                stream=streams.get(lname, ""),
-            )
-        )
+    groups_of = {n: _group(n, streams.get(n, ""), user, adapter) for n in macs}
+    layers, covered, excluded = _layers(denoiser, component, macs, acts, streams, groups_of)
     total = sum(p.numel() for p in denoiser.parameters())
     note = adapter.group_note + ("; user overrides first" if user else "")
     return Inventory(

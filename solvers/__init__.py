@@ -13,7 +13,7 @@ from . import bruteforce, evolution, ilp, mixdq  # noqa: F401  (importing regist
 from .backends import available_backends
 from .evolution import EvolutionConfig, EvolutionOptions, quad_groups, solve_evolution
 from .ilp import IlpOptions, smallest_feasible, solve_ilp
-from .mixdq import MixDQOptions, MixDQPlan, MixDQResult, mixdq_search, solve_mixdq
+from .mixdq import MixDQOptions, MixDQPlan, MixDQResult, mixdq_act_search, mixdq_search, solve_mixdq
 from .pareto import ParetoFront, pareto_front
 from .problem import Constraint, InfeasibleBudget, Option, Problem, Solution, StepProblem
 from .registry import Registry, SolverSpec, available_solvers, get_solver, register_solver, solve
@@ -22,6 +22,6 @@ __all__ = [
     "Constraint", "EvolutionConfig", "EvolutionOptions", "IlpOptions", "InfeasibleBudget", "MixDQOptions",
     "MixDQPlan", "MixDQResult", "Option", "ParetoFront", "Problem", "Registry", "Solution", "SolverSpec",
     "StepProblem", "available_backends", "available_solvers", "get_solver",
-    "mixdq_search", "pareto_front", "quad_groups", "register_solver", "smallest_feasible", "solve",
+    "mixdq_act_search", "mixdq_search", "pareto_front", "quad_groups", "register_solver", "smallest_feasible", "solve",
     "solve_evolution", "solve_ilp", "solve_mixdq",
 ]

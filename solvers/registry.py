@@ -79,6 +79,11 @@ class SolverSpec:
     options:      the solver's options dataclass: its fields are the keyword options the solver accepts
                   (a planner fills same-named fields, e.g. `backend`, `time_limit`, from its own options).
     label:        how messages name the solver (default: "solver 'name'").
+    act_cost:     the cost its activation allocation reads (e.g. "abits": input elements × activation bits);
+                  a planner refuses a problem that offers activation options without it.
+    image_pick:   it chooses among candidate plans by their images: it takes `pick=` (a `Solution ->
+                  float`, lower is better: pixel MSE of the plan's images against FP), which a planner
+                  builds when it is given a model.
 
     A "steps" solver also takes `finalists=` (how many of its best candidates `evaluate` re-ranks); its
     options dataclass may define `max_candidates() -> int`, an upper bound on the candidates it scores
@@ -94,6 +99,8 @@ class SolverSpec:
     prunes: bool = True
     options: type | None = None
     label: str = ""
+    act_cost: str | None = None
+    image_pick: bool = False
 
     def __post_init__(self) -> None:
         if self.consumes not in CONSUMES:
@@ -119,7 +126,8 @@ SOLVERS: Registry[SolverSpec] = Registry("solver")
 
 def register_solver(name: str, *, consumes: str = "problem", budget: str = "ceiling",
                     budget_kinds: Iterable[str] | None = None, weight_only: bool = False, prunes: bool = True,
-                    options: type | None = None, label: str = "") -> Callable[[SolverFn], SolverFn]:
+                    options: type | None = None, label: str = "", act_cost: str | None = None,
+                    image_pick: bool = False) -> Callable[[SolverFn], SolverFn]:
     """Decorator: make `fn` reachable as `get_solver(name)`, declaring what it consumes (see `SolverSpec`)."""
 
     def deco(fn: SolverFn) -> SolverFn:
@@ -127,7 +135,8 @@ def register_solver(name: str, *, consumes: str = "problem", budget: str = "ceil
         old = SOLVERS.get(name)
         if old is not None and old.fn is not fn:
             raise ValueError(f"solver {name!r} is already registered")
-        SOLVERS[name] = SolverSpec(name, fn, consumes, budget, kinds, weight_only, prunes, options, label)
+        SOLVERS[name] = SolverSpec(name, fn, consumes, budget, kinds, weight_only, prunes, options, label,
+                                   act_cost, image_pick)
         return fn
 
     return deco

@@ -1,10 +1,12 @@
 """`mpsearch` command line: the typer app, built from one module per verb.
 
 Each module in `VERBS` (`mpsearch/cli/<verb>.py`) defines a function named after its verb, a typer
-command; this file registers them in that order (the order `mpsearch --help` lists them), so adding a
-verb is one new file and one name here. `common.py` holds what they share: the consoles, the one-line
-error contract, the --model option. Verb modules import typer and rich only: the heavy libraries (torch,
-diffusers, pandas) load inside the commands, so `mpsearch --help` stays fast.
+command (a hyphen in a verb is an underscore in its file and function: `import-profile` is
+`import_profile.py`'s `import_profile`); this file registers them in that order (the order `mpsearch
+--help` lists them), so adding a verb is one new file and one name here. `common.py` holds what they
+share: the consoles, the one-line error contract, the --model option. Verb modules import typer and rich
+only: the heavy libraries (torch, diffusers, pandas) load inside the commands, so `mpsearch --help` stays
+fast.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import typer
 import mpsearch
 from mpsearch.cli.common import OneLineErrors, console
 
-VERBS = ("inspect", "generate", "solve", "export", "evaluate", "profile", "merge", "distill", "demo")
+VERBS = ("inspect", "generate", "solve", "export", "evaluate", "profile", "merge", "import-profile", "distill",
+         "demo")
 
 app = typer.Typer(
     name="mpsearch",
@@ -50,4 +53,5 @@ def main(
 
 
 for _verb in VERBS:
-    app.command(_verb)(getattr(importlib.import_module(f"{__name__}.{_verb}"), _verb))
+    _name = _verb.replace("-", "_")
+    app.command(_verb)(getattr(importlib.import_module(f"{__name__}.{_name}"), _name))

@@ -206,7 +206,8 @@ def _solve_options(solver: str, steps: int | None, plugin: list[str] | None, *, 
                    rerank: int, **common):  # fmt: skip
     """The `SolveOptions` the options say: the solver's seed where it has one and, with --steps, the kept-step
     search (its model, fitness and re-ranking only for a solver that samples). `common`: backend, fmt,
-    space, time_limit. --pool, --model and --fitness without --steps are an error."""
+    space, time_limit. Without --steps, --model (with --fitness-prompts) is the model a solver that picks
+    its plan by images renders with (`SolverSpec.image_pick`, MixDQ); --pool and --fitness are an error."""
     from mpsearch.planning.planner import SolveOptions
     from mpsearch.planning.steps import StepOptions
     from solvers.registry import get_solver
@@ -217,8 +218,12 @@ def _solve_options(solver: str, steps: int | None, plugin: list[str] | None, *, 
         fail(str(e))
     solver_options = {"seed": seed} if "seed" in spec.option_names() else {}
     if steps is None:
+        if model is not None and spec.image_pick and pool is None and fitness is None:
+            step = StepOptions(model=model, fitness_prompts=fitness_prompts)  # it renders its candidate plans
+            return SolveOptions(solver=solver, step=step, solver_options=solver_options, **common)
         if pool is not None or model is not None or fitness is not None:
-            fail("--pool, --model and --fitness belong to the timestep search: add --steps N")
+            fail("--pool, --model and --fitness belong to the timestep search: add --steps N (--model alone also "
+                 "lets a solver that picks its plan by images render them, e.g. --solver mixdq)")
         return SolveOptions(solver=solver, solver_options=solver_options, **common)
     from mpsearch.profiling.metrics import load_plugin
 

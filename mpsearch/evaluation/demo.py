@@ -53,10 +53,14 @@ def run_demo(
         log(f"solved {budget}: {plan.predicted['bytes']:,} bytes, mean {plan.predicted['mean_w_bits']:.2f} bits, "
             f"{plan.solver['status']} in {plan.solver['time_s']:.2f}s")
     if mixdq and budgets[0].endswith("bits"):
-        plan = solve(profile, budgets[0], solver="mixdq")
-        plan.solver["name"] = f"mixdq@{budgets[0]}"
-        plans.append(plan)
-        log(f"MixDQ mode {budgets[0]}: mean {plan.predicted['mean_w_bits']:.2f} bits")
+        try:
+            plan = solve(profile, budgets[0], solver="mixdq")
+        except ValueError as e:  # MixDQ keeps quality layers at ≥ 4 bits: low budgets are out of its reach
+            log(f"MixDQ mode {budgets[0]}: {e}")
+        else:
+            plan.solver["name"] = f"mixdq@{budgets[0]}"
+            plans.append(plan)
+            log(f"MixDQ mode {budgets[0]}: mean {plan.predicted['mean_w_bits']:.2f} bits")
     for plan in plans:
         plan.save(out / "plans" / f"{plan.solver['name'].replace('@', '-')}.json")
     ev = evaluate(plans, n_prompts=n_prompts, checkpoint=out / "checkpoint", log=log, progress=progress)

@@ -21,7 +21,9 @@ import pandas as pd
 from mpsearch.model import Inventory
 from mpsearch.pipelines.timesteps import even_steps
 from mpsearch.planning.budget import KIND_TEXT, Budget, BudgetInfeasible
+from mpsearch.planning.cost import FLOAT_BITS
 from mpsearch.planning.inputs import group_metrics, load_profile, profile_name
+from mpsearch.planning.pick import ImagePick, image_pick
 from mpsearch.planning.plan import Plan
 from mpsearch.planning.problem import SearchSpace, build_problem, solution_to_plan
 from mpsearch.planning.steps import StepOptions, joint_search, step_pool, step_problem
@@ -115,12 +117,37 @@ def _raise_if_infeasible(problem: Problem, budget: Budget, inv: Inventory) -> No
         raise BudgetInfeasible.of(solution, budget, inv)
 
 
+def _check_act_cost(spec: SolverSpec, problem: Problem) -> None:
+    """Refuse activation options to a solver whose activation stage needs a cost the problem lacks (the
+    inventory's activation sizes are unknown)."""
+    if spec.act_cost is None or spec.act_cost in problem.costs:
+        return
+    if any(isinstance(key, tuple) and key[1] < FLOAT_BITS for keys in problem.keys for key in keys):
+        raise ValueError(f"{spec.label} allocates activation bits by activation size, which this profile's "
+                         "inventory does not record (act_numel unknown: written by an older mpsearch); write a new "
+                         "one with `mpsearch inspect --model M --json > PROFILE/inventory.json`, or solve weights "
+                         "only (--weight-only)")
+
+
+def _image_pick(spec: SolverSpec, opts: SolveOptions, kwargs: dict[str, Any], meta: dict[str, Any],
+                inv: Inventory) -> ImagePick | None:  # fmt: skip
+    """For a solver that picks by images and a model to render them with: the `ImagePick` it gets as `pick=`
+    (one image per candidate plan, `fitness_prompts`/`fitness_seed` of `StepOptions`); else None."""
+    if not spec.image_pick or opts.step.model is None or "pick" in kwargs:
+        return None
+    pick = image_pick(opts.step.model, meta, inv.names, prompts=opts.step.fitness_prompts,
+                      seed=opts.step.fitness_seed, fmt=opts.fmt)  # fmt: skip
+    kwargs["pick"] = pick
+    return pick
+
+
 def solve(profile: Any, budget: Budget | str, options: SolveOptions | None = None, **kwargs: Any) -> Plan:
     """The best plan for `budget` from a profile (a folder written by `mpsearch profile`, a `Profile`, or
     `(df, inventory[, meta])`).
 
     >>> plan = solve("profiles/demo", "3bits")                          # doctest: +SKIP
     >>> plan = solve("profiles/demo", "4bits", solver="mixdq")          # doctest: +SKIP
+    >>> plan = solve("profiles/demo", "4bits", solver="mixdq", model="demo")  # picks by images  # doctest: +SKIP
     >>> plan = solve("profiles/demo", "30%bitops", steps=4, solver="evolution", rerank=0)  # doctest: +SKIP
 
     `options` / keywords: see `SolveOptions` and `StepOptions`. Raises `BudgetInfeasible` naming the
@@ -146,11 +173,20 @@ def solve(profile: Any, budget: Budget | str, options: SolveOptions | None = Non
                                                                    units=meta.get("units"))  # fmt: skip
         _raise_if_infeasible(with_ceiling.problem, budget, inv)
 
-    solution = _run(spec, sp if spec.consumes == "steps" else sp.problem, kwargs, feasible)
+    _check_act_cost(spec, sp.problem)
+    pick = _image_pick(spec, opts, kwargs, meta, inv)
+    try:
+        solution = _run(spec, sp if spec.consumes == "steps" else sp.problem, kwargs, feasible)
+    finally:
+        if pick is not None:
+            pick.close()
     if solution.status == "infeasible":
         raise BudgetInfeasible.of(solution, budget, inv)
     if "kept_steps" in solution.info:
         extra["kept_steps"] = list(solution.info["kept_steps"])
+    extra.update(solution.info.get("record") or {})  # what the solver asks the plan to record (e.g. its pick)
+    if pick is not None:
+        extra["images_rendered"] = pick.renders
     if sp.info.get("unmeasured"):  # options the profile never measured: not offered, or at zero loss
         extra.update(sp.info)
     plan = solution_to_plan(solution, inv, fmt=opts.fmt, budget=budget, extra=extra, units=meta.get("units"))

@@ -15,8 +15,10 @@ options at zero loss instead. A NaN, infinite or negative degradation, or two di
 measurement, is an error.
 
 Costs per option: `bytes` (cost model, the exporter's own accounting), `wbits` (params × stored w bits,
-for mean-bit budgets: a bits budget counts what the format stores) and `bitops` (MACs × w × a). Only
-widths the format stores as they are are offered (`WeightFormat.widths`; quanto: 2, 4, 8).
+for mean-bit budgets: a bits budget counts what the format stores), `bitops` (MACs × w × a) and, when the
+inventory knows every layer's input size (`Layer.act_numel`), `abits` (input activation elements × a: the
+size-weighted mean activation bits MixDQ's activation stage targets). Only widths the format stores as
+they are are offered (`WeightFormat.widths`; quanto: 2, 4, 8).
 
 Layer pruning (LAPTOP-Diff, `mpsearch.profiling.pruning`): when the profile has unit rows (`tensor="unit"`) every
 layer of a prunable unit gets one more option, key `"pruned"`, costing 0 bytes, 0 wbits and 0 BitOPs.
@@ -199,6 +201,8 @@ def build_problem(
         "wbits": [[layer_wbits(l, w, f) for w, _ in opts.pairs] for l in inv.layers],
         "bitops": [[layer_bitops(l, w, a) for w, a in opts.pairs] for l in inv.layers],
     }
+    if all(l.act_numel is not None for l in inv.layers):  # an older inventory leaves activation sizes unknown
+        costs["abits"] = [[l.act_numel * a for _, a in opts.pairs] for l in inv.layers]
     fixed = _protected(inv, space, opts)
     keys, costs, step_losses = _offer(opts.offered(inv), opts.pairs, costs, opts.step_losses)
     # each metric's scale from the bit options alone (see `solvers.problem`): offering pruning must not
@@ -359,8 +363,9 @@ def _add_prune_options(inv, unit_df, units, groups, keys, costs, step_losses, co
         saved += extra
         for i in u["members"]:
             keys[i].append(PRUNED_KEY)
-            for r in ("bytes", "wbits", "bitops"):
-                costs[r][i] = [*costs[r][i], 0]
+            for r in ("bytes", "wbits", "bitops", "abits"):
+                if r in costs:
+                    costs[r][i] = [*costs[r][i], 0]
     for name, u in table.items():
         rows, cons = all_or_nothing_rows(keys, f"pruned:{name}", PRUNED_KEY, u["members"])
         costs.update(rows)

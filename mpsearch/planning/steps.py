@@ -56,7 +56,8 @@ from solvers.problem import Constraint, Problem, Solution, StepProblem
 from solvers.registry import SolverSpec
 from solvers.units import build_units
 
-__all__ = ["StepOptions", "StepPool", "describe_budget", "joint_search", "step_losses_for_groups", "step_pool", "step_problem"]
+__all__ = ["StepOptions", "StepPool", "describe_budget", "joint_search", "profile_fitness", "sampling_pipeline",
+           "step_losses_for_groups", "step_pool", "step_problem"]
 
 POLISH = 3  # best-measured kept-step sets also sampled with the winner's bits
 
@@ -146,7 +147,7 @@ def step_pool(meta: dict[str, Any], steps: int, opts: StepOptions, *, needs_mode
     prof_ts, prof_groups, sched_name = _profile_schedule(meta)
     pipe = None
     if needs_model or opts.pool is not None:
-        pipe = _pipeline(opts.model, meta)
+        pipe = sampling_pipeline(opts.model, meta)
         kept_scheduler(pipe.scheduler)
     else:
         _check_scheduler_name(sched_name)
@@ -227,7 +228,7 @@ def joint_search(spec: SolverSpec, sp: StepProblem, pool: StepPool, opts: StepOp
     metric = opts.fitness_metric or _fitness_metric(meta, df)
     fit = None
     if opts.samples:
-        fit = _fitness(pool.pipe, meta, pool.timesteps, metric, opts.fitness_prompts, opts.fitness_seed, fmt)
+        fit = profile_fitness(pool.pipe, meta, pool.timesteps, metric, opts.fitness_prompts, opts.fitness_seed, fmt)
         opts.note(f"fitness: {metric} of {len(fit.prompts)} prompts vs FP at {len(pool.timesteps)} steps")
     try:
         return _search(spec, sp, pool, opts, solver_options, fit, metric, inv, budget, seed_solver)
@@ -340,7 +341,8 @@ def _rounded(rec: dict[str, Any]) -> dict[str, Any]:
     return {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in rec.items()}
 
 
-def _pipeline(model: Any, meta: dict[str, Any]):
+def sampling_pipeline(model: Any, meta: dict[str, Any]):
+    """The pipeline to sample with: `model` if it is one, else loaded from it (default: the profile's model)."""
     if hasattr(model, "components"):
         return model
     name = model if model is not None else meta.get("model")
@@ -349,7 +351,7 @@ def _pipeline(model: Any, meta: dict[str, Any]):
     return pipe
 
 
-def _fitness(pipe, meta: dict[str, Any], pool: list[int], metric: str, prompts, seed: int, fmt: str | None):
+def profile_fitness(pipe, meta: dict[str, Any], pool: list[int], metric: str, prompts, seed: int, fmt: str | None):
     """A `Fitness` on `pipe` set up like the profile: its candidates, quantizer settings and calibration."""
     _, den = find_denoiser(pipe)
     if meta.get("fingerprint") and weights_fingerprint(den) != meta["fingerprint"]:

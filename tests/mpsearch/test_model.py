@@ -132,6 +132,30 @@ def test_inventory_file_roundtrip(tmp_path):
     assert back["conv_in"] == inv["conv_in"]
 
 
+def test_activation_sizes_equal_a_real_forward_and_old_files_load_as_unknown(tmp_path):
+    """`act_numel` (input elements per call at batch 1, MixDQ's activation size) from the meta forward equals
+    a real forward's; an inventory.json written before it existed loads with act_numel None."""
+    import json
+
+    model = build(UNet2DConditionModel, TINY_SDXL)
+    inv = inventory(model, resolution=64, text_len=7)
+    names = {m: n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    real: dict[str, int] = {}
+    hs = [m.register_forward_hook(lambda m, i, o: real.__setitem__(names[m], real.get(names[m], 0) + i[0].numel()))
+          for m in names]  # fmt: skip
+    with torch.no_grad():
+        model(**dummy_inputs(model, 64, 7))
+    for h in hs:
+        h.remove()
+    assert {l.name: l.act_numel for l in inv} == real
+    assert inv["conv_in"].act_numel == 4 * 8 * 8  # a 4-channel 64 px latent (8 × 8)
+    d = inv.to_dict()
+    for layer in d["layers"]:
+        del layer["act_numel"]
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    assert {l.act_numel for l in type(inv).load(tmp_path / "old.json")} == {None}
+
+
 @pytest.mark.parametrize("name,published,layers", [
     ("flux-dev", 11.9e9, 504),  # FLUX.1 [dev]: a 12 B model; its transformer holds 11.9 B parameters
     ("flux-schnell", 11.9e9, 502),  # no guidance embedder

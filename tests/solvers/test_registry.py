@@ -45,7 +45,8 @@ def test_builtin_solvers_declare_what_they_consume():
     ilp, mixdq, evolution = get_solver("ilp"), get_solver("mixdq"), get_solver("evolution")
     assert (ilp.consumes, ilp.budget, ilp.budget_kinds, ilp.prunes) == ("problem", "ceiling", None, True)
     assert {"backend", "time_limit", "gap"} <= ilp.option_names()
-    assert (mixdq.budget, mixdq.budget_kinds, mixdq.weight_only, mixdq.prunes) == ("target", ("bits",), True, False)
+    assert (mixdq.budget, mixdq.budget_kinds, mixdq.weight_only, mixdq.prunes) == ("target", ("bits",), False, False)
+    assert (mixdq.act_cost, mixdq.image_pick) == ("abits", True) and not ilp.image_pick
     assert mixdq.accepts("bits") and not mixdq.accepts("bytes")
     assert {"backend", "group_metric", "band"} <= mixdq.option_names() and "time_limit" not in mixdq.option_names()
     assert evolution.consumes == "steps" and {"config", "seed"} == evolution.option_names()

@@ -72,11 +72,22 @@ def test_pareto_front_is_monotone_and_within_budgets(inv):
 
 
 def test_mixdq_mode_keeps_its_band(inv):
+    """MixDQ mode (small sweeps): weights within its band, then activations, as MixDQ; an inventory without
+    activation sizes refuses the activation stage in one line and still solves weights only."""
+    from dataclasses import replace
+
     df = synthetic_profile(inv)
-    plan = solve((df, inv), "4bits", solver="mixdq", backend="cbc")
+    grids = dict(k_grid=[0.5, 0.7], b_points=2, act_k_grid=[0.94, 1.0], act_b_points=2)
+    plan = solve((df, inv), "4bits", solver="mixdq", **grids)
     assert abs(plan.predicted["mean_w_bits"] - 4) <= 0.3 + 0.02  # B swept over [T-0.3, T] ± 0.02
+    assert {b.a_bits for b in plan.layers.values()} <= {4, 8, 16} and plan.solver["mixdq"]["act"]["fp16"]
     with pytest.raises(ValueError, match="mean weight bit-width"):
         solve((df, inv), "30%", solver="mixdq")
+    old = replace(inv, layers=[replace(la, act_numel=None) for la in inv.layers])  # an inventory from before
+    with pytest.raises(ValueError, match="activation size, which this profile's inventory does not record"):
+        solve((df, old), "4bits", solver="mixdq", **grids)
+    weights = solve((df, old), "4bits", solver="mixdq", space=SearchSpace(weight_only=True), **grids)
+    assert {b.a_bits for b in weights.layers.values()} == {16}
 
 
 def test_evolution_respects_the_budget(inv):

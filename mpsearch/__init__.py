@@ -24,9 +24,9 @@ _LAZY = {
     "register_metric": "mpsearch.profiling.metrics",
     "solve": "mpsearch.planning.planner",
     "search": "mpsearch.planning.planner",
-    "export": "mpsearch.export.exporter",
-    "load_quantized": "mpsearch.export.exporter",
-    "fake_quantize": "mpsearch.export.exporter",
+    "export": "mpsearch.export.write",
+    "load_quantized": "mpsearch.export.load",
+    "fake_quantize": "mpsearch.export.simulate",
     "evaluate": "mpsearch.evaluation.evaluator",
     "generate": "mpsearch.pipelines.generate",
 }

@@ -44,7 +44,7 @@ def export_cmd(
     """Write a plan's packed low-bit checkpoint; its denoiser bytes equal the cost model's prediction.
 
     All or nothing: written to a temporary sibling of --out and renamed into place at the end."""
-    from mpsearch.export.exporter import ExportError, export
+    from mpsearch.export.write import ExportError, export
     from mpsearch.model import ModelError
     from mpsearch.planning.plan import Plan, PlanError
 
@@ -85,7 +85,7 @@ def evaluate_cmd(
     """Generate with FP, the plan and baselines; write a Markdown report with images and plots."""
     from mpsearch.evaluation.evaluator import evaluate
     from mpsearch.evaluation.report import write_report
-    from mpsearch.export.exporter import ExportError
+    from mpsearch.export.simulate import ExportError
     from mpsearch.model import ModelError
     from mpsearch.planning.plan import PlanError
     from mpsearch.profiling.calibration import read_prompts

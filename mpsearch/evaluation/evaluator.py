@@ -5,7 +5,7 @@
     write_report(ev, "report/")                      # mpsearch.evaluation.report: Markdown, grid, Pareto, bit map
 
 Every candidate (the plan(s), uniform W8, uniform W4, the uniform width nearest the plan's bytes, a
-random allocation at equal bytes) is simulated with `mpsearch.export.exporter.fake_quantize` (the checkpoint's
+random allocation at equal bytes) is simulated with `mpsearch.export.simulate.fake_quantize` (the checkpoint's
 exact weights, the profiler's activation quantizers) and sampled with the same seeds as the FP model.
 Image metrics (every registered `image` metric: SSIM, adherence, user plug-ins) compare with the FP
 images of the same prompts and seeds, plus pixel MSE; output metrics (SQNR, MSE) compare denoiser
@@ -290,14 +290,9 @@ def evaluate(
     line per stage (the candidate, its bytes). `progress`: a rich bar on stderr over every image sampled
     (prompts × candidates, the FP calibration reference included) with ETA.
     """
-    from mpsearch.export.exporter import (
-        ExportError,
-        as_pipeline,
-        export,
-        fake_quantize,
-        load_quantized,
-        plan_of,
-    )
+    from mpsearch.export.load import load_quantized
+    from mpsearch.export.simulate import ExportError, as_pipeline, fake_quantize, plan_of
+    from mpsearch.export.write import export
     from mpsearch.profiling.calibration import demo_settings, reference
     from mpsearch.progress import count_bar
 

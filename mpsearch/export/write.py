@@ -1,36 +1,26 @@
-"""Apply a `Plan` to a pipeline: fake quantization in place (evaluation) or a packed low-bit checkpoint.
+"""Write a plan's low-bit checkpoint, all or nothing, with exactly the bytes the cost model predicts.
 
-    fq = fake_quantize(pipe, plan)          # weights replaced by their quantized values; fq.restore()
     result = export(plan, "out/", model=pipe)   # out/<denoiser>/mpsearch_quantized.safetensors + maps
-    qpipe = load_quantized("out/")          # a working pipeline with optimum-quanto low-bit modules
-
-The simulation and the checkpoint agree bit for bit on the weights: both use
-`mpsearch.profiling.quant.quantize_weight` with the format's quantizer config (symmetric, one fp16 scale per
-output channel), and both keep every unquantized denoiser parameter (biases, norms, embeddings, 16-bit
-layers) at fp16, the dtype the cost model charges (`WeightFormat.float_bytes`): the simulation rounds
-them to fp16 and back. Cross-attention K/V layers of CLIP-conditioned models are BOS-aware (MixDQ): the
-output row of the BOS token, identical for every prompt, is precomputed with full-precision weights,
-stored in fp16 and substituted at run time, in the simulation and in the loaded checkpoint alike.
 
 Checkpoint folder: the pipeline's other components as diffusers saves them, `model_index.json`,
 `plan.json`, `export.json` (bytes) and, under the denoiser's folder, `config.json`,
 `mpsearch_quantized.safetensors` (every denoiser parameter; by default one tensor per dtype with the
 offsets in the map, see `export(layout=)`), `quantization_map.json` (per module: qtype, nominal/stored
-bits, activation bits, shape, code offset) and `bos.safetensors`. `export` writes it all or nothing
+bits, activation bits, shape, code offset) and `bos.safetensors`. How a quantized layer's tensors are laid
+out is its format's storage (`mpsearch/export/formats/<name>.py`); the weights are the simulation's
+(`mpsearch.export.simulate`), bit for bit. `export` writes it all or nothing
 (`mpsearch.export.atomic.staged`: a temporary sibling renamed into place), after checking the plan's budget.
 
-Pruned units (`plan.pruned_units`, LAPTOP-Diff layer pruning) are removed for real: `fake_quantize`
-replaces them by identity stand-ins (`mpsearch.profiling.pruning`), `export` writes none of their parameters or
-buffers and lists them in `quantization_map.json`, and `load_denoiser` builds the denoiser from its
-config, swaps the same units for stand-ins, then loads: the loaded model has fewer parameters.
+Pruned units (`plan.pruned_units`, LAPTOP-Diff layer pruning) are removed for real: `export` writes none of
+their parameters or buffers and lists them in `quantization_map.json` (`mpsearch.export.load` builds the
+denoiser without them).
 """
 
 from __future__ import annotations
 
 import json
 import struct
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,263 +28,34 @@ import torch
 from torch import nn
 
 from mpsearch.export.atomic import check_target, staged
-from mpsearch.export.storage import get_storage, zero_point
-from mpsearch.model import Inventory, damaged_weights, find_denoiser, fingerprint, inventory, load_pipeline
-from mpsearch.pipelines import denoiser_components
+from mpsearch.export.simulate import (
+    FLOAT_DTYPE,
+    ExportError,
+    as_pipeline,
+    bos_rows,
+    bos_targets,
+    check_plan,
+    in_pruned,
+    plan_of,
+)
+from mpsearch.model import Inventory, find_denoiser, inventory
 from mpsearch.planning.cost import (
     FLOAT_BITS,
-    WeightFormat,
     fp16_bytes,
     get_format,
     layer_bytes,
     model_bytes,
     stored_mean_bits,
 )
-from mpsearch.planning.plan import Plan, PlanError
-from mpsearch.profiling.quant import WeightQuantConfig, bos_layers, fake_quant_weight, quantize_weight
+from mpsearch.planning.plan import Plan
+from mpsearch.planning.quantizer import weight_config
+from mpsearch.profiling.quant import WeightQuantConfig, quantize_weight
 
 SCHEMA = "mpsearch.quantized/1"
 WEIGHTS_FILE = "mpsearch_quantized.safetensors"
 QMAP_FILE = "quantization_map.json"
 BOS_FILE = "bos.safetensors"
 EXPORT_FILE = "export.json"  # written last: byte accounting of a finished export
-FLOAT_DTYPE = torch.float16  # unquantized parameters and scales; `WeightFormat.float_bytes == 2`
-
-
-class ExportError(ValueError):
-    """A checkpoint cannot be written or read back (the message names the layer)."""
-
-
-def weight_config(fmt: str | WeightFormat) -> WeightQuantConfig:
-    """The weight quantizer a format stores: symmetric when it has no zero points, its group size."""
-    f = get_format(fmt)
-    return WeightQuantConfig(symmetric=f.zero_bytes == 0, group_size=f.group_size)
-
-
-def _check_pruned(plan: Plan, inv: Inventory, den: nn.Module | None) -> None:
-    """Every pruned unit is prunable in this model and `pruned_fixed_params` is what removing them saves."""
-    if den is None:
-        return
-    from mpsearch.profiling.pruning import find_units
-
-    units = {u.name: u for u in find_units(den, inv)}
-    for name in plan.pruned_units:
-        if name not in units:
-            raise PlanError(f"pruned unit {name!r} is not a prunable unit of {inv.model!r}")
-    fixed = sum(units[n].fixed_params for n in plan.pruned_units)
-    if fixed != plan.pruned_fixed_params:
-        raise PlanError(f"pruned_fixed_params is {plan.pruned_fixed_params}, but removing {plan.pruned_units} "
-                        f"removes {fixed} unquantized parameters")
-
-
-def _in_pruned(plan: Plan, name: str) -> bool:
-    return any(name.startswith(u + ".") for u in plan.pruned_units)
-
-
-def check_plan(plan: Plan, inv: Inventory, den: nn.Module | None = None) -> Plan:
-    """Refuse a plan made for another model, naming the first layer that does not match."""
-    other = bool(plan.fingerprint) and plan.fingerprint != inv.fingerprint
-    try:
-        plan.validate(inv, check_fingerprint=False)  # unknown / missing layers first: they name the layer
-    except PlanError as e:
-        if not other:
-            raise
-        raise PlanError(f"plan was made for model {plan.model!r} (fingerprint {plan.fingerprint}), not for "
-                        f"{inv.model!r} (fingerprint {inv.fingerprint}): {e}") from None
-    if other:
-        raise PlanError(
-            f"plan was made for model {plan.model!r} (fingerprint {plan.fingerprint}), not for {inv.model!r} "
-            f"(fingerprint {inv.fingerprint}): same layer names, different shapes or config"
-        )
-    if plan.pruned_units:
-        _check_pruned(plan, inv, den)
-    for i, o in enumerate(plan.step_overrides):
-        for name, bits in o["layers"].items():
-            if "w_bits" in bits:
-                raise PlanError(f"step_overrides[{i}]: layer {name!r} changes w_bits per step; a checkpoint "
-                                "holds one weight per layer (only a_bits may vary over steps)")
-    return plan
-
-
-def as_pipeline(model: Any):
-    return model if hasattr(model, "components") else load_pipeline(model)
-
-
-def plan_of(plan: Plan | str | Path) -> Plan:
-    return plan if isinstance(plan, Plan) else Plan.load(plan)
-
-
-# --------------------------------------------------------------------------------------------------
-# BOS-aware cross-attention K/V (MixDQ §1.3)
-
-
-class _Captured(Exception):
-    pass
-
-
-def bos_rows(pipe: Any, names: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """The full-precision output row of the BOS token for each K/V layer, stored dtype (fp16).
-
-    Runs the text encoder and one denoiser call on the empty prompt and stops as soon as every layer has
-    seen its input; the row is `layer(x[0, 0])` with the layer's current (full-precision) weights.
-    """
-    _, den = find_denoiser(pipe)
-    names = bos_layers(den, pipe) if names is None else names
-    if not names:
-        return {}
-    rows: dict[str, torch.Tensor] = {}
-
-    def hook(name):
-        def fn(module, args, output):
-            x = args[0][0, 0].detach().float()
-            rows[name] = nn.functional.linear(x, module.weight.float(),
-                                              None if module.bias is None else module.bias.float()).to(FLOAT_DTYPE)
-            if len(rows) == len(names):
-                raise _Captured
-        return fn
-
-    handles = [den.get_submodule(n).register_forward_hook(hook(n)) for n in names]
-    try:
-        if hasattr(pipe, "set_progress_bar_config"):
-            pipe.set_progress_bar_config(disable=True)
-        with torch.inference_mode():
-            pipe(prompt="", num_inference_steps=1, output_type="latent", guidance_scale=1.0)
-    except _Captured:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [n for n in names if n not in rows]
-    if missing:
-        raise ExportError(f"layer {missing[0]!r} saw no text input in a denoiser call; is it cross-attention?")
-    return rows
-
-
-def _bos_hook(row: torch.Tensor):
-    def fn(module, args, output):
-        out = output.clone()
-        out[..., 0, :] = row.to(device=out.device, dtype=out.dtype)
-        return out
-    return fn
-
-
-# --------------------------------------------------------------------------------------------------
-# Fake quantization (simulation)
-
-
-@dataclass
-class FakeQuant:
-    """Handle of a pipeline whose denoiser is fake-quantized in place; `restore()` undoes it."""
-
-    pipe: Any
-    plan: Plan
-    originals: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-    handles: list = field(default_factory=list, repr=False)
-    session: Any = field(default=None, repr=False)
-    removed: dict[str, nn.Module] = field(default_factory=dict, repr=False)  # pruned units, to put back
-
-    def restore(self) -> None:
-        from mpsearch.profiling.pruning import restore_units
-
-        _, den = find_denoiser(self.pipe)
-        params = dict(den.named_parameters())
-        for name, data in self.originals.items():
-            params[name].data = data
-        for h in self.handles:
-            h.remove()
-        if self.session is not None:
-            self.session.remove()
-        restore_units(den, self.removed)
-        self.originals, self.handles, self.session, self.removed = {}, [], None, {}
-
-    def __enter__(self) -> FakeQuant:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.restore()
-
-
-def fake_quantize(
-    pipe: Any,
-    plan: Plan | str | Path,
-    *,
-    inv: Inventory | None = None,
-    cfg: WeightQuantConfig | None = None,
-    bos: bool = True,
-    round_float: bool = True,
-    calib: Any = None,
-    progressive: bool = False,
-) -> FakeQuant:
-    """Replace the denoiser's weights by exactly what the plan's checkpoint would hold.
-
-    Quantized layers get `fake_quant_weight` values at their nominal bits; every other parameter is
-    rounded to fp16 (`round_float`), as the checkpoint stores it. BOS-aware K/V (`bos`) substitutes the
-    full-precision BOS row. Activation bits (`a_bits < 16`, and per-step `step_overrides`, PCR's
-    activation relaxing) run through the profiler's quantizers (`mpsearch.profiling.quant.quantize_pipeline`:
-    split shortcuts, BOS-aware, ranges calibrated on `calib`, a `mpsearch.profiling.calibration.Reference`, with
-    full-precision weights as the profiler does; `progressive` = PCR per-step ranges). Per-step
-    activation bits apply when sampling with the reference's number of steps.
-    """
-    plan = plan_of(plan)
-    _, den = find_denoiser(pipe)
-    inv = inv or inventory(pipe)
-    check_plan(plan, inv, den)
-    cfg = cfg or weight_config(plan.format)
-    fq = FakeQuant(pipe, plan)
-    if plan.pruned_units:
-        from mpsearch.profiling.pruning import remove_units
-
-        fq.removed = remove_units(den, plan.pruned_units)
-    acts = activation_bits(plan)
-    if acts:
-        from mpsearch.profiling.quant import Candidates, quantize_pipeline
-
-        if calib is None:
-            raise ValueError("the plan quantizes activations: pass calib= (mpsearch.profiling.calibration.reference(pipe, prompts))")
-        fq.session = quantize_pipeline(pipe, Candidates(weight=(), act=tuple(sorted(acts))), calib=calib,
-                                       progressive=progressive, weight_cfg=cfg)
-        fq.session.apply({n: (None, b.a_bits) for n, b in plan.layers.items() if not b.pruned}, plan.step_overrides)
-    rows = bos_rows(pipe, bos_targets(plan, den, pipe)) if bos else {}
-    with torch.no_grad():
-        for pname, p in den.named_parameters():
-            module, _, kind = pname.rpartition(".")
-            bits = plan.layers[module].w_bits if module in plan.layers and kind == "weight" else FLOAT_BITS
-            if bits >= FLOAT_BITS and not round_float:
-                continue
-            fq.originals[pname] = p.data
-            if bits < FLOAT_BITS:
-                p.data = fake_quant_weight(p.data, bits, cfg)
-            else:
-                p.data = p.data.to(FLOAT_DTYPE).to(p.dtype)
-    for name, row in rows.items():
-        fq.handles.append(den.get_submodule(name).register_forward_hook(_bos_hook(row)))
-    return fq
-
-
-def activation_bits(plan: Plan) -> set[int]:
-    """Activation widths below 16 that the plan uses anywhere (layers or step overrides)."""
-    bits = {b.a_bits for b in plan.layers.values() if not b.pruned}
-    bits |= {v["a_bits"] for o in plan.step_overrides for v in o["layers"].values() if "a_bits" in v}
-    return {b for b in bits if b < FLOAT_BITS}
-
-
-def _quantized(plan: Plan, name: str) -> bool:
-    """Whether a layer is quantized at any step (weights, activations, or a per-step override)."""
-    b = plan.layers.get(name)
-    if b is not None and b.pruned:
-        return False
-    if b is not None and (b.w_bits < FLOAT_BITS or b.a_bits < FLOAT_BITS):
-        return True
-    return any(o["layers"].get(name, {}).get("a_bits", FLOAT_BITS) < FLOAT_BITS for o in plan.step_overrides)
-
-
-def bos_targets(plan: Plan, den: nn.Module, pipe: Any) -> list[str]:
-    """The BOS-aware K/V layers the plan quantizes: their BOS row stays full precision."""
-    return [n for n in bos_layers(den, pipe) if _quantized(plan, n)]
-
-
-# --------------------------------------------------------------------------------------------------
-# Packed checkpoint
 
 
 @dataclass
@@ -331,7 +92,7 @@ def safetensors_header_bytes(path: str | Path) -> int:
     return 8 + n
 
 
-def _check_budget(plan: Plan, inv: Inventory) -> int | None:
+def check_budget(plan: Plan, inv: Inventory) -> int | None:
     """Refuse a plan over the budget it records, before anything is written; returns the budget in bytes
     (None for a budget of another kind). A bits budget counts stored bits (`cost.layer_wbits`: quanto
     keeps 3-bit weights in 4-bit containers); a MixDQ plan may exceed it by MixDQ's band. BitOPs budgets
@@ -368,13 +129,12 @@ def quantized_state(den: nn.Module, plan: Plan, inv: Inventory, cfg: WeightQuant
     if cfg.group_size != fmt.group_size or cfg.symmetric != (fmt.zero_bytes == 0):
         raise ExportError(f"quantizer {cfg} does not match format {fmt.name!r} (group {fmt.group_size}, "
                           f"{fmt.zero_bytes} zero-point bytes)")
-    storage = get_storage(fmt.name)
     tensors: dict[str, torch.Tensor] = {}
     qmap: dict[str, dict[str, Any]] = {}
     layers = {l.name for l in inv.layers}
     with torch.no_grad():
         for pname, p in den.named_parameters():
-            if _in_pruned(plan, pname):
+            if in_pruned(plan, pname):
                 continue
             module, _, kind = pname.rpartition(".")
             bits = plan.layers[module].w_bits if module in layers and kind == "weight" else FLOAT_BITS
@@ -383,7 +143,7 @@ def quantized_state(den: nn.Module, plan: Plan, inv: Inventory, cfg: WeightQuant
                 tensors[pname] = p.detach().to(FLOAT_DTYPE).contiguous()
                 continue
             q, scale, _ = quantize_weight(p.detach(), bits, cfg)
-            for suffix, t in storage.encode(q, scale, stored).items():
+            for suffix, t in fmt.encode(q, scale, stored).items():
                 tensors[f"{pname}.{suffix}"] = t
     for layer in inv.layers:
         b = plan.layers[layer.name]
@@ -391,14 +151,14 @@ def quantized_state(den: nn.Module, plan: Plan, inv: Inventory, cfg: WeightQuant
             continue
         stored = fmt.stored_bits(b.w_bits)
         qmap[layer.name] = {
-            "weights": storage.qtype(stored) if stored < FLOAT_BITS else "none",
+            "weights": fmt.qtype(stored) if stored < FLOAT_BITS else "none",
             "activations": "none" if b.a_bits >= FLOAT_BITS else f"int{b.a_bits}",
             "w_bits": b.w_bits,
             "stored_bits": stored,
             "a_bits": b.a_bits,
             "kind": layer.kind,
             "shape": list(layer.weight_shape),
-            "zero_point": storage.zero_point(stored) if stored < FLOAT_BITS else None,
+            "zero_point": fmt.zero_point(stored) if stored < FLOAT_BITS else None,
             "bytes": layer_bytes(layer, b.w_bits, fmt),
         }
     return tensors, qmap
@@ -432,8 +192,6 @@ def export(
     `NotADirectoryError` for an `out` it may not write; `ExportError` when the bytes written differ from
     the cost model's prediction (then nothing is left either).
     """
-    from safetensors.torch import save_file
-
     if layout not in ("blobs", "tensors"):
         raise ValueError(f"layout must be 'blobs' or 'tensors', not {layout!r}")
     plan = plan_of(plan)
@@ -443,48 +201,34 @@ def export(
     inv = inventory(pipe)
     check_plan(plan, inv, den)
     fmt = get_format(plan.format)
-    budget_bytes = _check_budget(plan, inv)
+    budget_bytes = check_budget(plan, inv)
 
     tensors, qmap = quantized_state(den, plan, inv, cfg)
     params = {n for n, _ in den.named_parameters()}
     buffers = {f"__buffer__.{n}": t.detach().contiguous() for n, t in den.state_dict().items()
-               if n not in params and not _in_pruned(plan, n)}
+               if n not in params and not in_pruned(plan, n)}
     predicted = model_bytes(inv, plan.w_bits(), fmt, plan.pruned_fixed_params)
     tensor_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
     if tensor_bytes != predicted:
         raise ExportError(f"the checkpoint would hold {tensor_bytes:,} bytes of denoiser tensors but the cost model "
                           f"predicts {predicted:,} for format {fmt.name!r}; nothing written")
     rows = bos_rows(pipe, bos_targets(plan, den, pipe)) if bos else {}
-    meta = {"schema": SCHEMA, "format": fmt.name, "fingerprint": inv.fingerprint, "component": den_name}
+    for name in rows:
+        qmap[name]["bos"] = True
+    qinfo = {
+        "schema": SCHEMA, "format": fmt.to_dict(), "fingerprint": inv.fingerprint, "model": inv.model,
+        "component": den_name, "denoiser_class": type(den).__name__,
+        "quantizer": asdict(cfg or weight_config(fmt)), "float_dtype": "float16", "bos_layers": sorted(rows),
+        "layout": layout, "pruned_units": list(plan.pruned_units), "modules": qmap,
+    }  # fmt: skip
     with staged(out, overwrite=overwrite, is_ours=_is_export) as tmp:
         folder = tmp / den_name
         folder.mkdir()
-        path = folder / WEIGHTS_FILE
-        index = None
-        if layout == "blobs":
-            blobs, index = to_blobs({**tensors, **buffers})
-            save_file(blobs, str(path), metadata={**meta, "layout": layout})
-        else:
-            save_file({**tensors, **buffers}, str(path), metadata={**meta, "layout": layout})
-        bos_bytes = 0
-        if rows:
-            save_file({n: r.contiguous() for n, r in rows.items()}, str(folder / BOS_FILE), metadata={"schema": SCHEMA})
-            bos_bytes = (folder / BOS_FILE).stat().st_size
-        for name in rows:
-            qmap[name]["bos"] = True
-
-        (folder / QMAP_FILE).write_text(json.dumps({
-            "schema": SCHEMA, "format": fmt.to_dict(), "fingerprint": inv.fingerprint, "model": inv.model,
-            "component": den_name, "denoiser_class": type(den).__name__,
-            "quantizer": asdict(cfg or weight_config(fmt)), "float_dtype": "float16", "bos_layers": sorted(rows),
-            "layout": layout, "pruned_units": list(plan.pruned_units), "modules": qmap,
-            **({"blobs": index} if index is not None else {}),
-        }, indent=1))
+        path, bos_bytes = _write_denoiser(folder, {**tensors, **buffers}, rows, qinfo)
         den.save_config(folder)
         plan.save(tmp / "plan.json")
         if components:
             _save_components(pipe, den_name, tmp)
-
         result = ExportResult(
             out=str(out), format=fmt.name, fp16_bytes=fp16_bytes(inv), predicted_bytes=predicted,
             tensor_bytes=tensor_bytes, header_bytes=safetensors_header_bytes(path), file_bytes=path.stat().st_size,
@@ -495,6 +239,28 @@ def export(
         )
         (tmp / EXPORT_FILE).write_text(json.dumps(result.to_dict(), indent=1))
     return result
+
+
+def _write_denoiser(folder: Path, tensors: dict[str, torch.Tensor], rows: dict[str, torch.Tensor],
+                    qinfo: dict[str, Any]) -> tuple[Path, int]:
+    """The denoiser's safetensors file (in `qinfo["layout"]`), its BOS rows and quantization map;
+    returns the weights file and the BOS file's size in bytes (0 when there are no BOS rows)."""
+    from safetensors.torch import save_file
+
+    path = folder / WEIGHTS_FILE
+    meta = {"schema": SCHEMA, "format": qinfo["format"]["name"], "fingerprint": qinfo["fingerprint"],
+            "component": qinfo["component"], "layout": qinfo["layout"]}
+    if qinfo["layout"] == "blobs":
+        blobs, qinfo["blobs"] = to_blobs(tensors)
+        save_file(blobs, str(path), metadata=meta)
+    else:
+        save_file(tensors, str(path), metadata=meta)
+    bos_bytes = 0
+    if rows:
+        save_file({n: r.contiguous() for n, r in rows.items()}, str(folder / BOS_FILE), metadata={"schema": SCHEMA})
+        bos_bytes = (folder / BOS_FILE).stat().st_size
+    (folder / QMAP_FILE).write_text(json.dumps(qinfo, indent=1))
+    return path, bos_bytes
 
 
 def _is_export(folder: Path) -> bool:
@@ -538,144 +304,3 @@ def _save_components(pipe: Any, den_name: str, out: Path) -> None:
     pipe.save_config(out)
 
 
-# --------------------------------------------------------------------------------------------------
-# Loading
-
-
-def _container(stored_bits: int):
-    from optimum.quanto import qint2, qint4, qint8
-
-    return qint2 if stored_bits <= 2 else qint4 if stored_bits <= 4 else qint8
-
-
-def _quanto_module(module: nn.Module, q: torch.Tensor, scale: torch.Tensor, stored_bits: int, dtype) -> nn.Module:
-    """An optimum-quanto QLinear / QConv2d holding `q` (signed codes) and per-channel `scale`."""
-    from optimum.quanto.nn import quantize_module
-    from optimum.quanto.tensor.weights import WeightQBitsTensor, WeightQBytesTensor
-
-    qtype = _container(stored_bits)
-    qmod = quantize_module(module, weights=qtype)  # built on the module's (meta) device, empty
-    qmod.weight_group_size = None  # one scale per output channel, not quanto's default groups
-    qmod = qmod.to_empty(device="cpu")
-    qmod.input_scale = torch.ones((), dtype=dtype)
-    qmod.output_scale = torch.ones((), dtype=dtype)
-    scale = scale.to(dtype)
-    size, stride = q.shape, torch.empty(q.shape, device="meta").stride()
-    if qtype.bits == 8:
-        w = WeightQBytesTensor(qtype, 0, size, stride, q.to(torch.int8), scale, None)
-    else:
-        zp = zero_point(qtype.bits)
-        codes = (q.to(torch.int16) + zp).to(torch.uint8)
-        shift = torch.full((), zp, dtype=torch.uint8)
-        w = WeightQBitsTensor(qtype, 0, None, size, stride, codes, scale, shift.expand(scale.shape))
-    qmod.weight = nn.Parameter(w, requires_grad=False)
-    return qmod
-
-
-def load_denoiser(folder: str | Path, *, dtype: torch.dtype = torch.float32, dequantize: bool = False) -> nn.Module:
-    """Rebuild a quantized denoiser from its checkpoint folder (config.json + quantized safetensors)."""
-    import diffusers
-    from accelerate import init_empty_weights
-    from accelerate.utils import set_module_tensor_to_device
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    qinfo = json.loads((folder / QMAP_FILE).read_text())
-    if qinfo.get("schema") != SCHEMA:
-        raise ExportError(f"{folder / QMAP_FILE}: schema {qinfo.get('schema')!r}, expected {SCHEMA!r}")
-    cfg = json.loads((folder / "config.json").read_text())
-    cls = getattr(diffusers, cfg["_class_name"])
-    with init_empty_weights(include_buffers=False):
-        den = cls.from_config(cfg)
-    if fingerprint(den) != qinfo["fingerprint"]:
-        raise ExportError(f"{folder}: the denoiser built from config.json has fingerprint {fingerprint(den)}, "
-                          f"the checkpoint was written for {qinfo['fingerprint']}")
-    if qinfo.get("pruned_units"):
-        from mpsearch.profiling.pruning import remove_units
-
-        remove_units(den, qinfo["pruned_units"])
-    tensors = load_file(str(folder / WEIGHTS_FILE))
-    if qinfo.get("layout") == "blobs":
-        tensors = from_blobs(tensors, qinfo["blobs"])
-    storage = get_storage(qinfo["format"]["name"])
-    modules = qinfo["modules"]
-    for name, entry in modules.items():
-        try:
-            module = den.get_submodule(name)
-        except AttributeError:
-            raise ExportError(f"layer {name!r} of the checkpoint is not a module of {cfg['_class_name']}") from None
-        if list(module.weight.shape) != entry["shape"]:
-            raise ExportError(f"layer {name!r}: checkpoint shape {entry['shape']} != model shape "
-                              f"{list(module.weight.shape)}")
-        stored = entry["stored_bits"]
-        if stored >= FLOAT_BITS:
-            continue
-        prefix = f"{name}.weight."
-        parts = {k[len(prefix):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix)]}
-        if not parts:
-            raise ExportError(f"layer {name!r}: no quantized weight tensors in {WEIGHTS_FILE}")
-        q, scale = storage.decode(parts, stored, tuple(entry["shape"]))
-        if dequantize:
-            w = (q.reshape(q.shape[0], -1).float() * scale.reshape(-1, 1)).reshape(q.shape)
-            set_module_tensor_to_device(den, f"{name}.weight", "cpu", value=w.to(dtype))
-        else:
-            bias = module.bias
-            qmod = _quanto_module(module, q, scale, stored, dtype)
-            if bias is not None:
-                qmod.bias = nn.Parameter(tensors.pop(f"{name}.bias").to(dtype), requires_grad=False)
-            qmod.name = name
-            den.set_submodule(name, qmod)
-    for key, t in tensors.items():
-        if key.startswith("__buffer__."):
-            set_module_tensor_to_device(den, key[len("__buffer__."):], "cpu", value=t)
-        else:
-            set_module_tensor_to_device(den, key, "cpu", value=t.to(dtype))
-    left = [n for n, p in den.named_parameters() if p.device.type == "meta"]
-    if left:
-        raise ExportError(f"parameter {left[0]!r} is missing from {folder / WEIGHTS_FILE}")
-    if (folder / BOS_FILE).exists():
-        for name, row in load_file(str(folder / BOS_FILE)).items():
-            den.get_submodule(name).register_forward_hook(_bos_hook(row))
-    den.eval().requires_grad_(False)
-    den.mpsearch_quantization = qinfo
-    if not dequantize:
-        _outside_inference_mode(den)
-    return den
-
-
-def _outside_inference_mode(module: nn.Module) -> None:
-    """optimum-quanto's autograd functions fail under `torch.inference_mode` (diffusers pipelines use it):
-    run the module's forward under `no_grad` instead, which is what inference mode would save anyway."""
-    forward = module.forward
-
-    def wrapped(*args, **kwargs):
-        with torch.inference_mode(False), torch.no_grad():
-            return forward(*args, **kwargs)
-
-    module.forward = wrapped
-
-
-def load_quantized(path: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None,
-                   dequantize: bool = False):
-    """Load a checkpoint written by `export` as a working diffusers pipeline.
-
-    Quantized layers become optimum-quanto `QLinear` / `QConv2d` modules holding the integer codes
-    (qint2 / qint4 / qint8 containers: 3-bit codes in qint4, 5/6-bit in qint8), dequantized on the fly;
-    `dequantize=True` gives plain float modules instead. `dtype` defaults to float32 on CPU.
-    """
-    import diffusers
-
-    path = Path(path)
-    index = json.loads((path / "model_index.json").read_text())
-    den_name = next((n for n in denoiser_components() if (path / n / QMAP_FILE).exists()), None)
-    if den_name is None:
-        raise ExportError(f"{path} holds no {QMAP_FILE} under a unet/ or transformer/ folder")
-    dtype = dtype or (torch.float32 if device == "cpu" else torch.float16)
-    with damaged_weights(path), warnings.catch_warnings():
-        den = load_denoiser(path / den_name, dtype=dtype, dequantize=dequantize)
-        cls = getattr(diffusers, index["_class_name"])
-        warnings.simplefilter("ignore", FutureWarning)  # diffusers 0.42 renames torch_dtype to dtype; older ones lack dtype
-        pipe = cls.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype, **{den_name: den})
-    pipe.set_progress_bar_config(disable=True)
-    pipe.mpsearch_plan = Plan.load(path / "plan.json") if (path / "plan.json").exists() else None
-    return pipe.to(device)

@@ -1,60 +1,106 @@
-"""On-disk layout of one quantized layer, one storage per weight format of `mpsearch.planning.cost`.
+"""The weight-format contract: one object per format holds its cost rule, its storage and its runtime.
 
-Every storage writes the signed integer codes `q` of `mpsearch.profiling.quant.quantize_weight` (symmetric,
-`q ∈ [-2^(b-1), 2^(b-1) - 1]` for `b` nominal bits) as unsigned codes `q + 2^(s-1)` in `s` stored bits,
-plus the fp16 per-output-channel scales (shape `[out, 1, ...]`, broadcastable to the weight as
-optimum-quanto keeps them). The code offset `2^(s-1)` is a constant of the format (recorded in the
-quantization map, never stored), so a layer costs exactly what `cost.layer_bytes` charges.
+A format is a `WeightFormat` subclass in its own file under `mpsearch/export/formats/`, registered with
+`register_format(Instance(name=..., storage={...}))`. One object answers the three questions the flow asks:
 
-- `packed`: `<layer>.weight._packed`, a dense little-endian bitstream of `s = b` bits per code
-  (`mpsearch.export.packing`), for every width 2..8, because no backend stores 3, 5 or 6 bits densely.
-- `quanto`: optimum-quanto's own containers and tensor names. qint2/qint4 (`WeightQBitsTensor`):
-  `<layer>.weight._data._data`, uint8, quanto's `pack_weights` (2 or 4 codes per byte) applied to the
-  flattened codes, so an output-channel count that is not a multiple of 4 costs no padding row; qint8 (`WeightQBytesTensor`): `<layer>.weight._data`, int8 codes. 3-bit layers go to qint4,
-  5/6-bit layers to qint8.
+- cost rule (what `mpsearch.planning.cost` charges; `predicted bytes == bytes written`): which nominal
+  widths exist (`storage`: nominal bits → stored bits, e.g. quanto keeps 3-bit weights in 4-bit
+  containers), the scales' granularity (`group_size`) and dtypes (`scale_bytes`, `zero_bytes`), the float
+  dtype of everything unquantized (`float_bytes`); `layer_bytes` turns that into bytes per layer.
+- storage (mpsearch's checkpoint layout, `mpsearch.export.write`): `encode` turns the signed integer codes
+  `q` of `mpsearch.profiling.quant.quantize_weight` (symmetric: `q ∈ [-2^(b-1), 2^(b-1) - 1]` for `b`
+  nominal bits) and the per-output-channel scales into named tensors, and `decode` turns them back.
+  Scales are fp16 of shape `[out, 1, ...]` (broadcastable to the weight, as optimum-quanto keeps them).
+  The code offset (`zero_point`) is a constant of the format, recorded in the quantization map, never
+  stored, so a layer costs exactly what `layer_bytes` charges.
+- runtime (`mpsearch.export.load`): `module` builds the module that computes with the stored codes.
 
-A new storage is a class with `encode` / `decode` registered under a format name.
+This module imports nothing from `mpsearch.planning` or the rest of `mpsearch.export`: the cost model
+reads the rules from here, so data still flows one way.
 """
 
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
+from torch import nn
 
-from mpsearch.export.packing import pack_bits, packed_nbytes, unpack_bits
+from mpsearch.model import Layer
 from solvers.registry import Registry
 
-STORAGES: Registry[Storage] = Registry("storage", unknown="no storage for weight format {name!r}; known: {names}")
+FLOAT_BITS = 16  # "unquantized": stored at the format's float dtype (`float_bytes`)
 
 
-def register_storage(cls: type[Storage]) -> type[Storage]:
-    """Class decorator: the storage of weight format `cls.format`."""
-    old = STORAGES.get(cls.format)
-    STORAGES.add(cls.format, cls(), replace=old is not None and type(old) is cls)
-    return cls
+@dataclass(frozen=True)
+class WeightFormat:
+    """How quantized weights are stored (the cost rule; subclasses add storage and runtime).
 
+    `storage`: nominal bits → bits actually stored (a backend without 3-bit storage keeps 3-bit weights
+    in 4-bit containers; they cost 4 bits and the plan says so). `group_size`: None = one scale per
+    output channel, else one per group of that many input elements in a row. `scale_bytes` / `zero_bytes`
+    per scale / zero point (0 = symmetric, no zero point). `float_bytes` for bias, 16-bit layers and
+    unquantized parameters.
+    """
 
-def get_storage(fmt: str) -> Storage:
-    return STORAGES.lookup(fmt)
+    name: str
+    storage: dict[int, int]
+    group_size: int | None = None
+    scale_bytes: int = 2
+    zero_bytes: int = 0
+    float_bytes: int = 2
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
 
+    # ---- cost rule
 
-def scale_shape(weight_shape: tuple[int, ...]) -> tuple[int, ...]:
-    return (weight_shape[0],) + (1,) * (len(weight_shape) - 1)
+    def stored_bits(self, bits: int) -> int:
+        if bits >= FLOAT_BITS:
+            return FLOAT_BITS
+        try:
+            return self.storage[bits]
+        except KeyError:
+            raise ValueError(
+                f"format {self.name!r} cannot store {bits}-bit weights (supported: {sorted(self.storage)})"
+            ) from None
 
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Widths below 16 bits stored as they are, in no wider container: the only ones worth offering
+        (quanto's 3-bit weights cost what 4-bit ones do and are worse)."""
+        return tuple(sorted(b for b, s in self.storage.items() if b == s))
 
-def zero_point(stored_bits: int) -> int:
-    """optimum-quanto's offset between signed codes and stored unsigned codes (0 for its int8 container)."""
-    return 0 if stored_bits == 8 else 1 << (stored_bits - 1)
+    def check_offered(self, bits: int) -> None:
+        """Refuse offering a width the format cannot store, or stores in a wider container."""
+        stored = self.stored_bits(bits)
+        if stored != bits and bits < FLOAT_BITS:
+            raise ValueError(f"format {self.name!r} stores {bits}-bit weights in {stored}-bit containers, as large "
+                             f"as {stored}-bit weights and less accurate: choose from its stored widths "
+                             f"{', '.join(map(str, self.widths))}")
 
+    def n_scales(self, layer: Layer) -> int:
+        row = layer.params // layer.out_channels
+        groups = 1 if self.group_size is None else math.ceil(row / self.group_size)
+        return layer.out_channels * groups
 
-class Storage:
-    """Turns `(q, scale)` of one layer into named tensors and back. Suffixes follow `<layer>.weight.`"""
+    def layer_bytes(self, layer: Layer, w_bits: int) -> int:
+        """Bytes of one (unpruned) layer at `w_bits` nominal bits: codes + scales + zeros + bias."""
+        bias = layer.bias * self.float_bytes
+        stored = self.stored_bits(w_bits)
+        if stored >= FLOAT_BITS:
+            return layer.params * self.float_bytes + bias
+        packed = math.ceil(layer.params * stored / 8)
+        return packed + self.n_scales(layer) * (self.scale_bytes + self.zero_bytes) + bias
 
-    format: ClassVar[str]
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    # ---- storage (mpsearch's checkpoint layout): suffixes follow `<layer>.weight.`
 
     def qtype(self, stored_bits: int) -> str:
+        """The name the quantization map gives the stored type (`packed4`, `qint4`)."""
         raise NotImplementedError
 
     def zero_point(self, stored_bits: int) -> int:
@@ -68,61 +114,34 @@ class Storage:
         """`(q, scale)`: signed int8 codes of `shape` and float32 scales of `scale_shape(shape)`."""
         raise NotImplementedError
 
-    @staticmethod
-    def _scale(scale: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-        return scale.reshape(scale_shape(shape)).to(torch.float16).contiguous()
+    # ---- runtime
+
+    def module(self, module: nn.Module, q: torch.Tensor, scale: torch.Tensor, stored_bits: int,
+               dtype: torch.dtype) -> nn.Module:
+        """The module that replaces the float `module` at load time, computing with the codes `q`."""
+        raise NotImplementedError
 
 
-@register_storage
-class PackedStorage(Storage):
-    format = "packed"
-
-    def qtype(self, stored_bits: int) -> str:
-        return f"packed{stored_bits}"
-
-    def zero_point(self, stored_bits: int) -> int:
-        return 1 << (stored_bits - 1)  # every width unsigned, 8 bits included
-
-    def encode(self, q, scale, stored_bits):
-        codes = (q.to(torch.int32) + self.zero_point(stored_bits)).to(torch.uint8)
-        return {"_packed": pack_bits(codes, stored_bits), "_scale": self._scale(scale, tuple(q.shape))}
-
-    def decode(self, tensors, stored_bits, shape):
-        n = math.prod(shape)
-        packed = tensors["_packed"]
-        if packed.numel() != packed_nbytes(n, stored_bits):
-            raise ValueError(f"{packed.numel()} packed bytes, expected {packed_nbytes(n, stored_bits)}")
-        codes = unpack_bits(packed, stored_bits, n).to(torch.int16) - self.zero_point(stored_bits)
-        return codes.to(torch.int8).reshape(shape), tensors["_scale"].float()
+def scale_shape(weight_shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (weight_shape[0],) + (1,) * (len(weight_shape) - 1)
 
 
-@register_storage
-class QuantoStorage(Storage):
-    format = "quanto"
+def fp16_scale(scale: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Per-output-channel scales as stored: fp16, broadcastable to a weight of `shape`."""
+    return scale.reshape(scale_shape(shape)).to(torch.float16).contiguous()
 
-    def qtype(self, stored_bits: int) -> str:
-        return {2: "qint2", 4: "qint4", 8: "qint8"}[stored_bits]
 
-    def zero_point(self, stored_bits: int) -> int:
-        return zero_point(stored_bits)
+FORMATS: Registry[WeightFormat] = Registry("weight format", unknown="unknown {kind} {name!r}; known: {names}")
+DEFAULT_FORMAT = "packed"
 
-    def encode(self, q, scale, stored_bits):
-        from optimum.quanto.tensor.packed import pack_weights
 
-        shape = tuple(q.shape)
-        if stored_bits == 8:
-            return {"_data": q.to(torch.int8).contiguous(), "_scale": self._scale(scale, shape)}
-        codes = (q.to(torch.int32) + self.zero_point(stored_bits)).to(torch.uint8)
-        return {"_data._data": pack_weights(codes.reshape(-1), stored_bits), "_scale": self._scale(scale, shape)}
+def register_format(fmt: WeightFormat) -> WeightFormat:
+    """Make `fmt` known by its name (`--format NAME`): cost model, export and loading all find it here."""
+    return FORMATS.add(fmt.name, fmt)
 
-    def decode(self, tensors, stored_bits, shape):
-        if stored_bits == 8:
-            return tensors["_data"].reshape(shape), tensors["_scale"].float()
-        import optimum.quanto  # noqa: F401  (registers torch.ops.quanto)
 
-        n = math.prod(shape)
-        packed = tensors["_data._data"]
-        if packed.numel() != packed_nbytes(n, stored_bits):
-            raise ValueError(f"{packed.numel()} packed bytes, expected {packed_nbytes(n, stored_bits)}")
-        codes = torch.ops.quanto.unpack(packed, stored_bits)[:n].to(torch.int16) - self.zero_point(stored_bits)
-        return codes.to(torch.int8).reshape(shape), tensors["_scale"].float()
+def get_format(fmt: str | WeightFormat | None) -> WeightFormat:
+    """The registered format of that name (None: the default, `packed`); a format object as it is."""
+    if isinstance(fmt, WeightFormat):
+        return fmt
+    return FORMATS.lookup(fmt or DEFAULT_FORMAT)

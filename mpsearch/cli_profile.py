@@ -57,6 +57,8 @@ def register(app: typer.Typer) -> None:
                                             "With --tensors '' only the blocks are scored.")] = False,
         layers: Annotated[str | None, typer.Option(help="Regex: profile only matching layers.")] = None,
         bos_aware: Annotated[bool, typer.Option(help="MixDQ BOS-aware cross-attention K/V.")] = True,
+        fmt: Annotated[str, typer.Option("--format", help="Quantize weights as this export format does "
+                                         "(gguf, sdnq: their own rounding, widths and no BOS rows).")] = "packed",
         split_shortcut: Annotated[bool, typer.Option(help="Q-Diffusion split-shortcut activation ranges.")] = True,
         progressive: Annotated[bool, typer.Option(help="PCR progressive (per-step) activation calibration.")] = False,
         plugin: Annotated[list[str] | None, typer.Option(help="Python file or module registering metrics (repeatable).")] = None,
@@ -82,6 +84,10 @@ def register(app: typer.Typer) -> None:
             load_plugin(p)
         t0 = time.perf_counter()
         try:
+            from mpsearch.planning.cost import get_format
+            from mpsearch.planning.quantizer import weight_config
+
+            bos_aware = bos_aware and get_format(fmt).keeps_bos_rows
             prof = run_profile(
                 model, out=out, bits=_ints(bits, "--bits"), act_bits=_ints(act_bits, "--act-bits"),
                 tensors=[t.strip() for t in tensors.split(",") if t.strip()], prune=prune,
@@ -91,6 +97,7 @@ def register(app: typer.Typer) -> None:
                 step_groups=int(step_groups) if step_groups.isdigit() else step_groups, mode=mode, slots=slots,
                 shard=shard, all_metrics=all_metrics, layers=layers, bos_aware=bos_aware,
                 split_shortcut=split_shortcut, progressive=progressive, device=device, progress=True,
+                weight_cfg=weight_config(fmt),
                 log=_log, backend=backend, address=address, workers=workers,
             )  # fmt: skip
         except (ModelError, ProfileError, ValueError, KeyError, FileNotFoundError, ImportError) as e:

@@ -54,11 +54,9 @@ def load_denoiser(folder: str | Path, *, dtype: torch.dtype = torch.float32, deq
     fmt = get_format(qinfo["format"]["name"])
     for name, entry in qinfo["modules"].items():
         _load_layer(den, name, entry, tensors, fmt, dtype, dequantize)
-    for key, t in tensors.items():
-        if key.startswith("__buffer__."):
-            set_module_tensor_to_device(den, key[len("__buffer__."):], "cpu", value=t)
-        else:
-            set_module_tensor_to_device(den, key, "cpu", value=t.to(dtype))
+    for key, t in tensors.items():  # accelerate casts to the meta tensor's (config) dtype unless told
+        name = key.removeprefix("__buffer__.")
+        set_module_tensor_to_device(den, name, "cpu", value=t, dtype=dtype if t.is_floating_point() else None)
     left = [n for n, p in den.named_parameters() if p.device.type == "meta"]
     if left:
         raise ExportError(f"parameter {left[0]!r} is missing from {folder / WEIGHTS_FILE}")
@@ -95,7 +93,7 @@ def _load_layer(den: nn.Module, name: str, entry: dict[str, Any], tensors: dict[
     q, scale = fmt.decode(parts, stored, tuple(entry["shape"]))
     if dequantize:
         w = (q.reshape(q.shape[0], -1).float() * scale.reshape(-1, 1)).reshape(q.shape)
-        set_module_tensor_to_device(den, f"{name}.weight", "cpu", value=w.to(dtype))
+        set_module_tensor_to_device(den, f"{name}.weight", "cpu", value=w, dtype=dtype)
         return
     bias = module.bias
     qmod = fmt.module(module, q, scale, stored, dtype)
@@ -121,23 +119,31 @@ def load_quantized(path: str | Path, *, device: str = "cpu", dtype: torch.dtype 
                    dequantize: bool = False):
     """Load a checkpoint written by `export` as a working diffusers pipeline.
 
-    Quantized layers become optimum-quanto `QLinear` / `QConv2d` modules holding the integer codes
-    (qint2 / qint4 / qint8 containers: 3-bit codes in qint4, 5/6-bit in qint8), dequantized on the fly;
-    `dequantize=True` gives plain float modules instead. `dtype` defaults to float32 on CPU.
+    `packed` / `quanto`: quantized layers become optimum-quanto `QLinear` / `QConv2d` modules holding the
+    integer codes (qint2 / qint4 / qint8 containers: 3-bit codes in qint4, 5/6-bit in qint8), dequantized
+    on the fly; `dequantize=True` gives plain float modules instead. `gguf` / `sdnq`: the denoiser is
+    loaded by the format's own runtime (`WeightFormat.load_denoiser`: diffusers, as a user without mpsearch
+    would). `dtype` defaults to float32 on CPU.
     """
     import diffusers
 
     path = Path(path)
     index = json.loads((path / "model_index.json").read_text())
-    den_name = next((n for n in denoiser_components() if (path / n / QMAP_FILE).exists()), None)
+    plan = Plan.load(path / "plan.json") if (path / "plan.json").exists() else None
+    fmt = get_format(plan.format if plan is not None else None)
+    marker = "config.json" if fmt.native else QMAP_FILE
+    den_name = next((n for n in denoiser_components() if (path / n / marker).exists()), None)
     if den_name is None:
-        raise ExportError(f"{path} holds no {QMAP_FILE} under a unet/ or transformer/ folder")
+        raise ExportError(f"{path} holds no {marker} under a unet/ or transformer/ folder")
     dtype = dtype or (torch.float32 if device == "cpu" else torch.float16)
     with damaged_weights(path), warnings.catch_warnings():
-        den = load_denoiser(path / den_name, dtype=dtype, dequantize=dequantize)
+        if fmt.native:
+            den = fmt.load_denoiser(path / den_name, dtype)
+        else:
+            den = load_denoiser(path / den_name, dtype=dtype, dequantize=dequantize)
         cls = getattr(diffusers, index["_class_name"])
         warnings.simplefilter("ignore", FutureWarning)  # diffusers 0.42 renames torch_dtype to dtype; older ones lack dtype
         pipe = cls.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype, **{den_name: den})
     pipe.set_progress_bar_config(disable=True)
-    pipe.mpsearch_plan = Plan.load(path / "plan.json") if (path / "plan.json").exists() else None
+    pipe.mpsearch_plan = plan
     return pipe.to(device)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mpsearch.model import Inventory, find_denoiser, inventory, load_pipeline
-from mpsearch.planning.cost import FLOAT_BITS
+from mpsearch.planning.cost import FLOAT_BITS, get_format
 from mpsearch.planning.plan import Plan, PlanError
 from mpsearch.planning.quantizer import weight_config
 from mpsearch.profiling.quant import WeightQuantConfig, bos_layers, fake_quant_weight
@@ -78,6 +78,7 @@ def check_plan(plan: Plan, inv: Inventory, den: nn.Module | None = None) -> Plan
             f"plan was made for model {plan.model!r} (fingerprint {plan.fingerprint}), not for {inv.model!r} "
             f"(fingerprint {inv.fingerprint}): same layer names, different shapes or config"
         )
+    _check_widths(plan, inv)
     if plan.pruned_units:
         _check_pruned(plan, inv, den)
     for i, o in enumerate(plan.step_overrides):
@@ -86,6 +87,20 @@ def check_plan(plan: Plan, inv: Inventory, den: nn.Module | None = None) -> Plan
                 raise PlanError(f"step_overrides[{i}]: layer {name!r} changes w_bits per step; a checkpoint "
                                 "holds one weight per layer (only a_bits may vary over steps)")
     return plan
+
+
+def _check_widths(plan: Plan, inv: Inventory) -> None:
+    """Every layer's width exists in the plan's format for that layer (GGUF: Linear rows of whole
+    blocks); a native format's own runtime cannot remove pruned units."""
+    fmt = get_format(plan.format)
+    for layer in inv.layers:
+        bits = plan.layers[layer.name]
+        if not bits.pruned and not fmt.stores(layer, bits.w_bits):
+            raise PlanError(f"layer {layer.name!r}: format {fmt.name!r} cannot store {bits.w_bits}-bit weights "
+                            f"({fmt.why_not(layer, bits.w_bits)}); re-solve the plan with --format {fmt.name}")
+    if plan.pruned_units and fmt.native:
+        raise PlanError(f"the plan prunes {len(plan.pruned_units)} units, which format {fmt.name!r} cannot "
+                        "express (its own loader builds the full model): choose --format packed or quanto")
 
 
 def in_pruned(plan: Plan, name: str) -> bool:
@@ -217,9 +232,10 @@ def fake_quantize(
 ) -> FakeQuant:
     """Replace the denoiser's weights by exactly what the plan's checkpoint would hold.
 
-    Quantized layers get `fake_quant_weight` values at their nominal bits; every other parameter is
-    rounded to fp16 (`round_float`), as the checkpoint stores it. BOS-aware K/V (`bos`) substitutes the
-    full-precision BOS row. Activation bits (`a_bits < 16`, and per-step `step_overrides`, PCR's
+    Quantized layers get `fake_quant_weight` values at their nominal bits, with the format's quantizer
+    (`mpsearch.planning.quantizer.weight_config`: gguf and sdnq round as their files do); every other
+    parameter is rounded to fp16 (`round_float`), as the checkpoint stores it. BOS-aware K/V (`bos`)
+    substitutes the full-precision BOS row, for the formats whose runtime does (`packed`, `quanto`). Activation bits (`a_bits < 16`, and per-step `step_overrides`, PCR's
     activation relaxing) run through the profiler's quantizers (`mpsearch.profiling.quant.quantize_pipeline`:
     split shortcuts, BOS-aware, ranges calibrated on `calib`, a `mpsearch.profiling.calibration.Reference`, with
     full-precision weights as the profiler does; `progressive` = PCR per-step ranges). Per-step
@@ -230,6 +246,7 @@ def fake_quantize(
     inv = inv or inventory(pipe)
     check_plan(plan, inv, den)
     cfg = cfg or weight_config(plan.format)
+    bos = bos and get_format(plan.format).keeps_bos_rows  # a native runtime cannot substitute BOS rows
     fq = FakeQuant(pipe, plan)
     if plan.pruned_units:
         from mpsearch.profiling.pruning import remove_units

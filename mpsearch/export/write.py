@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from mpsearch.export.simulate import (
     plan_of,
 )
 from mpsearch.model import Inventory, find_denoiser, inventory
+from mpsearch.pipelines import adapter_for
 from mpsearch.planning.cost import (
     FLOAT_BITS,
     fp16_bytes,
@@ -67,8 +68,9 @@ class ExportResult:
     fp16_bytes: int  # every denoiser parameter at 16 bits: the reference size
     predicted_bytes: int  # cost.model_bytes of the plan
     tensor_bytes: int  # sum of the denoiser parameter tensors written (must equal predicted)
-    header_bytes: int  # safetensors header (8-byte length + JSON)
-    file_bytes: int  # size of mpsearch_quantized.safetensors
+    header_bytes: int  # the weights file beyond the parameter tensors: safetensors header (8-byte length +
+    # JSON); for a native format also its alignment padding and buffers
+    file_bytes: int  # size of the denoiser's weights file (mpsearch_quantized.safetensors, .gguf, ...)
     buffer_bytes: int = 0  # denoiser buffers written alongside (not parameters; not in the cost model)
     bos_bytes: int = 0  # bos.safetensors file size
     budget: str | None = None
@@ -175,7 +177,11 @@ def export(
     layout: str = "blobs",
     overwrite: bool = False,
 ) -> ExportResult:
-    """Write the plan's packed checkpoint to the folder `out` and return its byte accounting.
+    """Write the plan's checkpoint in its format to the folder `out` and return its byte accounting.
+
+    `packed` / `quanto`: mpsearch's layout, loaded by `load_quantized`. `gguf` / `sdnq`: the format's own
+    file, written with its library and loaded by diffusers with no mpsearch code (see their modules in
+    `mpsearch/export/formats/`); `cfg`, `bos` and `layout` do not apply to them.
 
     `model`: a pipeline, or anything `load_pipeline` accepts (None = demo). `components`: also save
     the pipeline's other components so that `load_quantized(out)` returns a whole pipeline.
@@ -195,50 +201,79 @@ def export(
     if layout not in ("blobs", "tensors"):
         raise ValueError(f"layout must be 'blobs' or 'tensors', not {layout!r}")
     plan = plan_of(plan)
+    fmt = get_format(plan.format)
+    if fmt.native and cfg is not None:
+        raise ValueError(f"cfg= sets mpsearch's min-max quantizer; format {fmt.name!r} quantizes with its own library")
     check_target(out, overwrite, _is_export)
     pipe = as_pipeline(model)
     den_name, den = find_denoiser(pipe)
     inv = inventory(pipe)
     check_plan(plan, inv, den)
-    fmt = get_format(plan.format)
+    if why := fmt.unsupported(den):
+        raise ExportError(f"format {fmt.name!r}: {why}; nothing written")
     budget_bytes = check_budget(plan, inv)
+    base = ExportResult(
+        out=str(out), format=fmt.name, fp16_bytes=fp16_bytes(inv), tensor_bytes=0, header_bytes=0, file_bytes=0,
+        predicted_bytes=model_bytes(inv, plan.w_bits(), fmt, plan.pruned_fixed_params), budget=plan.budget,
+        budget_bytes=budget_bytes, layers=len(inv), pruned_units=len(plan.pruned_units),
+    )  # fmt: skip
+    with staged(out, overwrite=overwrite, is_ours=_is_export) as tmp:
+        folder = tmp / den_name
+        folder.mkdir()
+        if fmt.native:
+            result = _write_native(folder, pipe, den, plan, inv, base)
+        else:
+            result = _write_mpsearch(folder, pipe, den, plan, inv, base, cfg=cfg, bos=bos, layout=layout)
+        plan.save(tmp / "plan.json")
+        if components:
+            _save_components(pipe, den_name, tmp)
+        (tmp / EXPORT_FILE).write_text(json.dumps(result.to_dict(), indent=1))
+    return result
 
+
+def _check_bytes(written: int, base: ExportResult) -> None:
+    if written != base.predicted_bytes:
+        raise ExportError(f"the checkpoint would hold {written:,} bytes of denoiser tensors but the cost model "
+                          f"predicts {base.predicted_bytes:,} for format {base.format!r}; nothing written")
+
+
+def _write_mpsearch(folder: Path, pipe: Any, den: nn.Module, plan: Plan, inv: Inventory, base: ExportResult, *,
+                    cfg: WeightQuantConfig | None, bos: bool, layout: str) -> ExportResult:
+    """mpsearch's layout (`packed`, `quanto`): the weights file, BOS rows and quantization map in `folder`."""
     tensors, qmap = quantized_state(den, plan, inv, cfg)
     params = {n for n, _ in den.named_parameters()}
     buffers = {f"__buffer__.{n}": t.detach().contiguous() for n, t in den.state_dict().items()
                if n not in params and not in_pruned(plan, n)}
-    predicted = model_bytes(inv, plan.w_bits(), fmt, plan.pruned_fixed_params)
     tensor_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
-    if tensor_bytes != predicted:
-        raise ExportError(f"the checkpoint would hold {tensor_bytes:,} bytes of denoiser tensors but the cost model "
-                          f"predicts {predicted:,} for format {fmt.name!r}; nothing written")
+    _check_bytes(tensor_bytes, base)
     rows = bos_rows(pipe, bos_targets(plan, den, pipe)) if bos else {}
     for name in rows:
         qmap[name]["bos"] = True
+    fmt = get_format(plan.format)
     qinfo = {
         "schema": SCHEMA, "format": fmt.to_dict(), "fingerprint": inv.fingerprint, "model": inv.model,
-        "component": den_name, "denoiser_class": type(den).__name__,
-        "quantizer": asdict(cfg or weight_config(fmt)), "float_dtype": "float16", "bos_layers": sorted(rows),
+        "component": folder.name, "denoiser_class": type(den).__name__,
+        "quantizer": (cfg or weight_config(fmt)).to_dict(), "float_dtype": "float16", "bos_layers": sorted(rows),
         "layout": layout, "pruned_units": list(plan.pruned_units), "modules": qmap,
     }  # fmt: skip
-    with staged(out, overwrite=overwrite, is_ours=_is_export) as tmp:
-        folder = tmp / den_name
-        folder.mkdir()
-        path, bos_bytes = _write_denoiser(folder, {**tensors, **buffers}, rows, qinfo)
-        den.save_config(folder)
-        plan.save(tmp / "plan.json")
-        if components:
-            _save_components(pipe, den_name, tmp)
-        result = ExportResult(
-            out=str(out), format=fmt.name, fp16_bytes=fp16_bytes(inv), predicted_bytes=predicted,
-            tensor_bytes=tensor_bytes, header_bytes=safetensors_header_bytes(path), file_bytes=path.stat().st_size,
-            buffer_bytes=sum(t.numel() * t.element_size() for t in buffers.values()), bos_bytes=bos_bytes,
-            budget=plan.budget, budget_bytes=budget_bytes, layers=len(inv),
-            quantized_layers=sum(1 for v in qmap.values() if v["weights"] != "none"),
-            pruned_units=len(plan.pruned_units),
-        )
-        (tmp / EXPORT_FILE).write_text(json.dumps(result.to_dict(), indent=1))
-    return result
+    path, bos_bytes = _write_denoiser(folder, {**tensors, **buffers}, rows, qinfo)
+    den.save_config(folder)
+    return replace(base, tensor_bytes=tensor_bytes, header_bytes=safetensors_header_bytes(path),
+                   file_bytes=path.stat().st_size, bos_bytes=bos_bytes,
+                   buffer_bytes=sum(t.numel() * t.element_size() for t in buffers.values()),
+                   quantized_layers=sum(1 for v in qmap.values() if v["weights"] != "none"))
+
+
+def _write_native(folder: Path, pipe: Any, den: nn.Module, plan: Plan, inv: Inventory,
+                  base: ExportResult) -> ExportResult:
+    """A native format's own checkpoint (`gguf`, `sdnq`), written by the format with its library."""
+    fmt = get_format(plan.format)
+    w_bits = {n: b.w_bits for n, b in plan.layers.items() if not b.pruned and b.w_bits < FLOAT_BITS}
+    meta = {"model": inv.model, "fingerprint": inv.fingerprint, "family": adapter_for(pipe).name}
+    written = fmt.write_denoiser(den, w_bits, folder, meta)
+    _check_bytes(written.tensor_bytes, base)
+    return replace(base, tensor_bytes=written.tensor_bytes, file_bytes=written.file_bytes,
+                   header_bytes=written.file_bytes - written.tensor_bytes, quantized_layers=len(w_bits))
 
 
 def _write_denoiser(folder: Path, tensors: dict[str, torch.Tensor], rows: dict[str, torch.Tensor],

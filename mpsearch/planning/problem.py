@@ -16,7 +16,8 @@ measurement, is an error.
 
 Costs per option: `bytes` (cost model, the exporter's own accounting), `wbits` (params × stored w bits,
 for mean-bit budgets: a bits budget counts what the format stores) and `bitops` (MACs × w × a). Only
-widths the format stores as they are are offered (`WeightFormat.widths`; quanto: 2, 4, 8).
+widths the format stores as they are are offered (`WeightFormat.widths`; quanto: 2, 4, 8), and per layer
+only those the format has for it (`WeightFormat.stores`; gguf: Linear rows of whole blocks).
 
 Layer pruning (LAPTOP-Diff, `mpsearch.profiling.pruning`): when the profile has unit rows (`tensor="unit"`) every
 layer of a prunable unit gets one more option, key `"pruned"`, costing 0 bytes, 0 wbits and 0 BitOPs.
@@ -216,8 +217,10 @@ def build_problem(
     wi = [w_all.index(w) for w, _ in pairs]
     ai = [a_all.index(a) for _, a in pairs]
     step_losses = {m: wl[m][:, :, wi] + al[m][:, :, ai] for m in metrics}
+    fits = np.array([[f.stores(l, w) for w, _ in pairs] for l in inv.layers])  # widths the format has per layer
     costs = {
-        "bytes": [[layer_bytes(l, w, f) for w, _ in pairs] for l in inv.layers],
+        "bytes": [[layer_bytes(l, w, f) if s else 0 for (w, _), s in zip(pairs, row, strict=True)]
+                  for l, row in zip(inv.layers, fits, strict=True)],
         "wbits": [[layer_wbits(l, w, f) for w, _ in pairs] for l in inv.layers],
         "bitops": [[layer_bitops(l, w, a) for w, a in pairs] for l in inv.layers],
     }
@@ -232,7 +235,7 @@ def build_problem(
             fixed[inv.names[i]] = (FLOAT_BITS, FLOAT_BITS)
     if fixed and (FLOAT_BITS, FLOAT_BITS) not in pairs:
         raise ValueError("protected layers need 16-bit options: do not combine --protect with allow_fp=False")
-    ok = np.ones((len(inv), len(pairs)), dtype=bool) if zero else w_ok[:, wi] & a_ok[:, ai]
+    ok = (np.ones((len(inv), len(pairs)), dtype=bool) if zero else w_ok[:, wi] & a_ok[:, ai]) & fits
     if not ok.any(axis=1).all():
         raise ValueError(f"layer {inv.names[int(np.argmin(ok.any(axis=1)))]!r} has no measured option among "
                          f"W{w_all} A{a_all}: allow 16 bits, or choose --assume-missing zero")

@@ -81,16 +81,19 @@ def _is_demo(model) -> bool:
 
 
 def plan_units(layers, groups: list[list[int]], candidates: Candidates, tensors: Sequence[str],
-               metrics: Sequence[Metric], all_metrics: bool) -> list[Unit]:  # fmt: skip
+               metrics: Sequence[Metric], all_metrics: bool, stores=None) -> list[Unit]:  # fmt: skip
     """Every evaluation of a profile, in a fixed order (shards take every n-th).
 
     A layer is measured on the metrics of its group's kind (MixDQ); when none of the chosen metrics has
-    that kind (e.g. `--metrics sqnr` only), on all of them, so that every layer is measured."""
+    that kind (e.g. `--metrics sqnr` only), on all of them, so that every layer is measured. `stores(layer,
+    bits)`: the weight format's widths per layer (gguf: Linear rows of whole blocks); others are skipped."""
     units = []
     for layer in layers:
         ms = [m for m in metrics if all_metrics or m.kind == layer.group] or list(metrics)
         for tensor in tensors:
             for bits in candidates.of(tensor):
+                if tensor == "weight" and stores is not None and not stores(layer, bits):
+                    continue
                 for g in range(len(groups)):
                     for stage in ("output", "image"):
                         names = tuple(m.name for m in ms if m.stage == stage)
@@ -381,7 +384,7 @@ def profile(
                 "step_groups": groups,
                 "sampling": {**ref.settings(), "prompts": prompts, "scheduler": type(pipe.scheduler).__name__},
                 "quant": {"bos_aware": bos_aware, "split_shortcut": split_shortcut, "split_weights": False,
-                          "progressive": progressive, "weight": asdict(weight_cfg), "act": asdict(act_cfg)},
+                          "progressive": progressive, "weight": weight_cfg.to_dict(), "act": asdict(act_cfg)},
                 "shard": f"{i_shard}/{n_shard}" if n_shard > 1 else None,
                 "baseline": {},
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -411,7 +414,8 @@ def profile(
                 if mode == "fisher":
                     _run_fisher(prof, store, chosen, tensors, candidates, groups, seed, log)
                 else:
-                    units = plan_units(chosen, groups, candidates, tensors, metric_objs, all_metrics)
+                    units = plan_units(chosen, groups, candidates, tensors, metric_objs, all_metrics,
+                                       stores=_format_stores(weight_cfg))
                     units = [u for k, u in enumerate(units) if k % n_shard == i_shard]
                     todo = [u for u in units if any((u.layer, u.tensor, u.bits, m, u.group) not in store.done
                                                     for m in u.metrics)]  # fmt: skip
@@ -421,6 +425,15 @@ def profile(
         finally:
             session.remove()
         return result
+
+
+def _format_stores(weight_cfg: WeightQuantConfig):
+    """The per-layer widths of the weight format whose quantizer `weight_cfg` names (None: every width)."""
+    if weight_cfg.format is None:
+        return None
+    from mpsearch.export.formats import get_format
+
+    return get_format(weight_cfg.format).stores
 
 
 def _run_prune(prof: Profiler, store, units, metrics, log) -> None:

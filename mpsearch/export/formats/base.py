@@ -15,6 +15,11 @@ A format is a `WeightFormat` subclass in its own file under `mpsearch/export/for
   stored, so a layer costs exactly what `layer_bytes` charges.
 - runtime (`mpsearch.export.load`): `module` builds the module that computes with the stored codes.
 
+A native format (`NativeFormat`: `gguf`, `sdnq`) writes the checkpoint its own runtime loads without
+mpsearch (`write_denoiser` / `load_denoiser`), and brings its own quantizer (`fake_quant`), so that the
+profile, the simulation and the file round weights the same way. Which widths exist may depend on the layer
+(`stores`: GGUF quantizes Linear rows of whole blocks only).
+
 This module imports nothing from `mpsearch.planning` or the rest of `mpsearch.export`: the cost model
 reads the rules from here, so data still flows one way.
 """
@@ -23,7 +28,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -54,7 +60,22 @@ class WeightFormat:
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    native: ClassVar[bool] = False  # writes its own checkpoint (`NativeFormat`), else mpsearch's layout
+    keeps_bos_rows: ClassVar[bool] = True  # its runtime substitutes MixDQ's full-precision BOS rows
+
     # ---- cost rule
+
+    def stores(self, layer: Layer, bits: int) -> bool:
+        """Whether this layer can be stored at `bits` (16 always; a width the format has, for every layer)."""
+        return bits >= FLOAT_BITS or bits in self.storage
+
+    def why_not(self, layer: Layer, bits: int) -> str:
+        """Why `stores(layer, bits)` is False, for error messages."""
+        return f"supported: {sorted(self.storage)}"
+
+    def unsupported(self, den: nn.Module) -> str | None:
+        """Why the format's runtime cannot load this denoiser at all (None: it can)."""
+        return None
 
     def stored_bits(self, bits: int) -> int:
         if bits >= FLOAT_BITS:
@@ -119,6 +140,37 @@ class WeightFormat:
     def module(self, module: nn.Module, q: torch.Tensor, scale: torch.Tensor, stored_bits: int,
                dtype: torch.dtype) -> nn.Module:
         """The module that replaces the float `module` at load time, computing with the codes `q`."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a native format wrote for the denoiser: its weights file and byte counts."""
+
+    path: Path
+    tensor_bytes: int  # the denoiser parameters as stored (must equal the cost model's prediction)
+    file_bytes: int  # the weights file on disk (tensors + header + alignment + buffers)
+
+
+class NativeFormat(WeightFormat):
+    """A format whose own runtime loads the checkpoint (diffusers' quantizers, ComfyUI), with no mpsearch
+    code at load time. It quantizes weights itself (`fake_quant` is what its file decodes to) and cannot
+    run MixDQ's BOS-row hooks."""
+
+    native: ClassVar[bool] = True
+    keeps_bos_rows: ClassVar[bool] = False
+
+    def fake_quant(self, w: torch.Tensor, bits: int) -> torch.Tensor:
+        """The float weight (same dtype as `w`) the format's runtime computes with for `w` at `bits`."""
+        raise NotImplementedError
+
+    def write_denoiser(self, den: nn.Module, w_bits: dict[str, int], folder: Path, meta: dict[str, Any]) -> Written:
+        """Write the denoiser to `folder` with the layers in `w_bits` ({module name: bits < 16}) quantized,
+        every other parameter at the float dtype, and `config.json`. `meta`: model, fingerprint, family."""
+        raise NotImplementedError
+
+    def load_denoiser(self, folder: Path, dtype: torch.dtype) -> nn.Module:
+        """The denoiser as the format's own runtime loads it (what a user without mpsearch runs)."""
         raise NotImplementedError
 
 

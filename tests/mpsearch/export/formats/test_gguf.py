@@ -141,3 +141,21 @@ def test_pixart_and_unstorable_plans_are_refused_before_writing(tmp_path):
     with pytest.raises(PlanError, match=conv.name.replace(".", r"\.") + ".*Linear layers only"):
         export(plan, tmp_path / "s", model=sd)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_profiling_with_the_gguf_quantizer_measures_only_what_gguf_stores():
+    """`profile --format gguf`: weights rounded by gguf's quantizer, layers measured only at the widths
+    GGUF has for them (conv_in: none), and the metadata names the quantizer."""
+    from mpsearch.planning.quantizer import weight_config
+    from mpsearch.profiling.profiler import profile
+
+    pipe = TINY_PIPELINES["sd"]()
+    k = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"  # Linear, rows of 32: Q4_0, Q8_0
+    prof = profile(pipe, out=None, layers=rf"^(conv_in|{k.replace('.', '[.]')})$", tensors=["weight"],
+                   bits=(2, 4, 8), metrics=["sqnr"], prompts=["red circle", "blue square"], steps=2,
+                   bos_aware=False, weight_cfg=weight_config("gguf"))
+    measured = sorted({(r.layer, r.bits) for r in prof.df.itertuples()})
+    assert measured == [(k, 4), (k, 8)]
+    assert prof.meta["quant"]["weight"] == {**weight_config("packed").to_dict(), "format": "gguf"}
+    d = prof.df.set_index("bits")["degradation"]
+    assert d[4] > d[8] > 0

@@ -31,9 +31,9 @@ import torch
 from mpsearch.model import find_denoiser, inventory, load_pipeline, weights_fingerprint
 from mpsearch.profiling import calibration as cal
 from mpsearch.profiling.backends import Job, get_backend
+from mpsearch.profiling.engine import Profiler, plan_units
 from mpsearch.profiling.metrics import get_metric
-from mpsearch.profiling.profiler import Profiler, plan_units
-from mpsearch.profiling.quant import Candidates, QuantSession
+from mpsearch.profiling.session import Candidates, QuantSession
 
 KEY = ["layer", "tensor", "bits", "metric", "step_group"]
 

@@ -1,7 +1,8 @@
 """mpsearch: mixed-precision bit-width search for diffusion models.
 
 Public verbs: `inventory`, `profile`, `solve`, `search`, `export`, `evaluate`, `load_quantized`, plus the
-objects `Budget`, `Plan`, `Profile`. Heavy modules load on first use.
+objects `Budget`, `Plan`, `Profile` and the verbs' options (`ProfileOptions`, `SolveOptions`,
+`EvaluateOptions`). Heavy modules load on first use.
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ _LAZY = {
     "Budget": "mpsearch.planning.budget",
     "Plan": "mpsearch.planning.plan",
     "profile": "mpsearch.profiling.profiler",
-    "Profile": "mpsearch.profiling.profiler",
+    "ProfileOptions": "mpsearch.profiling.profiler",
+    "Profile": "mpsearch.profiling.store",
     "merge": "mpsearch.profiling.store",
     "register_metric": "mpsearch.profiling.metrics",
     "solve": "mpsearch.planning.planner",
     "search": "mpsearch.planning.planner",
+    "SolveOptions": "mpsearch.planning.planner",
     "export": "mpsearch.export.write",
     "load_quantized": "mpsearch.export.load",
     "fake_quantize": "mpsearch.export.simulate",
     "evaluate": "mpsearch.evaluation.evaluator",
+    "EvaluateOptions": "mpsearch.evaluation.evaluator",
     "generate": "mpsearch.pipelines.generate",
 }
 

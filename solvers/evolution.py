@@ -256,118 +256,15 @@ def solve_evolution(
     t0 = time.perf_counter()
     cfg = replace(config, **({} if seed is None else {"seed": seed}),
                   **({} if finalists is None else {"rerank_top": finalists}))
-    rng = np.random.default_rng(cfg.seed)
-    steps = problem if isinstance(problem, StepProblem) else None
-    base = steps.problem if steps else problem
-    m = build_units(base, prune=False)
-    U = m.n_units
-    if steps:
-        so = steps.step_objective
-        G = so.shape[0]
-        ii, kk = np.nonzero(m.opt_of >= 0)
-        S = np.zeros((G, U, m.valid.shape[1]))
-        for g in range(G):
-            S[g] = np.bincount(m.unit_of[ii] * S.shape[2] + kk, weights=so[g][ii, m.opt_of[ii, kk]],
-                               minlength=S[g].size).reshape(S[g].shape)
-        groups = steps.step_groups
-        tl = steps.timestep_loss or tuple(np.zeros(b - a) for a, b in groups)
-    else:
-        S = np.where(m.valid, m.obj, 0.0)[None]
-        groups, tl = (), ()
-    aon = groups_of(base)
-    genome = _Genome(base, m, aon)
-    rows = np.arange(U)
-
-    step_cost: dict[tuple[int, ...], float] = {}
-
-    def fitness(choice: np.ndarray, ts: tuple[int, ...]) -> float:
-        f = float(S[:, rows, choice].sum())
-        if step_fitness is not None:
-            if ts not in step_cost:
-                step_cost[ts] = float(step_fitness(ts))
-            return f + step_cost[ts]
-        return f + sum(float(tl[g][t - groups[g][0]]) for g, t in enumerate(ts))
-
-    def random_steps() -> tuple[int, ...]:
-        return tuple(int(rng.integers(a, b)) for a, b in groups)
-
-    def mutate_steps(ts: tuple[int, ...], p: float) -> tuple[int, ...]:
-        return tuple(int(rng.integers(a, b)) if rng.random() < p else t
-                     for t, (a, b) in zip(ts, groups, strict=True))
-
-    seen: set[bytes] = set()
-    # (fitness, choice, flags, kept steps); choice/flags as in `_Genome`
-    pop: list[tuple[float, np.ndarray, np.ndarray, tuple[int, ...]]] = []
-
-    def add(cand: tuple[np.ndarray, np.ndarray] | None, ts: tuple[int, ...]) -> bool:
-        if cand is None:
-            return False
-        choice, flags = cand
-        dec = genome.decode(choice, flags)
-        if not m.feasible(dec, rtol=0.0):
-            return False
-        tag = dec.tobytes() + np.array(ts, np.int64).tobytes()
-        if tag in seen:
-            return False
-        seen.add(tag)
-        pop.append((fitness(dec, ts), choice, flags, ts))
-        return True
-
-    ref = m.A[0] if len(m.names) else m.obj
-    order = np.argsort(np.where(genome.allowed, ref, np.inf), axis=1, kind="stable")
-    median = order[rows, (genome.n_opt - 1) // 2]
-    if start is not None:
-        unit_start = m.encode(np.asarray(start))
-        if unit_start is None:
-            raise ValueError("start breaks a tie or a fixed item")
-        seed_cand = genome.split(m, unit_start, median)
-    else:
-        seed_cand = (median, np.zeros(genome.n_groups, bool))
-    seed_cand = _repair(m, genome, *seed_cand, rng)
-    seed_steps = tuple(a for a, _ in groups)
-    add(seed_cand, seed_steps)
-    tries = 0
-    while len(pop) < 1 + cfg.population // 2 and tries < 20 * cfg.population:
-        tries += 1
-        add(_repair(m, genome, *genome.random(rng), rng), random_steps())
-    tries = 0
-    while len(pop) < cfg.population and tries < 20 * cfg.population and seed_cand is not None:
-        tries += 1
-        add(_repair(m, genome, *genome.mutate(*seed_cand, cfg.init_m_prob, rng), rng),
-            mutate_steps(seed_steps, cfg.init_m_prob))
-    if not pop:
-        raise ValueError("evolution found no candidate meeting the constraints")
+    run = _Evolution(problem, cfg, step_fitness)
+    run.seed_population(start)
     history = []
     for _ in range(cfg.epochs):
-        pop.sort(key=lambda c: c[0])
-        top = pop[: cfg.parents]
-        history.append(top[0][0])
-        pop = pop[: cfg.population]
-        born, tries = 0, 0
-        while born < cfg.mutations and tries < 10 * cfg.mutations:
-            tries += 1
-            _, ch, fl, ts = top[rng.integers(len(top))]
-            born += add(genome.mutate(ch, fl, cfg.m_prob, rng), mutate_steps(ts, cfg.m_prob))
-        born, tries = 0, 0
-        while born < cfg.crossovers and tries < 10 * cfg.crossovers and len(top) > 1:
-            tries += 1
-            i, j = rng.choice(len(top), 2, replace=False)
-            mask = rng.random(U) < 0.5
-            fmask = rng.random(genome.n_groups) < 0.5
-            tmask = rng.random(len(groups)) < 0.5
-            ts = tuple(a if t else b for a, b, t in zip(top[i][3], top[j][3], tmask, strict=True))
-            born += add((np.where(mask, top[i][1], top[j][1]), np.where(fmask, top[i][2], top[j][2])), ts)
-        n_random = cfg.population - cfg.mutations - cfg.crossovers
-        born, tries = 0, 0
-        while born < n_random and tries < 10 * max(n_random, 1):
-            tries += 1
-            born += add(_repair(m, genome, *genome.random(rng), rng), random_steps())
-        # keep the best `population` of parents and children (elitist, as the released code's top-50)
-        pop.sort(key=lambda c: c[0])
-        pop = pop[: cfg.population]
-    pop.sort(key=lambda c: c[0])
-    history.append(pop[0][0])
-    finalists = pop[: max(1, cfg.rerank_top)]
+        history.append(run.epoch())
+    run.pop.sort(key=lambda c: c[0])
+    history.append(run.pop[0][0])
+    finalists = run.pop[: max(1, cfg.rerank_top)]
+    base, m, genome = run.base, run.m, run.genome
 
     def solution_of(cand) -> np.ndarray:
         return m.decode(genome.decode(cand[1], cand[2]))
@@ -379,8 +276,146 @@ def solve_evolution(
     else:
         best = finalists[0]
     taken = [genome.names[g] for g in np.flatnonzero(best[2])]
-    info = {"kept_steps": best[3], "step_groups": tuple(groups), "fitness": best[0], "history": history,
+    info = {"kept_steps": best[3], "step_groups": tuple(run.groups), "fitness": best[0], "history": history,
             "evaluations": scores, "seed": cfg.seed, "groups_taken": taken,
-            "step_sets_measured": {ts: v for ts, v in step_cost.items()}}
+            "step_sets_measured": dict(run.step_cost)}
     return base.evaluate(solution_of(best), status="feasible", time_s=time.perf_counter() - t0,
                          backend="evolution", info=info)
+
+
+# A candidate: (fitness, choice, flags, kept steps); choice/flags as in `_Genome`.
+_Candidate = tuple[float, np.ndarray, np.ndarray, tuple[int, ...]]
+
+
+class _Evolution:
+    """The population of one `solve_evolution` run and the moves on it (TMPQ-DM's loop: mutation,
+    crossover, random newcomers, elitist truncation). The random draws happen in a fixed order, so a
+    seed gives one result."""
+
+    def __init__(self, problem: Problem | StepProblem, cfg: EvolutionConfig,
+                 step_fitness: Callable[[tuple[int, ...]], float] | None) -> None:
+        self.cfg, self.step_fitness = cfg, step_fitness
+        self.rng = np.random.default_rng(cfg.seed)
+        steps = problem if isinstance(problem, StepProblem) else None
+        self.base = steps.problem if steps else problem
+        m = self.m = build_units(self.base, prune=False)
+        if steps:
+            self.S = self._unit_step_objective(steps, m)
+            self.groups = steps.step_groups
+            self.tl = steps.timestep_loss or tuple(np.zeros(b - a) for a, b in self.groups)
+        else:
+            self.S = np.where(m.valid, m.obj, 0.0)[None]
+            self.groups, self.tl = (), ()
+        self.genome = _Genome(self.base, m, groups_of(self.base))
+        self.rows = np.arange(m.n_units)
+        self.step_cost: dict[tuple[int, ...], float] = {}
+        self.seen: set[bytes] = set()
+        self.pop: list[_Candidate] = []
+
+    @staticmethod
+    def _unit_step_objective(steps: StepProblem, m: UnitModel) -> np.ndarray:
+        """[step group, unit, unit option] objective, summed over each unit's items."""
+        so = steps.step_objective
+        ii, kk = np.nonzero(m.opt_of >= 0)
+        S = np.zeros((so.shape[0], m.n_units, m.valid.shape[1]))
+        for g in range(so.shape[0]):
+            S[g] = np.bincount(m.unit_of[ii] * S.shape[2] + kk, weights=so[g][ii, m.opt_of[ii, kk]],
+                               minlength=S[g].size).reshape(S[g].shape)
+        return S
+
+    def fitness(self, choice: np.ndarray, ts: tuple[int, ...]) -> float:
+        f = float(self.S[:, self.rows, choice].sum())
+        if self.step_fitness is not None:
+            if ts not in self.step_cost:
+                self.step_cost[ts] = float(self.step_fitness(ts))
+            return f + self.step_cost[ts]
+        return f + sum(float(self.tl[g][t - self.groups[g][0]]) for g, t in enumerate(ts))
+
+    def random_steps(self) -> tuple[int, ...]:
+        return tuple(int(self.rng.integers(a, b)) for a, b in self.groups)
+
+    def mutate_steps(self, ts: tuple[int, ...], p: float) -> tuple[int, ...]:
+        return tuple(int(self.rng.integers(a, b)) if self.rng.random() < p else t
+                     for t, (a, b) in zip(ts, self.groups, strict=True))
+
+    def random(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return _repair(self.m, self.genome, *self.genome.random(self.rng), self.rng)
+
+    def add(self, cand: tuple[np.ndarray, np.ndarray] | None, ts: tuple[int, ...]) -> bool:
+        """Add a candidate if it is feasible and new; True when added."""
+        if cand is None:
+            return False
+        choice, flags = cand
+        dec = self.genome.decode(choice, flags)
+        if not self.m.feasible(dec, rtol=0.0):
+            return False
+        tag = dec.tobytes() + np.array(ts, np.int64).tobytes()
+        if tag in self.seen:
+            return False
+        self.seen.add(tag)
+        self.pop.append((self.fitness(dec, ts), choice, flags, ts))
+        return True
+
+    def seed_population(self, start: Sequence[int] | None) -> None:
+        """The seed candidate (`start`, else each unit's median-cost option), half the population random,
+        the rest mutants of the seed."""
+        m, genome, cfg = self.m, self.genome, self.cfg
+        ref = m.A[0] if len(m.names) else m.obj
+        order = np.argsort(np.where(genome.allowed, ref, np.inf), axis=1, kind="stable")
+        median = order[self.rows, (genome.n_opt - 1) // 2]
+        if start is not None:
+            unit_start = m.encode(np.asarray(start))
+            if unit_start is None:
+                raise ValueError("start breaks a tie or a fixed item")
+            seed_cand = genome.split(m, unit_start, median)
+        else:
+            seed_cand = (median, np.zeros(genome.n_groups, bool))
+        seed_cand = _repair(m, genome, *seed_cand, self.rng)
+        seed_steps = tuple(a for a, _ in self.groups)
+        self.add(seed_cand, seed_steps)
+        tries = 0
+        while len(self.pop) < 1 + cfg.population // 2 and tries < 20 * cfg.population:
+            tries += 1
+            self.add(self.random(), self.random_steps())
+        tries = 0
+        while len(self.pop) < cfg.population and tries < 20 * cfg.population and seed_cand is not None:
+            tries += 1
+            self.add(_repair(m, genome, *genome.mutate(*seed_cand, cfg.init_m_prob, self.rng), self.rng),
+                     self.mutate_steps(seed_steps, cfg.init_m_prob))
+        if not self.pop:
+            raise ValueError("evolution found no candidate meeting the constraints")
+
+    def epoch(self) -> float:
+        """One generation; returns the best fitness before it."""
+        cfg, rng, genome = self.cfg, self.rng, self.genome
+        self.pop.sort(key=lambda c: c[0])
+        top = self.pop[: cfg.parents]
+        best = top[0][0]
+        self.pop = self.pop[: cfg.population]
+        born, tries = 0, 0
+        while born < cfg.mutations and tries < 10 * cfg.mutations:
+            tries += 1
+            _, ch, fl, ts = top[rng.integers(len(top))]
+            born += self.add(genome.mutate(ch, fl, cfg.m_prob, rng), self.mutate_steps(ts, cfg.m_prob))
+        born, tries = 0, 0
+        while born < cfg.crossovers and tries < 10 * cfg.crossovers and len(top) > 1:
+            tries += 1
+            born += self.add(*self._crossover(top))
+        n_random = cfg.population - cfg.mutations - cfg.crossovers
+        born, tries = 0, 0
+        while born < n_random and tries < 10 * max(n_random, 1):
+            tries += 1
+            born += self.add(self.random(), self.random_steps())
+        # keep the best `population` of parents and children (elitist, as the released code's top-50)
+        self.pop.sort(key=lambda c: c[0])
+        self.pop = self.pop[: cfg.population]
+        return best
+
+    def _crossover(self, top: list[_Candidate]) -> tuple[tuple[np.ndarray, np.ndarray], tuple[int, ...]]:
+        rng = self.rng
+        i, j = rng.choice(len(top), 2, replace=False)
+        mask = rng.random(self.m.n_units) < 0.5
+        fmask = rng.random(self.genome.n_groups) < 0.5
+        tmask = rng.random(len(self.groups)) < 0.5
+        ts = tuple(a if t else b for a, b, t in zip(top[i][3], top[j][3], tmask, strict=True))
+        return (np.where(mask, top[i][1], top[j][1]), np.where(fmask, top[i][2], top[j][2])), ts

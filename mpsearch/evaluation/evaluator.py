@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from mpsearch.model import Inventory, find_denoiser, inventory
+from mpsearch.options import VerbOptions
 from mpsearch.planning.cost import FLOAT_BITS, get_format, layer_bytes, mean_bits, model_bytes
 from mpsearch.planning.plan import LayerBits, Plan
 
@@ -264,39 +265,89 @@ def _generate(pipe, prompts, seed, steps, guidance, plan: Plan | None = None):
     return generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance)
 
 
-def evaluate(
-    plans: Plan | str | Path | list,
-    *,
-    model: Any = None,
-    quantized: str | Path | None = None,
-    prompts: dict[str, list[str]] | None = None,
-    n_prompts: int = 8,
-    seed: int = 0,
-    steps: int | None = None,
-    guidance: float | None = None,
-    with_baselines: bool = True,
-    uniform: tuple[int, ...] = (8, 4),
-    checkpoint: bool | str | Path = False,
-    metrics: list[str] | None = None,
-    log: Callable[[str], None] | None = None,
-    progress: bool = False,
-) -> Evaluation:
+@dataclass
+class EvaluateOptions(VerbOptions):
+    """How `evaluate` works; every field is also a keyword of `evaluate`.
+
+    `model`: the pipeline the plans are for (a pipeline, a hub id / folder / file, or None for the demo).
+    `quantized`: a folder written by `export`, evaluated as is (its plan.json is the first plan).
+    `prompts`: `{"calib": [...], "heldout": [...]}` (default: the demo's QDiffBench-style split,
+    `n_prompts` per split). `seed`: of the first image (image i uses seed + i). `steps` / `guidance`:
+    sampler settings (default the demo's). `with_baselines`: also uniform widths `uniform` (bits), the
+    uniform width nearest the plan's bytes and a random allocation at equal bytes. `checkpoint`: export the
+    first plan (to that folder, or a temporary one for `True`), reload it and generate (bytes on disk, peak
+    RSS while loading and while generating, pixel difference to the simulation). `metrics`: the registered
+    metrics to report (default all). `log`: receives a line per stage (the candidate, its bytes).
+    `progress`: a rich bar on stderr over every image sampled (prompts × candidates, the FP calibration
+    reference included) with ETA.
+    """
+
+    model: Any = None
+    quantized: str | Path | None = None
+    prompts: dict[str, list[str]] | None = None
+    n_prompts: int = 8
+    seed: int = 0
+    steps: int | None = None
+    guidance: float | None = None
+    with_baselines: bool = True
+    uniform: tuple[int, ...] = (8, 4)
+    checkpoint: bool | str | Path = False
+    metrics: list[str] | None = None
+    log: Callable[[str], None] | None = None
+    progress: bool = False
+
+
+def evaluate(plans: Plan | str | Path | list, options: EvaluateOptions | None = None, **kwargs: Any) -> Evaluation:
     """Generate with FP, each plan and the baselines; measure every registered metric per split.
 
-    `plans`: one plan or several (all on the Pareto plot; the first gets the baselines). `quantized`: a
-    folder written by `export`, evaluated as is (its plan.json is the plan). `checkpoint`: export the
-    first plan (to that folder, or a temporary one for `True`), reload it and generate (bytes on disk,
-    peak RSS while loading and while generating, pixel difference to the simulation). `log`: receives a
-    line per stage (the candidate, its bytes). `progress`: a rich bar on stderr over every image sampled
-    (prompts × candidates, the FP calibration reference included) with ETA.
+    `plans`: one plan or several (all on the Pareto plot; the first gets the baselines). `options` /
+    keywords: see `EvaluateOptions` (keywords replace its fields; an unknown keyword is a TypeError).
     """
-    from mpsearch.export.load import load_quantized
-    from mpsearch.export.simulate import ExportError, as_pipeline, fake_quantize, plan_of
-    from mpsearch.export.write import export
+    from mpsearch.export.simulate import as_pipeline
     from mpsearch.profiling.calibration import demo_settings, reference
     from mpsearch.progress import count_bar
 
-    log = log or (lambda msg: None)
+    opts = EvaluateOptions.of(options, **kwargs)
+    log = opts.log or (lambda msg: None)
+    plans = _plans(plans, opts.quantized)
+    pipe = as_pipeline(opts.model)
+    inv = inventory(pipe)
+    main = plans[0]
+    d_steps, d_guidance = demo_settings()
+    steps, guidance = opts.steps or d_steps, opts.guidance if opts.guidance is not None else d_guidance
+    prompts = opts.prompts or default_prompts(pipe, opts.n_prompts)
+    prompts = {k: list(v) for k, v in prompts.items() if v}
+    calib_prompts = prompts.get("calib") or next(iter(prompts.values()))
+    todo = _todo(inv, plans, opts)
+    folder = Path(opts.quantized) if opts.quantized is not None else None
+    sampled = len(todo) + (folder is not None or bool(opts.checkpoint))  # candidates that generate images
+    n_images = len(calib_prompts) + sampled * sum(len(v) for v in prompts.values())
+
+    with count_bar(n_images, opts.progress, "evaluating") as advance:
+        sample = _Sampler(advance, opts.seed, steps, guidance)
+        log("calibration reference (FP)")
+        advance(0, "FP calibration reference")
+        calib = reference(pipe, calib_prompts, steps=steps, guidance=guidance)
+        advance(len(calib_prompts))
+        cands, fp_images = _simulate(pipe, inv, todo, prompts, calib, sample, get_format(main.format), opts.metrics,
+                                     log)  # fmt: skip
+        ev = Evaluation(inv, main, prompts, {"steps": steps, "kept_timesteps": main.kept_timesteps,
+                                             "guidance": guidance, "seed": opts.seed, "format": main.format,
+                                             "n_prompts": {k: len(v) for k, v in prompts.items()}}, cands)  # fmt: skip
+        _checkpoint(ev, pipe, folder, opts.checkpoint, calib, sample, opts.metrics, log)
+
+    for c in ev.candidates:
+        for split, ps in prompts.items():
+            c.metrics[split] = image_metrics(fp_images[split], c.images[split], ps, opts.metrics)
+        first = "calib" if "calib" in c.metrics else next(iter(c.metrics))
+        c.metrics[first].update(c.extra.get("output", {}))  # measured on the calibration inputs only
+    return ev
+
+
+def _plans(plans: Plan | str | Path | list, quantized: str | Path | None) -> list[Plan]:
+    """The plans to evaluate as `Plan`s: a quantized folder's own plan first, then `plans`."""
+    from mpsearch.export.simulate import ExportError, plan_of
+
     plans = [plans] if not isinstance(plans, (list, tuple)) else list(plans)
     if quantized is not None:
         qplan = Path(quantized) / "plan.json"
@@ -306,90 +357,94 @@ def evaluate(
     plans = [plan_of(p) for p in plans]
     if not plans:
         raise ValueError("nothing to evaluate: pass a plan or a quantized folder")
-    pipe = as_pipeline(model)
-    inv = inventory(pipe)
-    main = plans[0]
-    d_steps, d_guidance = demo_settings()
-    steps, guidance = steps or d_steps, guidance if guidance is not None else d_guidance
-    prompts = prompts or default_prompts(pipe, n_prompts)
-    prompts = {k: list(v) for k, v in prompts.items() if v}
-    fmt = get_format(main.format)
+    return plans
 
-    calib_prompts = prompts.get("calib") or next(iter(prompts.values()))
+
+def _todo(inv: Inventory, plans: list[Plan], opts: EvaluateOptions) -> list[tuple[str, str, Plan | None]]:
+    """(name, kind, plan) of every simulated candidate: FP, the plans (names made unique), the baselines."""
     todo: list[tuple[str, str, Plan | None]] = [("fp", "fp", None)]
     for i, p in enumerate(plans):
         name = "plan" if i == 0 else str(p.solver.get("name") or f"plan-{i}")
         todo.append((name if name not in {t[0] for t in todo} else f"{name}-{i}", "plan", p))
-    if with_baselines:
-        for name, p in baselines(inv, main, uniform=uniform, seed=seed).items():
+    if opts.with_baselines:
+        for name, p in baselines(inv, plans[0], uniform=opts.uniform, seed=opts.seed).items():
             todo.append((name, "random" if name == "random" else "uniform", p))
-    folder = Path(quantized) if quantized is not None else None
-    sampled = len(todo) + (folder is not None or bool(checkpoint))  # candidates that generate images
-    n_images = len(calib_prompts) + sampled * sum(len(v) for v in prompts.values())
+    return todo
 
-    with count_bar(n_images, progress, "evaluating") as advance:
 
-        def sample(p, ps, name, split, plan=None):
-            advance(0, f"{name} ({split})")
-            out = _generate(p, ps, seed, steps, guidance, plan)
-            advance(len(ps))
-            return out
+@dataclass
+class _Sampler:
+    """Samples a candidate's images at the evaluation's seed, steps and guidance, moving the progress bar."""
 
-        log("calibration reference (FP)")
-        advance(0, "FP calibration reference")
-        calib = reference(pipe, calib_prompts, steps=steps, guidance=guidance)
-        advance(len(calib_prompts))
+    advance: Callable[..., None]
+    seed: int
+    steps: int
+    guidance: float
 
-        fp_images: dict[str, list] = {}
-        cands: list[Candidate] = []
-        for name, kind, plan in todo:
-            wb = plan.w_bits() if plan else dict.fromkeys(inv.names, FLOAT_BITS)
-            c = Candidate(name, kind, plan, model_bytes(inv, wb, fmt if plan is None else plan.format,
-                                                        plan.pruned_fixed_params if plan else 0), mean_bits(inv, wb))
-            log(f"{name}: {c.bytes:,} bytes, {c.mean_bits:.2f} mean bits")
-            t0 = time.perf_counter()
-            if plan is None:
+    def __call__(self, pipe: Any, prompts: list[str], name: str, split: str, plan: Plan | None = None) -> list:
+        self.advance(0, f"{name} ({split})")
+        out = _generate(pipe, prompts, self.seed, self.steps, self.guidance, plan)
+        self.advance(len(prompts))
+        return out
+
+
+def _simulate(pipe: Any, inv: Inventory, todo: list, prompts: dict[str, list[str]], calib, sample: _Sampler,
+              fmt, metrics: list[str] | None, log: Callable[[str], None]) -> tuple[list[Candidate], dict]:  # fmt: skip
+    """The simulated candidates (FP, and each plan under `fake_quantize`) with their images and output
+    metrics, and the FP images per split."""
+    from mpsearch.export.simulate import fake_quantize
+
+    fp_images: dict[str, list] = {}
+    cands: list[Candidate] = []
+    for name, kind, plan in todo:
+        wb = plan.w_bits() if plan else dict.fromkeys(inv.names, FLOAT_BITS)
+        c = Candidate(name, kind, plan, model_bytes(inv, wb, fmt if plan is None else plan.format,
+                                                    plan.pruned_fixed_params if plan else 0), mean_bits(inv, wb))
+        log(f"{name}: {c.bytes:,} bytes, {c.mean_bits:.2f} mean bits")
+        t0 = time.perf_counter()
+        if plan is None:
+            for split, ps in prompts.items():
+                fp_images[split] = c.images[split] = sample(pipe, ps, name, split)
+            c.extra["output"] = output_metrics(pipe, calib, metrics)
+        else:
+            with fake_quantize(pipe, plan, inv=inv, calib=calib):
                 for split, ps in prompts.items():
-                    fp_images[split] = c.images[split] = sample(pipe, ps, name, split)
+                    c.images[split] = sample(pipe, ps, name, split, plan)
                 c.extra["output"] = output_metrics(pipe, calib, metrics)
-            else:
-                with fake_quantize(pipe, plan, inv=inv, calib=calib):
-                    for split, ps in prompts.items():
-                        c.images[split] = sample(pipe, ps, name, split, plan)
-                    c.extra["output"] = output_metrics(pipe, calib, metrics)
-            c.extra["seconds"] = round(time.perf_counter() - t0, 2)
-            cands.append(c)
+        c.extra["seconds"] = round(time.perf_counter() - t0, 2)
+        cands.append(c)
+    return cands, fp_images
 
-        ev = Evaluation(inv, main, prompts, {"steps": steps, "kept_timesteps": main.kept_timesteps,
-                                             "guidance": guidance, "seed": seed, "format": main.format,
-                                             "n_prompts": {k: len(v) for k, v in prompts.items()}}, cands)  # fmt: skip
 
-        if folder is None and checkpoint:
-            folder = Path(tempfile.mkdtemp(prefix="mpsearch-export-") if checkpoint is True else checkpoint)
-            log(f"export {main.format} checkpoint to {folder}")
-            advance(0, "export")
-            ev.export = export(main, folder, model=pipe, overwrite=True).to_dict()  # its own earlier checkpoint
-        elif folder is not None and (folder / "export.json").exists():
-            ev.export = json.loads((folder / "export.json").read_text())
-        if folder is not None:
-            with PeakRSS() as load_mem:
-                qpipe = load_quantized(folder)
-            c = Candidate("checkpoint", "checkpoint", main, cands[1].bytes, cands[1].mean_bits)
-            with PeakRSS() as gen_mem:
-                for split, ps in prompts.items():
-                    c.images[split] = sample(qpipe, ps, "checkpoint", split, main)
-            c.extra["output"] = output_metrics(qpipe, calib, metrics)
-            sim = cands[1].images
-            c.extra["max_pixel_diff_vs_simulation"] = max(
-                (int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
-                 for split in prompts for a, b in zip(c.images[split], sim[split], strict=True)), default=0)
-            ev.memory = {"load": load_mem.to_dict(), "generate": gen_mem.to_dict()}
-            cands.append(c)
-            del qpipe
+def _checkpoint(ev: Evaluation, pipe: Any, folder: Path | None, checkpoint: bool | str | Path, calib,
+                sample: _Sampler, metrics: list[str] | None, log: Callable[[str], None]) -> None:  # fmt: skip
+    """Export the main plan (unless `folder` is a given checkpoint), reload it and sample it: its bytes on
+    disk, peak memory and pixel difference to the simulation go into `ev`, the checkpoint into its
+    candidates."""
+    from mpsearch.export.load import load_quantized
+    from mpsearch.export.write import export
 
-    for c in cands:
+    main, cands, prompts = ev.plan, ev.candidates, ev.prompts
+    if folder is None and checkpoint:
+        folder = Path(tempfile.mkdtemp(prefix="mpsearch-export-") if checkpoint is True else checkpoint)
+        log(f"export {main.format} checkpoint to {folder}")
+        sample.advance(0, "export")
+        ev.export = export(main, folder, model=pipe, overwrite=True).to_dict()  # its own earlier checkpoint
+    elif folder is not None and (folder / "export.json").exists():
+        ev.export = json.loads((folder / "export.json").read_text())
+    if folder is None:
+        return
+    with PeakRSS() as load_mem:
+        qpipe = load_quantized(folder)
+    c = Candidate("checkpoint", "checkpoint", main, cands[1].bytes, cands[1].mean_bits)
+    with PeakRSS() as gen_mem:
         for split, ps in prompts.items():
-            c.metrics[split] = image_metrics(fp_images[split], c.images[split], ps, metrics)
-        first = "calib" if "calib" in c.metrics else next(iter(c.metrics))
-        c.metrics[first].update(c.extra.get("output", {}))  # measured on the calibration inputs only
-    return ev
+            c.images[split] = sample(qpipe, ps, "checkpoint", split, main)
+    c.extra["output"] = output_metrics(qpipe, calib, metrics)
+    sim = cands[1].images
+    c.extra["max_pixel_diff_vs_simulation"] = max(
+        (int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
+         for split in prompts for a, b in zip(c.images[split], sim[split], strict=True)), default=0)
+    ev.memory = {"load": load_mem.to_dict(), "generate": gen_mem.to_dict()}
+    cands.append(c)
+    del qpipe

@@ -3,7 +3,7 @@
     fq = fake_quantize(pipe, plan)          # weights replaced by their quantized values; fq.restore()
 
 The simulation and the checkpoint agree bit for bit on the weights: both use
-`mpsearch.profiling.quant.quantize_weight` with the format's quantizer config
+`mpsearch.profiling.quantizers.quantize_weight` with the format's quantizer config
 (`mpsearch.planning.quantizer.weight_config`: symmetric, one fp16 scale per output channel for `packed`
 and `quanto`), and both keep every unquantized denoiser parameter (biases, norms, embeddings, 16-bit
 layers) at fp16, the dtype the cost model charges (`WeightFormat.float_bytes`): the simulation rounds
@@ -28,7 +28,8 @@ from mpsearch.model import Inventory, find_denoiser, inventory, load_pipeline
 from mpsearch.planning.cost import FLOAT_BITS, get_format
 from mpsearch.planning.plan import Plan, PlanError
 from mpsearch.planning.quantizer import weight_config
-from mpsearch.profiling.quant import WeightQuantConfig, bos_layers, fake_quant_weight
+from mpsearch.profiling.quantizers import WeightQuantConfig, fake_quant_weight
+from mpsearch.profiling.session import bos_layers
 
 FLOAT_DTYPE = torch.float16  # unquantized parameters, scales and BOS rows; `WeightFormat.float_bytes == 2`
 
@@ -236,7 +237,7 @@ def fake_quantize(
     (`mpsearch.planning.quantizer.weight_config`: gguf and sdnq round as their files do); every other
     parameter is rounded to fp16 (`round_float`), as the checkpoint stores it. BOS-aware K/V (`bos`)
     substitutes the full-precision BOS row, for the formats whose runtime does (`packed`, `quanto`). Activation bits (`a_bits < 16`, and per-step `step_overrides`, PCR's
-    activation relaxing) run through the profiler's quantizers (`mpsearch.profiling.quant.quantize_pipeline`:
+    activation relaxing) run through the profiler's quantizers (`mpsearch.profiling.session.quantize_pipeline`:
     split shortcuts, BOS-aware, ranges calibrated on `calib`, a `mpsearch.profiling.calibration.Reference`, with
     full-precision weights as the profiler does; `progressive` = PCR per-step ranges). Per-step
     activation bits apply when sampling with the reference's number of steps.
@@ -273,7 +274,7 @@ def fake_quantize(
 
 def _activation_session(pipe: Any, plan: Plan, cfg: WeightQuantConfig, calib: Any, progressive: bool):
     """The profiler's activation quantizers at the plan's a_bits (and per-step overrides)."""
-    from mpsearch.profiling.quant import Candidates, quantize_pipeline
+    from mpsearch.profiling.session import Candidates, quantize_pipeline
 
     if calib is None:
         raise ValueError("the plan quantizes activations: pass calib= "

@@ -50,7 +50,7 @@ from mpsearch.planning.cost import (
 )
 from mpsearch.planning.plan import Plan
 from mpsearch.planning.quantizer import weight_config
-from mpsearch.profiling.quant import WeightQuantConfig, quantize_weight
+from mpsearch.profiling.quantizers import WeightQuantConfig, quantize_weight
 
 SCHEMA = "mpsearch.quantized/1"
 WEIGHTS_FILE = "mpsearch_quantized.safetensors"

@@ -1,7 +1,7 @@
 """The real fitness of a (per-layer bits, kept timesteps) candidate: sample with it, score the images.
 
 TMPQ-DM ranks candidates by the FID of images sampled with the candidate's bits and timesteps from its
-quantized super-network. Here the super-network is a `mpsearch.profiling.quant.QuantSession`: quantizer parameters
+quantized super-network. Here the super-network is a `mpsearch.profiling.session.QuantSession`: quantizer parameters
 of every candidate bit-width are computed once (weights cached per width, activation ranges calibrated on
 the FP reference), so switching a candidate in is free. A candidate's images (the fitness prompts, fixed
 seeds, sampled at its kept timesteps) are scored with an image metric of `mpsearch.profiling.metrics` (adherence
@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from mpsearch.profiling.metrics import Metric, get_metric, images_to_tensor
-from mpsearch.profiling.quant import ActQuantConfig, Candidates, QuantSession, WeightQuantConfig
+from mpsearch.profiling.quantizers import ActQuantConfig, WeightQuantConfig
+from mpsearch.profiling.session import Candidates, QuantSession
 
 TIE_BREAK = 1e-3  # pixel MSE lies in [0, 1]: below one prompt's worth of adherence for < 1000 prompts
 

@@ -156,87 +156,15 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: Any, *, text: str = "", source: str = "<plan>") -> Plan:
-        def fail(fieldname: str, msg: str, key: str | None = None) -> PlanError:
-            return PlanError(f"{source}:{_line_of(text, key or fieldname)}: {fieldname}: {msg}")
-
+        r = _PlanReader(text, source)
         if not isinstance(d, dict):
-            raise fail("<top>", "a plan is a JSON object")
-        if d.get("schema") != SCHEMA:
-            raise fail("schema", f"expected {SCHEMA!r}, got {d.get('schema')!r}")
-        for key in ("model", "fingerprint"):
-            if not isinstance(d.get(key, ""), str):
-                raise fail(key, f"must be a string, got {d[key]!r}")
-        budget = d.get("budget")
-        if budget is not None:
-            from mpsearch.planning.budget import Budget  # budget imports the cost model, as this module does
-
-            if not isinstance(budget, str):
-                raise fail("budget", f"must be null or a budget such as \"4bits\", got {budget!r}")
-            try:
-                Budget.parse(budget)
-            except ValueError as e:
-                raise fail("budget", str(e)) from None
-        raw = d.get("layers")
-        if not isinstance(raw, dict) or not raw:
-            raise fail("layers", "must be a non-empty object {layer name: {w_bits, a_bits}}")
-        layers = {}
-        pruned_units = _or(d, "pruned_units", [])
-        if not (isinstance(pruned_units, list) and all(isinstance(u, str) and u for u in pruned_units)):
-            raise fail("pruned_units", "must be a list of module names")
-        for name, bits in raw.items():
-            if bits == {"pruned": True}:
-                if not under(name, pruned_units):
-                    raise fail(f"layers[{name!r}]", "is pruned but lies in no unit of pruned_units", name)
-                layers[name] = LayerBits(PRUNED, PRUNED)
-                continue
-            if under(name, pruned_units):
-                raise fail(f"layers[{name!r}]", "lies in a pruned unit: write {\"pruned\": true}", name)
-            if not isinstance(bits, dict) or set(bits) - {"w_bits", "a_bits"}:
-                raise fail(f"layers[{name!r}]", "must be {\"w_bits\": int, \"a_bits\": int}", name)
-            lb = LayerBits(bits.get("w_bits", FLOAT_BITS), bits.get("a_bits", FLOAT_BITS))
-            for attr, allowed in (("w_bits", WEIGHT_BITS), ("a_bits", ACT_BITS)):
-                value = getattr(lb, attr)
-                if not isinstance(value, int) or isinstance(value, bool) or value not in allowed:
-                    raise fail(f"layers[{name!r}].{attr}", f"{value!r} is not one of {list(allowed)}", name)
-            layers[name] = lb
-        fmt = d.get("format", "packed")
-        try:
-            if not isinstance(fmt, str):
-                raise ValueError(f"must be a format name, got {fmt!r}")
-            get_format(fmt)
-        except ValueError as e:
-            raise fail("format", str(e)) from None
-        kept = d.get("kept_timesteps")
-        if kept is not None and not (isinstance(kept, list) and kept and all(isinstance(t, int) and t >= 0 for t in kept)
-                                     and all(b < a for a, b in zip(kept, kept[1:], strict=False))):
-            raise fail("kept_timesteps", "must be null or a non-empty, strictly decreasing list of integer timesteps "
-                       "(the sampling order)")
-        overrides = _or(d, "step_overrides", [])
-        if not isinstance(overrides, list):
-            raise fail("step_overrides", "must be a list of {\"steps\": [int], \"layers\": {...}}")
-        for i, o in enumerate(overrides):
-            if not isinstance(o, dict) or set(o) != {"steps", "layers"} or not isinstance(o["layers"], dict) \
-                    or not (isinstance(o["steps"], list) and o["steps"] and all(_is_int(t) and t >= 0 for t in o["steps"])):
-                raise fail(f"step_overrides[{i}]", "must be {\"steps\": [step index ≥ 0, …], \"layers\": "
-                           "{name: {\"a_bits\"|\"w_bits\": int}}}", "step_overrides")
-            for name, bits in o["layers"].items():
-                where = f"step_overrides[{i}].layers[{name!r}]"
-                if not isinstance(bits, dict) or not bits or set(bits) - {"w_bits", "a_bits"}:
-                    raise fail(where, "must be {\"a_bits\"|\"w_bits\": int}", "step_overrides")
-                for attr, allowed in (("w_bits", WEIGHT_BITS), ("a_bits", ACT_BITS)):
-                    if attr in bits and not (_is_int(bits[attr]) and bits[attr] in allowed):
-                        raise fail(f"{where}.{attr}", f"{bits[attr]!r} is not one of {list(allowed)}", "step_overrides")
-        predicted, solver = _or(d, "predicted", {}), _or(d, "solver", {})
-        if not isinstance(solver, dict):
-            raise fail("solver", f"must be an object, got {solver!r}")
-        if not isinstance(predicted, dict):
-            raise fail("predicted", f"must be an object {{bytes, loss, …}}, got {predicted!r}")
-        for key, value in predicted.items():  # sizes and counts ≥ 0; losses (a solver's objective) any number
-            values = value.values() if key == "losses" and isinstance(value, dict) else [value]
-            floor = -math.inf if key in ("loss", "losses") else 0
-            if not all(_is_number(v) and v >= floor for v in values):
-                raise fail(f"predicted.{key}", f"must be a {'number' if floor else 'number ≥ 0'}"
-                           f"{' per group' if key == 'losses' else ''}, got {value!r}", "predicted")
+            raise r.fail("<top>", "a plan is a JSON object")
+        r.header(d)  # one fixed order of checks: the error reported does not depend on dict order
+        raw = r.layer_table(d)
+        units = r.pruned_units(d)
+        layers = r.layers(raw, units)
+        fmt, kept, overrides = r.format(d), r.kept_timesteps(d), r.step_overrides(d)
+        predicted, solver = r.predicted_and_solver(d)
         return cls(
             layers=layers,
             model=d.get("model", ""),
@@ -245,10 +173,10 @@ class Plan:
             budget=d.get("budget"),
             step_overrides=overrides,
             kept_timesteps=kept,
-            pruned_units=list(pruned_units),
-            pruned_fixed_params=_count(d.get("pruned_fixed_params", 0), fail),
-            predicted=dict(predicted),
-            solver=dict(solver),
+            pruned_units=list(units),
+            pruned_fixed_params=_count(d.get("pruned_fixed_params", 0), r.fail),
+            predicted=predicted,
+            solver=solver,
         )
 
     # ---------------------------------------------------------------- against a model
@@ -312,3 +240,113 @@ def _line_of(text: str, key: str) -> int:
     """1-based line of the first occurrence of `"key"` in the file text (1 when unknown)."""
     m = re.search(re.escape(json.dumps(key)) if key and not key.startswith("<") else r"\A", text)
     return text.count("\n", 0, m.start()) + 1 if m else 1
+
+
+class _PlanReader:
+    """Checks of `Plan.from_dict`, one per field; each failure is a `PlanError` naming file:line: field."""
+
+    def __init__(self, text: str, source: str) -> None:
+        self.text, self.source = text, source
+
+    def fail(self, fieldname: str, msg: str, key: str | None = None) -> PlanError:
+        return PlanError(f"{self.source}:{_line_of(self.text, key or fieldname)}: {fieldname}: {msg}")
+
+    def header(self, d: dict) -> None:
+        if d.get("schema") != SCHEMA:
+            raise self.fail("schema", f"expected {SCHEMA!r}, got {d.get('schema')!r}")
+        for key in ("model", "fingerprint"):
+            if not isinstance(d.get(key, ""), str):
+                raise self.fail(key, f"must be a string, got {d[key]!r}")
+        budget = d.get("budget")
+        if budget is not None:
+            from mpsearch.planning.budget import Budget  # budget imports the cost model, as this module does
+
+            if not isinstance(budget, str):
+                raise self.fail("budget", f"must be null or a budget such as \"4bits\", got {budget!r}")
+            try:
+                Budget.parse(budget)
+            except ValueError as e:
+                raise self.fail("budget", str(e)) from None
+
+    def layer_table(self, d: dict) -> dict:
+        raw = d.get("layers")
+        if not isinstance(raw, dict) or not raw:
+            raise self.fail("layers", "must be a non-empty object {layer name: {w_bits, a_bits}}")
+        return raw
+
+    def pruned_units(self, d: dict) -> list:
+        pruned_units = _or(d, "pruned_units", [])
+        if not (isinstance(pruned_units, list) and all(isinstance(u, str) and u for u in pruned_units)):
+            raise self.fail("pruned_units", "must be a list of module names")
+        return pruned_units
+
+    def layers(self, raw: dict, pruned_units: list[str]) -> dict[str, LayerBits]:
+        layers = {}
+        for name, bits in raw.items():
+            if bits == {"pruned": True}:
+                if not under(name, pruned_units):
+                    raise self.fail(f"layers[{name!r}]", "is pruned but lies in no unit of pruned_units", name)
+                layers[name] = LayerBits(PRUNED, PRUNED)
+                continue
+            if under(name, pruned_units):
+                raise self.fail(f"layers[{name!r}]", "lies in a pruned unit: write {\"pruned\": true}", name)
+            if not isinstance(bits, dict) or set(bits) - {"w_bits", "a_bits"}:
+                raise self.fail(f"layers[{name!r}]", "must be {\"w_bits\": int, \"a_bits\": int}", name)
+            lb = LayerBits(bits.get("w_bits", FLOAT_BITS), bits.get("a_bits", FLOAT_BITS))
+            for attr, allowed in (("w_bits", WEIGHT_BITS), ("a_bits", ACT_BITS)):
+                value = getattr(lb, attr)
+                if not isinstance(value, int) or isinstance(value, bool) or value not in allowed:
+                    raise self.fail(f"layers[{name!r}].{attr}", f"{value!r} is not one of {list(allowed)}", name)
+            layers[name] = lb
+        return layers
+
+    def format(self, d: dict) -> str:
+        fmt = d.get("format", "packed")
+        try:
+            if not isinstance(fmt, str):
+                raise ValueError(f"must be a format name, got {fmt!r}")
+            get_format(fmt)
+        except ValueError as e:
+            raise self.fail("format", str(e)) from None
+        return fmt
+
+    def kept_timesteps(self, d: dict) -> list[int] | None:
+        kept = d.get("kept_timesteps")
+        if kept is not None and not (isinstance(kept, list) and kept and all(isinstance(t, int) and t >= 0 for t in kept)
+                                     and all(b < a for a, b in zip(kept, kept[1:], strict=False))):
+            raise self.fail("kept_timesteps", "must be null or a non-empty, strictly decreasing list of integer "
+                            "timesteps (the sampling order)")
+        return kept
+
+    def step_overrides(self, d: dict) -> list:
+        overrides = _or(d, "step_overrides", [])
+        if not isinstance(overrides, list):
+            raise self.fail("step_overrides", "must be a list of {\"steps\": [int], \"layers\": {...}}")
+        for i, o in enumerate(overrides):
+            if not isinstance(o, dict) or set(o) != {"steps", "layers"} or not isinstance(o["layers"], dict) \
+                    or not (isinstance(o["steps"], list) and o["steps"] and all(_is_int(t) and t >= 0 for t in o["steps"])):
+                raise self.fail(f"step_overrides[{i}]", "must be {\"steps\": [step index ≥ 0, …], \"layers\": "
+                                "{name: {\"a_bits\"|\"w_bits\": int}}}", "step_overrides")
+            for name, bits in o["layers"].items():
+                where = f"step_overrides[{i}].layers[{name!r}]"
+                if not isinstance(bits, dict) or not bits or set(bits) - {"w_bits", "a_bits"}:
+                    raise self.fail(where, "must be {\"a_bits\"|\"w_bits\": int}", "step_overrides")
+                for attr, allowed in (("w_bits", WEIGHT_BITS), ("a_bits", ACT_BITS)):
+                    if attr in bits and not (_is_int(bits[attr]) and bits[attr] in allowed):
+                        raise self.fail(f"{where}.{attr}", f"{bits[attr]!r} is not one of {list(allowed)}",
+                                        "step_overrides")
+        return overrides
+
+    def predicted_and_solver(self, d: dict) -> tuple[dict, dict]:
+        predicted, solver = _or(d, "predicted", {}), _or(d, "solver", {})
+        if not isinstance(solver, dict):
+            raise self.fail("solver", f"must be an object, got {solver!r}")
+        if not isinstance(predicted, dict):
+            raise self.fail("predicted", f"must be an object {{bytes, loss, …}}, got {predicted!r}")
+        for key, value in predicted.items():  # sizes and counts ≥ 0; losses (a solver's objective) any number
+            values = value.values() if key == "losses" and isinstance(value, dict) else [value]
+            floor = -math.inf if key in ("loss", "losses") else 0
+            if not all(_is_number(v) and v >= floor for v in values):
+                raise self.fail(f"predicted.{key}", f"must be a {'number' if floor else 'number ≥ 0'}"
+                                f"{' per group' if key == 'losses' else ''}, got {value!r}", "predicted")
+        return dict(predicted), dict(solver)

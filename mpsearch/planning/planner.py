@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,9 @@ from mpsearch.planning.steps import StepOptions, joint_search, step_pool, step_p
 from solvers.pareto import pareto_front as front
 from solvers.problem import InfeasibleBudget, Problem, Solution
 from solvers.registry import SolverSpec, available_solvers, get_solver
+
+if TYPE_CHECKING:
+    from mpsearch.profiling.profiler import ProfileOptions
 
 __all__ = ["SolveOptions", "pareto_front", "plot_front", "search", "solve"]
 
@@ -189,14 +192,18 @@ def _solve_steps(spec: SolverSpec, opts: SolveOptions, kwargs: dict[str, Any], d
 
 
 def search(model: Any = None, budget: Budget | str = "4bits", *, profile_dir: str | Path | None = None,
-           profile_options: dict[str, Any] | None = None, **solve_options: Any) -> Plan:
+           profile_options: ProfileOptions | dict[str, Any] | None = None, **solve_options: Any) -> Plan:
     """Profile `model` (or resume its profile in `profile_dir`), then solve for `budget` (with `steps=N`,
-    keeping N denoising steps, sampled with `model`). `solve_options`: as for `solve`."""
-    from mpsearch.profiling.profiler import (
-        profile as run_profile,  # profiling loads the quantization engine: on use
-    )
+    keeping N denoising steps, sampled with `model`). `profile_options`: a `ProfileOptions` or its fields
+    as a dict (`out` is `profile_dir`). `solve_options`: as for `solve`."""
+    # profiling loads the quantization engine: imported on use
+    from mpsearch.profiling.profiler import ProfileOptions
+    from mpsearch.profiling.profiler import profile as run_profile
 
-    result = run_profile(model, out=profile_dir, **(profile_options or {}))
+    if isinstance(profile_options, ProfileOptions):
+        result = run_profile(model, profile_options, out=profile_dir)
+    else:
+        result = run_profile(model, out=profile_dir, **(profile_options or {}))
     if solve_options.get("steps") is not None:  # the timestep search samples with the same pipeline
         solve_options.setdefault("model", model)
     return solve(result, budget, **solve_options)

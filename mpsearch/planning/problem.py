@@ -192,56 +192,18 @@ def build_problem(
     unit_df = profile_df[profile_df["tensor"] == "unit"]
     profile_df = profile_df[profile_df["tensor"] != "unit"]
     _check_profile_covers(profile_df, inv)
-    metrics = sorted(profile_df["metric"].unique())
-    # the profile's widths that the format stores as they are (quanto: 2, 4, 8; its 3 costs a 4-bit container)
-    w_cands = sorted(set(space.w_bits or [b for b in profile_df.loc[profile_df.tensor == "weight", "bits"].unique()
-                                          if b in f.widths]))
-    a_cands = [] if space.weight_only else sorted(
-        set(space.a_bits or profile_df.loc[profile_df.tensor == "act", "bits"].unique()))
-    w_all = [int(b) for b in w_cands if b < FLOAT_BITS] + ([FLOAT_BITS] if space.allow_fp else [])
-    a_all = [int(b) for b in a_cands if b < FLOAT_BITS] + [FLOAT_BITS]
-    for b in w_all:
-        f.check_offered(b)  # clear error if the format cannot hold a candidate, or only in a wider container
+    w_all, a_all = _candidate_bits(profile_df, space, f)
     groups = sorted(profile_df["step_group"].unique()) if len(profile_df) else [0]
-    profile_df = profile_df.assign(_l=profile_df["layer"].map(inv.index).to_numpy(),
-                                   _g=profile_df["step_group"].map({g: i for i, g in enumerate(groups)}).to_numpy())
-    # rows an option needs: one per metric its layer was measured on, per step group
-    per_layer = profile_df.drop_duplicates(["_l", "metric"])["_l"].to_numpy()
-    need = np.bincount(per_layer, minlength=len(inv)) * len(groups)
-    wl, w_count = _loss_tables(profile_df, "weight", len(inv), len(groups), w_all, metrics)
-    al, a_count = _loss_tables(profile_df, "act", len(inv), len(groups), a_all, metrics)
-    zero = space.assume_missing == "zero"
-    w_ok = _measured(profile_df, "weight", w_count, need, w_all, None if zero else space.w_bits)
-    a_ok = _measured(profile_df, "act", a_count, need, a_all, None if zero else space.a_bits)
-    pairs = [(w, a) for w in w_all for a in a_all]
-    wi = [w_all.index(w) for w, _ in pairs]
-    ai = [a_all.index(a) for _, a in pairs]
-    step_losses = {m: wl[m][:, :, wi] + al[m][:, :, ai] for m in metrics}
-    fits = np.array([[f.stores(l, w) for w, _ in pairs] for l in inv.layers])  # widths the format has per layer
+    opts = _Options.measure(inv, profile_df, groups, w_all, a_all, space)
+    fits = np.array([[f.stores(l, w) for w, _ in opts.pairs] for l in inv.layers])  # widths the format has per layer
     costs = {
-        "bytes": [[layer_bytes(l, w, f) if s else 0 for (w, _), s in zip(pairs, row, strict=True)]
+        "bytes": [[layer_bytes(l, w, f) if s else 0 for (w, _), s in zip(opts.pairs, row, strict=True)]
                   for l, row in zip(inv.layers, fits, strict=True)],
-        "wbits": [[layer_wbits(l, w, f) for w, _ in pairs] for l in inv.layers],
-        "bitops": [[layer_bitops(l, w, a) for w, a in pairs] for l in inv.layers],
+        "wbits": [[layer_wbits(l, w, f) for w, _ in opts.pairs] for l in inv.layers],
+        "bitops": [[layer_bitops(l, w, a) for w, a in opts.pairs] for l in inv.layers],
     }
-    fixed = {}
-    for name in inv.names:
-        if any(re.search(p, name) for p in space.protect):
-            fixed[name] = (FLOAT_BITS, FLOAT_BITS)
-    if space.protect_top > 0:
-        flat = sum(v.sum(axis=0) for v in step_losses.values())
-        worst = flat.max(axis=1)
-        for i in np.argsort(-worst)[: max(1, round(space.protect_top * len(inv)))]:
-            fixed[inv.names[i]] = (FLOAT_BITS, FLOAT_BITS)
-    if fixed and (FLOAT_BITS, FLOAT_BITS) not in pairs:
-        raise ValueError("protected layers need 16-bit options: do not combine --protect with allow_fp=False")
-    ok = (np.ones((len(inv), len(pairs)), dtype=bool) if zero else w_ok[:, wi] & a_ok[:, ai]) & fits
-    if not ok.any(axis=1).all():
-        raise ValueError(f"layer {inv.names[int(np.argmin(ok.any(axis=1)))]!r} has no measured option among "
-                         f"W{w_all} A{a_all}: allow 16 bits, or choose --assume-missing zero")
-    keys, costs, step_losses = _offer(ok, pairs, costs, step_losses)
-    unmeasured = sorted((i, t, bits[k]) for t, bits, got in (("W", w_all, w_ok), ("A", a_all, a_ok))
-                        for i, k in np.argwhere(~got))
+    fixed = _protected(inv, space, opts)
+    keys, costs, step_losses = _offer(opts.offered(inv, fits), opts.pairs, costs, opts.step_losses)
     # each metric's scale from the bit options alone (see `solvers.problem`): offering pruning must not
     # re-weight the metrics, so a plan that prunes nothing scores as it does without the option
     scales = {m: float(v.sum(axis=0).max(axis=1).sum()) or 1.0 for m, v in step_losses.items()} \
@@ -259,11 +221,10 @@ def build_problem(
         constraints.append(Constraint(b.resource, upper=b.resolve(inv, f), offset=offset, name="budget"))
     width = max(len(k) for k in keys)  # packed options (and "pruned") leave no column unused
     step_losses = {m: v[:, :, :width] for m, v in step_losses.items()}
-    losses = {m: v.sum(axis=0) for m, v in step_losses.items()}
     problem = Problem(
         keys=keys,
         costs=costs,
-        losses=losses,
+        losses={m: v.sum(axis=0) for m, v in step_losses.items()},
         scales=scales,
         weights=space.metric_weights or None,
         constraints=constraints,
@@ -271,10 +232,93 @@ def build_problem(
         names=inv.names,
         groups=[l.group for l in inv.layers],
     )
-    n = len(groups)
-    step_groups = [(i, i + 1) for i in range(n)]
-    info = {"unmeasured": [f"{inv.names[i]} {t}{b}" for i, t, b in unmeasured], "assume_missing": space.assume_missing}
-    return StepProblem(problem=problem, step_losses=step_losses, step_groups=step_groups, info=info)
+    info = {"unmeasured": opts.unmeasured(inv), "assume_missing": space.assume_missing}
+    return StepProblem(problem=problem, step_losses=step_losses, step_groups=[(i, i + 1) for i in range(len(groups))],
+                       info=info)
+
+
+def _candidate_bits(profile_df: pd.DataFrame, space: SearchSpace, f: Any) -> tuple[list[int], list[int]]:
+    """Weight and activation bit-widths on offer: the profile's (or the space's), the weight widths the
+    format stores as they are (quanto: 2, 4, 8; its 3 costs a 4-bit container), and 16 where allowed."""
+    w_cands = sorted(set(space.w_bits or [b for b in profile_df.loc[profile_df.tensor == "weight", "bits"].unique()
+                                          if b in f.widths]))
+    a_cands = [] if space.weight_only else sorted(
+        set(space.a_bits or profile_df.loc[profile_df.tensor == "act", "bits"].unique()))
+    w_all = [int(b) for b in w_cands if b < FLOAT_BITS] + ([FLOAT_BITS] if space.allow_fp else [])
+    a_all = [int(b) for b in a_cands if b < FLOAT_BITS] + [FLOAT_BITS]
+    for b in w_all:
+        f.check_offered(b)  # clear error if the format cannot hold a candidate, or only in a wider container
+    return w_all, a_all
+
+
+@dataclass
+class _Options:
+    """The (w, a) pairs of every layer, their per-step-group losses, and which of them the profile measured."""
+
+    pairs: list[tuple[int, int]]
+    w_all: list[int]
+    a_all: list[int]
+    step_losses: dict[str, np.ndarray]  # metric -> [group, layer, pair]
+    w_ok: np.ndarray  # [layer, w option]: every metric and step group measured
+    a_ok: np.ndarray
+    zero: bool  # --assume-missing zero: every option offered
+
+    @classmethod
+    def measure(cls, inv: Inventory, df: pd.DataFrame, groups: list, w_all: list[int], a_all: list[int],
+                space: SearchSpace) -> _Options:
+        metrics = sorted(df["metric"].unique())
+        df = df.assign(_l=df["layer"].map(inv.index).to_numpy(),
+                       _g=df["step_group"].map({g: i for i, g in enumerate(groups)}).to_numpy())
+        # rows an option needs: one per metric its layer was measured on, per step group
+        per_layer = df.drop_duplicates(["_l", "metric"])["_l"].to_numpy()
+        need = np.bincount(per_layer, minlength=len(inv)) * len(groups)
+        wl, w_count = _loss_tables(df, "weight", len(inv), len(groups), w_all, metrics)
+        al, a_count = _loss_tables(df, "act", len(inv), len(groups), a_all, metrics)
+        zero = space.assume_missing == "zero"
+        w_ok = _measured(df, "weight", w_count, need, w_all, None if zero else space.w_bits)
+        a_ok = _measured(df, "act", a_count, need, a_all, None if zero else space.a_bits)
+        pairs = [(w, a) for w in w_all for a in a_all]
+        wi, ai = cls._index(pairs, w_all, a_all)
+        step_losses = {m: wl[m][:, :, wi] + al[m][:, :, ai] for m in metrics}
+        return cls(pairs, w_all, a_all, step_losses, w_ok, a_ok, zero)
+
+    @staticmethod
+    def _index(pairs: list[tuple[int, int]], w_all: list[int], a_all: list[int]) -> tuple[list[int], list[int]]:
+        return [w_all.index(w) for w, _ in pairs], [a_all.index(a) for _, a in pairs]
+
+    def offered(self, inv: Inventory, fits: np.ndarray) -> np.ndarray:
+        """[layer, pair] mask of the options offered, among those the format stores (`fits`, [layer, pair]);
+        every layer must keep one."""
+        wi, ai = self._index(self.pairs, self.w_all, self.a_all)
+        ok = np.ones((len(inv), len(self.pairs)), dtype=bool) if self.zero else self.w_ok[:, wi] & self.a_ok[:, ai]
+        ok &= fits
+        if not ok.any(axis=1).all():
+            raise ValueError(f"layer {inv.names[int(np.argmin(ok.any(axis=1)))]!r} has no measured option among "
+                             f"W{self.w_all} A{self.a_all}: allow 16 bits, or choose --assume-missing zero")
+        return ok
+
+    def unmeasured(self, inv: Inventory) -> list[str]:
+        """'<layer> W3'-style names of the options the profile lacks (offered only with --assume-missing zero)."""
+        missing = sorted((i, t, bits[k]) for t, bits, got in (("W", self.w_all, self.w_ok), ("A", self.a_all, self.a_ok))
+                         for i, k in np.argwhere(~got))
+        return [f"{inv.names[i]} {t}{b}" for i, t, b in missing]
+
+
+def _protected(inv: Inventory, space: SearchSpace, opts: _Options) -> dict[str, tuple[int, int]]:
+    """Layers held at 16 bits: those matching `space.protect`, and the `protect_top` share with the worst
+    loss of any option."""
+    fixed = {}
+    for name in inv.names:
+        if any(re.search(p, name) for p in space.protect):
+            fixed[name] = (FLOAT_BITS, FLOAT_BITS)
+    if space.protect_top > 0:
+        flat = sum(v.sum(axis=0) for v in opts.step_losses.values())
+        worst = flat.max(axis=1)
+        for i in np.argsort(-worst)[: max(1, round(space.protect_top * len(inv)))]:
+            fixed[inv.names[i]] = (FLOAT_BITS, FLOAT_BITS)
+    if fixed and (FLOAT_BITS, FLOAT_BITS) not in opts.pairs:
+        raise ValueError("protected layers need 16-bit options: do not combine --protect with allow_fp=False")
+    return fixed
 
 
 def prunable_units(inv: Inventory, units: Mapping[str, Any] | None, names: Sequence[str]) -> dict[str, dict]:

@@ -4,7 +4,7 @@ exported with, so that the plan is optimised for the model its checkpoint holds.
 from __future__ import annotations
 
 from mpsearch.planning.cost import WeightFormat, get_format
-from mpsearch.profiling.quant import WeightQuantConfig
+from mpsearch.profiling.quantizers import WeightQuantConfig
 
 
 def weight_config(fmt: str | WeightFormat | None) -> WeightQuantConfig:

@@ -49,7 +49,8 @@ from mpsearch.planning.inputs import group_metrics
 from mpsearch.planning.problem import SearchSpace, build_problem
 from mpsearch.planning.quantizer import weight_config
 from mpsearch.profiling import calibration as cal
-from mpsearch.profiling.quant import ActQuantConfig, Candidates
+from mpsearch.profiling.quantizers import ActQuantConfig
+from mpsearch.profiling.session import Candidates
 from mpsearch.progress import count_bar
 from solvers.problem import Constraint, Problem, Solution, StepProblem
 from solvers.registry import SolverSpec
@@ -120,18 +121,6 @@ class StepPool:
     def at(self, positions: Sequence[int]) -> list[int]:
         """The timesteps at pool `positions`."""
         return [self.timesteps[i] for i in positions]
-
-
-def _profile_schedule(meta: dict[str, Any]) -> tuple[list[int] | None, list[list[int]] | None, str | None]:
-    sampling = meta.get("sampling") or {}
-    return sampling.get("timesteps"), meta.get("step_groups"), sampling.get("scheduler")
-
-
-def _check_scheduler_name(name: str | None) -> None:
-    """Refuse early (before any search) a scheduler that cannot sample at chosen timesteps."""
-    cls = getattr(diffusers, name, None) if name else None
-    if cls is not None:
-        kept_scheduler(cls())
 
 
 def describe_budget(budget: Budget, inv: Inventory, steps: int, meta: dict[str, Any], pool: int | None = None) -> str:
@@ -342,11 +331,7 @@ def _profile_schedule(meta: dict[str, Any]) -> tuple[list[int] | None, list[list
 
 def _check_scheduler_name(name: str | None) -> None:
     """Refuse early (before any search) a scheduler that cannot sample at chosen timesteps."""
-    if not name:
-        return
-    import diffusers
-
-    cls = getattr(diffusers, name, None)
+    cls = getattr(diffusers, name, None) if name else None
     if cls is not None:
         kept_scheduler(cls())
 

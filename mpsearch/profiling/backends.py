@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mpsearch.profiling.profiler import Profiler, Unit, unit_batches
+from mpsearch.profiling.engine import Profiler, Unit, unit_batches
 from mpsearch.progress import unit_bar
 from solvers.registry import Registry
 
@@ -180,7 +180,7 @@ class _Replica:
 
         from mpsearch.model import find_denoiser, load_pipeline, weights_fingerprint
         from mpsearch.profiling.metrics import METRICS
-        from mpsearch.profiling.quant import QuantSession
+        from mpsearch.profiling.session import QuantSession
         from mpsearch.profiling.store import ProfileError
 
         device = "cuda" if torch.cuda.is_available() and _gpu_ids() else "cpu"
@@ -202,7 +202,9 @@ class _Replica:
             METRICS[name] = metric  # the driver's, custom ones included
         session = QuantSession(pipe, **recipe["session"])
         _load_calibration(session, recipe["calibration"])
-        self.prof = Profiler(pipe, reference, session, recipe["groups"], max_batch=recipe["max_batch"])
+        self.prof = Profiler(pipe, reference, session, recipe["groups"], max_batch=recipe["max_batch"],
+                             decode_batch=recipe["decode_batch"])  # fmt: skip
+        self.prof.image_slots = recipe["image_slots"]
 
     def evaluate(self, batches: list[list[Unit]]) -> list[dict]:
         rows = []
@@ -233,6 +235,8 @@ def _recipe(job: Job) -> dict:
         "calibration": _calibration(sess),
         "groups": job.prof.groups,
         "max_batch": job.prof.max_batch,
+        "decode_batch": job.prof.decode_batch,
+        "image_slots": job.prof.image_slots,
         "metrics": {n: get_metric(n) for n in names},
     }  # fmt: skip
 

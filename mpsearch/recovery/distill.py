@@ -49,7 +49,7 @@ class _SteQuant(nn.Module):
         self.bits, self.cfg, self.active = bits, cfg, True
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        from mpsearch.profiling.quant import fake_quant_weight
+        from mpsearch.profiling.quantizers import fake_quant_weight
 
         if not self.active:
             return w
@@ -69,7 +69,7 @@ class Student:
         from mpsearch.export.simulate import activation_bits, bos_targets
         from mpsearch.planning.quantizer import weight_config
         from mpsearch.profiling.pruning import remove_units
-        from mpsearch.profiling.quant import Candidates, quantize_pipeline
+        from mpsearch.profiling.session import Candidates, quantize_pipeline
 
         _, den = find_denoiser(pipe)
         self.den, self.calib = den, calib
@@ -223,6 +223,34 @@ def distill(
 
     teacher = copy.deepcopy(den).eval().requires_grad_(False)
     student = Student(pipe, plan, ref)
+    try:
+        history = _train(den, teacher, student, ref, plan, steps=steps, batch=batch, lr=lr, seed=seed,
+                         recalibrate=recalibrate)
+    finally:
+        n_quantized, calibrated = len(student.quantized), student.session is not None
+        student.close()
+        den.eval().requires_grad_(False)
+    k = max(1, steps // 10)
+    result = DistillResult(
+        out=str(out) if out is not None else None, steps=steps, seconds=round(time.perf_counter() - t0, 1),
+        loss_first=sum(history[:k]) / k, loss_last=sum(history[-k:]) / k, history=[round(v, 6) for v in history],
+        settings={"batch": batch, "lr": lr, "n_prompts": n_prompts, "seed": seed, "sample_steps": sample_steps,
+                  "guidance": guidance, "pruned_units": plan.pruned_units, "quantized_layers": n_quantized,
+                  "activation_bits": sorted(activation_bits(plan)), "recalibrate": recalibrate if calibrated else None},
+    )
+    log(f"distilled {steps} steps in {result.seconds} s: loss {result.loss_first:.4f} → {result.loss_last:.4f}")
+    if out is not None:
+        out = Path(out)
+        pipe.save_pretrained(out)
+        plan.save(out / "plan.json")
+        (out / "distill.json").write_text(json.dumps(result.to_dict(), indent=1))
+    return pipe, result
+
+
+def _train(den: torch.nn.Module, teacher: torch.nn.Module, student: Student, ref: Any, plan: Plan, *, steps: int,
+           batch: int, lr: float, seed: int, recalibrate: int) -> list[float]:
+    """AdamW on the student's float weights: relative error of the output and of every block's output
+    against the teacher, on random rows of the teacher's trajectories. Returns the loss per step."""
     den.train().requires_grad_(True)
     params = [p for p in den.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -251,21 +279,4 @@ def distill(
     finally:
         for h in h_s + h_t:
             h.remove()
-        n_quantized, calibrated = len(student.quantized), student.session is not None
-        student.close()
-        den.eval().requires_grad_(False)
-    k = max(1, steps // 10)
-    result = DistillResult(
-        out=str(out) if out is not None else None, steps=steps, seconds=round(time.perf_counter() - t0, 1),
-        loss_first=sum(history[:k]) / k, loss_last=sum(history[-k:]) / k, history=[round(v, 6) for v in history],
-        settings={"batch": batch, "lr": lr, "n_prompts": n_prompts, "seed": seed, "sample_steps": sample_steps,
-                  "guidance": guidance, "pruned_units": plan.pruned_units, "quantized_layers": n_quantized,
-                  "activation_bits": sorted(activation_bits(plan)), "recalibrate": recalibrate if calibrated else None},
-    )
-    log(f"distilled {steps} steps in {result.seconds} s: loss {result.loss_first:.4f} → {result.loss_last:.4f}")
-    if out is not None:
-        out = Path(out)
-        pipe.save_pretrained(out)
-        plan.save(out / "plan.json")
-        (out / "distill.json").write_text(json.dumps(result.to_dict(), indent=1))
-    return pipe, result
+    return history

@@ -8,7 +8,7 @@ A format is a `WeightFormat` subclass in its own file under `mpsearch/export/for
   containers), the scales' granularity (`group_size`) and dtypes (`scale_bytes`, `zero_bytes`), the float
   dtype of everything unquantized (`float_bytes`); `layer_bytes` turns that into bytes per layer.
 - storage (mpsearch's checkpoint layout, `mpsearch.export.write`): `encode` turns the signed integer codes
-  `q` of `mpsearch.profiling.quant.quantize_weight` (symmetric: `q ∈ [-2^(b-1), 2^(b-1) - 1]` for `b`
+  `q` of `mpsearch.profiling.quantizers.quantize_weight` (symmetric: `q ∈ [-2^(b-1), 2^(b-1) - 1]` for `b`
   nominal bits) and the per-output-channel scales into named tensors, and `decode` turns them back.
   Scales are fp16 of shape `[out, 1, ...]` (broadcastable to the weight, as optimum-quanto keeps them).
   The code offset (`zero_point`) is a constant of the format, recorded in the quantization map, never

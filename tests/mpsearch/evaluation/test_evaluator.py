@@ -1,13 +1,17 @@
-"""Evaluation and report on the tiny pipeline: baselines, metrics per split, checkpoint bytes and memory."""
+"""Evaluation on the tiny pipeline: baselines, metrics per split, checkpoint bytes and memory."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from mpsearch.evaluation.evaluator import PeakRSS, baselines, evaluate, nearest_uniform_bits, random_plan
-from mpsearch.evaluation.report import write_report
+from mpsearch.evaluation.evaluator import (
+    EvaluateOptions,
+    PeakRSS,
+    baselines,
+    evaluate,
+    nearest_uniform_bits,
+    random_plan,
+)
 from mpsearch.model import inventory
 from mpsearch.planning.cost import model_bytes
 from mpsearch.planning.plan import LayerBits, Plan
@@ -47,7 +51,7 @@ def test_peak_rss_sees_an_allocation():
     assert m.delta > 30e6
 
 
-def test_evaluate_and_report(tiny_pipe, tmp_path):
+def test_evaluate_with_baselines_and_checkpoint(tiny_pipe, tmp_path):
     inv = inventory(tiny_pipe)
     plan = six_bit_plan(inv)
     ev = evaluate(plan, model=tiny_pipe, prompts=PROMPTS, steps=2, guidance=3.0, checkpoint=tmp_path / "ckpt")
@@ -63,16 +67,7 @@ def test_evaluate_and_report(tiny_pipe, tmp_path):
     assert ck.extra["max_pixel_diff_vs_simulation"] <= 1
     assert ev.export["tensor_bytes"] == ev.export["predicted_bytes"] == plan.predicted["bytes"]
     assert ev.memory["load"]["rss_peak"] >= ev.memory["load"]["rss_before"] > 0
-
-    report = write_report(ev, tmp_path / "report")
-    text = report.read_text()
-    for f in ("grid.png", "pareto.png", "bitmap.png", "results.json"):
-        assert (tmp_path / "report" / f).stat().st_size > 1000 or f == "results.json"
-        assert f in text or f == "results.json"
-    assert "| uniform-w4 | heldout |" in text
-    assert f"{plan.predicted['bytes']:,}" in text
-    results = json.loads((tmp_path / "report" / "results.json").read_text())
-    assert results["export"]["matches_prediction"] is True
+    assert ev.export["matches_prediction"] is True  # the report of an evaluation: test_report.py
 
     # evaluating again into the same folder replaces its own earlier checkpoint whole
     w8 = Plan.uniform(inv, 8)
@@ -117,3 +112,22 @@ def test_evaluate_shows_a_bar_over_every_image_it_samples(tiny_pipe, capsys):
     assert "evaluating" in err and "8/8" in err and "ETA" in err
     assert out == ""
     assert lines[0] == "calibration reference (FP)" and lines[-1].startswith("plan: ")
+
+
+def test_options_object_and_keywords_evaluate_the_same(tiny_pipe):
+    """`evaluate(plan, EvaluateOptions(...))`, the same fields as keywords, and an object with keywords
+    replacing some of its fields give the same results; a misspelt keyword is a TypeError naming it."""
+    plan = six_bit_plan(inventory(tiny_pipe))
+    kw = dict(model=tiny_pipe, prompts={"calib": PROMPTS["calib"][:1]}, steps=1, guidance=3.0, uniform=(8,))
+    by_keywords = evaluate(plan, **kw).to_dict()
+    by_options = evaluate(plan, EvaluateOptions(**kw)).to_dict()
+    mixed = evaluate(plan, EvaluateOptions(**dict(kw, steps=3, uniform=(2,))), steps=1, uniform=(8,)).to_dict()
+    names = [r["name"] for r in by_keywords["results"]]
+    assert names == ["fp", "plan", "uniform-w8", *names[3:]] and "random" in names
+    assert by_options == by_keywords and mixed == by_keywords
+    assert all(r["pixel_mse"] == 0 for r in by_keywords["results"] if r["name"] == "fp")
+    with pytest.raises(TypeError, match=r"evaluate\(\) got unexpected keyword argument 'baselines' \(did you mean "
+                                        r"'with_baselines'\?\)"):
+        evaluate(plan, model=tiny_pipe, baselines=False)
+    with pytest.raises(TypeError, match="options must be of type EvaluateOptions, got dict"):
+        evaluate(plan, {"steps": 1})

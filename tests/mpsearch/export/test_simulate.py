@@ -6,7 +6,7 @@ import torch
 from mpsearch.export.simulate import fake_quantize
 from mpsearch.model import find_denoiser, inventory
 from mpsearch.planning.plan import Plan
-from mpsearch.profiling.quant import fake_quant_weight
+from mpsearch.profiling.quantizers import fake_quant_weight
 from tests.mpsearch.export.plans import latents
 
 

@@ -15,7 +15,7 @@ from mpsearch.export.write import BOS_FILE, WEIGHTS_FILE, export, safetensors_he
 from mpsearch.model import find_denoiser, inventory
 from mpsearch.planning.cost import model_bytes
 from mpsearch.planning.plan import LayerBits, Plan, PlanError
-from mpsearch.profiling.quant import bos_layers
+from mpsearch.profiling.session import bos_layers
 from tests.mpsearch.export.plans import latents, mixed_plan
 
 

@@ -11,7 +11,7 @@ from mpsearch.pipelines import ADAPTERS, ModelError, PipelineAdapter, adapter_fo
 from mpsearch.pipelines.sampling import sampling_defaults
 from mpsearch.profiling.calibration import capture_call, initial_noise
 from mpsearch.profiling.pruning import find_units
-from mpsearch.profiling.quant import bos_layers
+from mpsearch.profiling.session import bos_layers
 from tests.conftest import build_tiny_pixart_pipeline, build_tiny_sdxl_pipeline
 
 

@@ -175,7 +175,7 @@ def test_bits_budget_counts_stored_bits_for_container_formats():
     """The demo profile measured 2..8 bits. quanto offers only the widths it stores (2, 4, 8) and a bits
     budget counts stored bits: `3bits` used to return W3 layers in 4-bit containers (3.50 stored bits,
     1,904,912 B), larger and worse than the `1.9MB` plan."""
-    from mpsearch.demo import PROFILE
+    from mpsearch.evaluation.demo import PROFILE
     from mpsearch.planning.inputs import load_profile
 
     _, _, demo = load_profile(PROFILE)
@@ -196,7 +196,7 @@ def test_bits_budget_counts_stored_bits_for_container_formats():
 @pytest.fixture(scope="module")
 def demo():
     """(rows, meta, inventory) of the shipped demo profile."""
-    from mpsearch.demo import PROFILE
+    from mpsearch.evaluation.demo import PROFILE
     from mpsearch.planning.inputs import load_profile
 
     return load_profile(PROFILE)

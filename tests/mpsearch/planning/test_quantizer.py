@@ -4,7 +4,7 @@ import torch
 
 from mpsearch.export.formats.base import WeightFormat
 from mpsearch.planning.quantizer import weight_config
-from mpsearch.profiling.quant import WeightQuantConfig, quantize_weight
+from mpsearch.profiling.quantizers import WeightQuantConfig, quantize_weight
 
 
 def test_packed_and_quanto_quantize_symmetric_per_output_channel():

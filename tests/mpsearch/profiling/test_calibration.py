@@ -171,3 +171,10 @@ def test_stochastic_scheduler_resumes_with_the_same_noise():
         slots = cal.denoise(pipe, ref, ref.latents[2].repeat(3, 1, 1, 1), start=2, n_slots=3)
     assert torch.equal(resumed, ref.latents[-1])
     assert torch.allclose(slots, ref.latents[-1].repeat(3, 1, 1, 1), atol=1e-5)
+
+
+def test_quadratic_step_groups_match_tmpq():
+    # TMPQ-DM, N=5 over 1000 timesteps: [0,50), [50,200), [200,450), [450,800), [800,1000)
+    ts = [999, 900, 700, 500, 300, 100, 40]
+    assert cal.quadratic_step_groups(ts, 5) == [[0, 1], [2, 3], [4], [5], [6]]
+    assert cal.step_groups([999, 500, 100], "auto") == [[0, 1, 2]]

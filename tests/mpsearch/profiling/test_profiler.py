@@ -1,4 +1,5 @@
-"""Profiler: batched == exact, fisher ranks like exact, resume after SIGKILL, torn lines, shards, custom metrics."""
+"""Profiler: options object == keywords (unknown ones refused), batched == exact, fisher ranks like exact,
+resume after SIGKILL, torn lines, shards, custom metrics."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 
 from mpsearch.profiling import calibration as cal
 from mpsearch.profiling.metrics import METRICS, register_metric, sqnr
-from mpsearch.profiling.profiler import profile
+from mpsearch.profiling.profiler import ProfileOptions, profile
 from mpsearch.profiling.store import Profile, ProfileError, merge
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -59,6 +60,34 @@ def test_profile_rows_and_meta(pipe, tmp_path):
     # the 2-bit weight hurts more than the 8-bit one
     t = loaded.table("sqnr", "weight")
     assert t.loc["conv_in", 2] > t.loc["conv_in", 8] > 0
+
+
+def test_options_object_and_keywords_give_the_same_profile(pipe, tmp_path):
+    """`profile(pipe, ProfileOptions(...))`, the same fields as keywords, and an object with keywords
+    replacing some of its fields measure the same rows under the same header."""
+    kw = dict(SMALL, layers=r"^(conv_in|mid_block\.attentions\.0\.transformer_blocks\.0\.attn2\.to_k)$")
+    by_keywords = profile(pipe, out=tmp_path / "k", **kw)
+    by_options = profile(pipe, ProfileOptions(out=tmp_path / "o", **kw))
+    mixed = profile(pipe, ProfileOptions(out=tmp_path / "m", **dict(kw, steps=8, seed=3)), steps=4, seed=0)
+    assert len(by_keywords) == 2 * 3 * 2  # 2 layers × (w2, w8, a4) × 2 step groups
+    for other in (by_options, mixed):
+        pd.testing.assert_frame_equal(_frame(other), _frame(by_keywords), check_exact=True)
+        strip = lambda meta: {k: v for k, v in meta.items() if k != "created"}  # noqa: E731
+        assert strip(other.meta) == strip(by_keywords.meta)
+    assert ProfileOptions.of(ProfileOptions(seed=3), mode="batched") == ProfileOptions(seed=3, mode="batched")
+
+
+def test_unknown_keyword_is_refused_naming_it(tmp_path):
+    """A misspelt option is a TypeError naming it (and the field it resembles) before any work; so is an
+    options argument that is not a ProfileOptions."""
+    with pytest.raises(TypeError, match=r"profile\(\) got unexpected keyword argument 'n_promts' \(did you mean "
+                                        r"'n_prompts'\?\)"):
+        profile(None, out=tmp_path / "p", n_promts=2)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments 'frobnicate', 'colour'"):
+        profile(None, ProfileOptions(out=tmp_path / "p"), frobnicate=True, colour="red")
+    with pytest.raises(TypeError, match="options must be of type ProfileOptions, got dict"):
+        profile(None, {"steps": 2})
+    assert not (tmp_path / "p").exists()
 
 
 def assert_same_rows(exact: pd.DataFrame, batched: pd.DataFrame) -> None:
@@ -290,28 +319,6 @@ def test_custom_metric_is_profiled_and_stored(pipe, tmp_path):
         METRICS.pop("mean_shift", None)
 
 
-def test_cli_profile_and_merge(pipe, tmp_path):
-    from typer.testing import CliRunner
-
-    from mpsearch.cli import app
-
-    model = tmp_path / "model"
-    pipe.save_pretrained(model)
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS) + "\n")
-    runner = CliRunner()
-    common = ["--model", str(model), "--prompts", str(prompts), "--steps", "4", "--bits", "2,8", "--act-bits", "8,16",
-              "--metrics", "sqnr", "--layers", "^conv_(in|out)$"]  # fmt: skip
-    for i in range(2):
-        r = runner.invoke(app, ["profile", *common, "--out", str(tmp_path / f"s{i}"), "--shard", f"{i}/2"])
-        assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")])
-    assert r.exit_code == 0, r.output
-    assert len(Profile.load(tmp_path / "m")) == 2 * 3 * 1
-    r = runner.invoke(app, ["profile", *common, "--mode", "nope", "--out", str(tmp_path / "x")])
-    assert r.exit_code != 0 and "mode" in r.output
-
-
 FAMILY_LAYERS = {  # a conv, the added conditioning, a cross-attention (content) layer, a split shortcut / output
     "sdxl": r"^(conv_in|add_embedding\.linear_1|down_blocks\.1\.attentions\.0\.transformer_blocks\.1\.attn2\.to_k"
             r"|up_blocks\.0\.resnets\.0\.conv_shortcut)$",
@@ -337,26 +344,6 @@ def test_other_pipelines_profile_batched_equals_exact(name):
     assert (w[2] >= w[8]).mean() > 0.9 and (w[2] > 0).all()  # 2-bit weights hurt, and more than 8-bit
     fisher = profile(pipe, mode="fisher", **dict(kw, metrics=None, all_metrics=False)).df
     assert len(fisher) == 4 * 3 * 2 and fisher.degradation.gt(0).all()
-
-
-@pytest.mark.parametrize("name", list(FAMILY_LAYERS))
-def test_cli_profile_on_a_saved_pipeline(name, tmp_path):
-    from typer.testing import CliRunner
-
-    from mpsearch.cli import app
-    from tests.conftest import TINY_PIPELINES
-
-    TINY_PIPELINES[name]().save_pretrained(tmp_path / "model")
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS) + "\n")
-    rescale = ["--guidance-rescale", "0.5"] if name == "sdxl" else []
-    r = CliRunner().invoke(app, ["profile", "--model", str(tmp_path / "model"), "--prompts", str(prompts),
-                                 "--steps", "2", "--bits", "2", "--act-bits", "16", "--metrics", "sqnr,ssim", *rescale,
-                                 "--all-metrics", "--layers", FAMILY_LAYERS[name], "--out", str(tmp_path / "p")])
-    assert r.exit_code == 0, r.output
-    prof = Profile.load(tmp_path / "p")
-    assert len(prof) == 4 * 1 * 1 * 2 and prof.meta["component"] == ("unet" if name == "sdxl" else "transformer")
-    assert prof.meta["sampling"].get("guidance_rescale") == (0.5 if name == "sdxl" else None)
 
 
 def test_shipped_demo_profile_is_still_accepted(tmp_path):

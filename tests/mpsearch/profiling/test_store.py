@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mpsearch.cli import app
-from mpsearch.demo import PROFILE
+from mpsearch.evaluation.demo import PROFILE
 from mpsearch.planning.inputs import load_profile
 from mpsearch.profiling.store import Profile, ProfileError, merge, read_measurements
 

@@ -14,8 +14,11 @@ from mpsearch.zoo import DEMO_PATH, detector, load_demo, scenes
 
 @pytest.fixture(scope="module")
 def pipe():
+    # as the training recipe samples (denormals make CPU sampling slow); process-wide, so restored after
+    # this module: hypothesis refuses float strategies while it is on
     torch.set_flush_denormal(True)
-    return load_demo()
+    yield load_demo()
+    torch.set_flush_denormal(False)
 
 
 def test_folder_is_a_small_standard_pipeline():

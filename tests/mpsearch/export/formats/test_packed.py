@@ -6,7 +6,7 @@ import torch
 from mpsearch.export.packing import packed_nbytes, unpack_bits
 from mpsearch.planning.cost import get_format
 from mpsearch.planning.quantizer import weight_config
-from mpsearch.profiling.quant import fake_quant_weight, quantize_weight
+from mpsearch.profiling.quantizers import fake_quant_weight, quantize_weight
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])

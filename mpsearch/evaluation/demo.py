@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mpsearch.planning.plan import Plan
 
-PROFILE = Path(__file__).resolve().parent / "profiles" / "demo"  # package data: ships in the wheel
+PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "demo"  # package data: ships in the wheel
 DEFAULT_PROFILE = Path("profiles/demo")  # where `mpsearch profile` writes and `mpsearch solve` reads by default
 BUDGETS = ("3bits", "2.5bits", "4bits")
 

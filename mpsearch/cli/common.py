@@ -1,4 +1,5 @@
-"""What every `mpsearch` command module shares: the consoles, the error exit and the --model option.
+"""What every `mpsearch` verb module shares: the consoles, the error exit, the --model and --json options
+and byte counts written for people.
 
 The error contract: bad input (a budget, a file, an option value, a usage mistake) prints ONE line
 `error: …` on stderr, exits with code 2 and writes nothing. Output that is not a terminal (a pipe, a
@@ -44,6 +45,14 @@ ModelOpt = Annotated[
 ]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (stdout holds only the JSON).")]
+
+
+def human_bytes(n: float) -> str:
+    """`n` bytes in decimal units as people read them: `1.500 MB`, `812 B` (kB = 10^3 bytes, as budgets)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:,.3f} {unit}"
+    return f"{n:,.0f} B"
 
 
 def one_line(message: str) -> str:

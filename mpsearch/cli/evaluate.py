@@ -1,4 +1,4 @@
-"""`mpsearch export` and `mpsearch evaluate`: registered on the main app by `register(app)`."""
+"""`mpsearch evaluate`: plans (and a checkpoint) against full precision and baselines; a Markdown report."""
 
 from __future__ import annotations
 
@@ -9,60 +9,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mpsearch.cli_common import JsonOpt, ModelOpt, console, err, fail, quiet
-
-PlanOpt = Annotated[Path, typer.Option("--plan", "-p", help="plan.json written by `mpsearch solve`.", exists=True,
-                                       dir_okay=False)]
+from mpsearch.cli.common import JsonOpt, ModelOpt, console, err, fail, quiet
+from mpsearch.cli.export import bytes_table
 
 
-def _bytes_table(e: dict) -> Table:
-    t = Table(title=f"denoiser bytes, format {e['format']!r}")
-    t.add_column("")
-    t.add_column("bytes", justify="right")
-    t.add_column("", justify="right")
-    fp16 = e["fp16_bytes"]
-    rows = [("fp16", fp16), ("predicted (cost model)", e["predicted_bytes"]), ("written tensors", e["tensor_bytes"]),
-            ("safetensors header", e["header_bytes"]), ("file", e["file_bytes"]), ("BOS rows file", e["bos_bytes"])]
-    if e.get("budget_bytes"):
-        rows.append((f"budget {e['budget']}", e["budget_bytes"]))
-    for name, n in rows:
-        t.add_row(name, f"{n:,}", f"{n / fp16:.1%} of fp16" if n > 10_000 or name == "fp16" else "")
-    return t
-
-
-def export_cmd(
-    plan: PlanOpt,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint folder to write.")],
-    model: ModelOpt = None,
-    no_components: Annotated[bool, typer.Option("--denoiser-only", help="Write only the denoiser, not the "
-                                                "pipeline's other components.")] = False,
-    no_bos: Annotated[bool, typer.Option("--no-bos", help="Do not precompute BOS K/V rows.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing export in --out whole "
-                                            "(without it, a non-empty --out is refused).")] = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Write a plan's packed low-bit checkpoint; its denoiser bytes equal the cost model's prediction.
-
-    All or nothing: written to a temporary sibling of --out and renamed into place at the end."""
-    from mpsearch.export.write import ExportError, export
-    from mpsearch.model import ModelError
-    from mpsearch.planning.plan import Plan, PlanError
-
-    quiet(as_json)
-    try:
-        p = Plan.load(plan)
-        result = export(p, out, model=model, bos=not no_bos, components=not no_components, overwrite=overwrite)
-    except (ExportError, PlanError, ModelError, ValueError, OSError) as e:
-        fail(str(e))
-    e = result.to_dict()
-    console.print(_bytes_table(e))
-    console.print(f"{e['quantized_layers']}/{e['layers']} layers quantized; written == predicted: "
-                  f"[bold]{e['matches_prediction']}[/]   → {out}  (load with mpsearch.load_quantized)")
-    if as_json:
-        typer.echo(json.dumps({**e, "out": str(out)}, indent=1))
-
-
-def evaluate_cmd(
+def evaluate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (report.md + PNGs + results.json).")],
     plan: Annotated[list[Path] | None, typer.Option("--plan", "-p", help="Plan(s) to evaluate (repeatable; "
                                                        "the first gets the baselines).")] = None,
@@ -83,7 +34,8 @@ def evaluate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate with FP, the plan and baselines; write a Markdown report with images and plots."""
-    from mpsearch.evaluation.evaluator import evaluate
+    from mpsearch.evaluation.evaluator import EvaluateOptions
+    from mpsearch.evaluation.evaluator import evaluate as run
     from mpsearch.evaluation.report import write_report
     from mpsearch.export.simulate import ExportError
     from mpsearch.model import ModelError
@@ -100,11 +52,12 @@ def evaluate_cmd(
     if calib_prompts or heldout_prompts:
         prompts = {"calib": read_prompts(calib_prompts) if calib_prompts else [],
                    "heldout": read_prompts(heldout_prompts) if heldout_prompts else []}
+    options = EvaluateOptions(model=model, quantized=quantized, prompts=prompts, n_prompts=n_prompts, seed=seed,
+                              steps=steps, guidance=guidance, with_baselines=baselines,
+                              checkpoint=(out / "checkpoint") if checkpoint and quantized is None else False,
+                              log=lambda m: err.print(f"[dim]{m}[/]"), progress=True)  # fmt: skip
     try:
-        ev = evaluate(list(plan or []), model=model, quantized=quantized, prompts=prompts, n_prompts=n_prompts,
-                      seed=seed, steps=steps, guidance=guidance, with_baselines=baselines,
-                      checkpoint=(out / "checkpoint") if checkpoint and quantized is None else False,
-                      log=lambda m: err.print(f"[dim]{m}[/]"), progress=True)
+        ev = run(list(plan or []), options)
     except (ExportError, PlanError, ModelError, ValueError, FileNotFoundError) as e:
         fail(str(e))
     report = write_report(ev, out)
@@ -125,12 +78,7 @@ def show_evaluation(ev, report: Path) -> None:
                   *("–" if r.get(c) is None else f"{r[c]:.4g}" for c in cols))
     console.print(t)
     if ev.export:
-        console.print(_bytes_table(ev.export))
+        console.print(bytes_table(ev.export))
     for stage, m in ev.memory.items():
         console.print(f"peak RSS while {stage}: {m['rss_peak'] / 1e6:,.1f} MB (+{m['rss_delta'] / 1e6:,.1f} MB)")
     console.print(f"report: {report}")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("export")(export_cmd)
-    app.command("evaluate")(evaluate_cmd)

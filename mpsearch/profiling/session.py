@@ -1,153 +1,20 @@
-"""Fake quantizers for weights and activations (MixDQ / Q-Diffusion style).
-
-Weights: per-output-channel (or per-group) min-max, symmetric by default (MixDQ's SDXL-turbo config),
-round-to-nearest. `quantize_weight` returns the integers and scales the exporter packs; `fake_quant_weight`
-returns their dequantized float tensor, so simulation and export agree bit for bit.
+"""Switchable fake quantizers on a pipeline's denoiser: `QuantSession` (every candidate width's quantizer
+computed once, any layer switched to any width, several single-layer configurations evaluated in one
+batched forward as slots) and `quantize_pipeline`, which builds and calibrates one. The quantizer math is
+in `mpsearch.profiling.quantizers`, the slot rows in `mpsearch.profiling.rows`.
 """
 
 from __future__ import annotations
 
 import functools
-import math
+import re
 from dataclasses import dataclass
 
 import torch
 
 from mpsearch.pipelines import adapter_for
-
-
-@dataclass(frozen=True)
-class WeightQuantConfig:
-    """`group_size` None = per output channel. `mse_search`: scan range-shrink factors for lowest L2 error.
-    `format`: a weight format with its own rounding (`mpsearch.export.formats`, e.g. gguf, sdnq): weights
-    are fake-quantized by that format's quantizer, as its checkpoint stores them, instead of min-max."""
-
-    symmetric: bool = True
-    group_size: int | None = None
-    mse_search: bool = False
-    search_steps: int = 100
-    format: str | None = None
-
-    def to_dict(self) -> dict:
-        """The settings as profile metadata records them (`format` only when set: older profiles match)."""
-        d = {"symmetric": self.symmetric, "group_size": self.group_size, "mse_search": self.mse_search,
-             "search_steps": self.search_steps}
-        return d if self.format is None else {**d, "format": self.format}
-
-
-def _rows(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
-    """Weight as [n_scales, elements per scale]."""
-    flat = w.reshape(w.shape[0], -1)
-    if group_size is None:
-        return flat
-    if flat.shape[1] % group_size:
-        raise ValueError(f"row length {flat.shape[1]} is not a multiple of group size {group_size}")
-    return flat.reshape(-1, group_size)
-
-
-def _qparams(rows: torch.Tensor, bits: int, cfg: WeightQuantConfig, shrink: float = 1.0):
-    if cfg.symmetric:
-        qmax = 2 ** (bits - 1) - 1
-        absmax = rows.abs().amax(dim=1, keepdim=True) * shrink
-        scale = (absmax / qmax).clamp_min(1e-12)
-        return scale, torch.zeros_like(scale), -(qmax + 1), qmax
-    lo = rows.amin(dim=1, keepdim=True).clamp_max(0) * shrink
-    hi = rows.amax(dim=1, keepdim=True).clamp_min(0) * shrink
-    scale = ((hi - lo) / (2**bits - 1)).clamp_min(1e-12)
-    zero = torch.round(-lo / scale)
-    return scale, zero, 0, 2**bits - 1
-
-
-def quantize_weight(w: torch.Tensor, bits: int, cfg: WeightQuantConfig = WeightQuantConfig()):
-    """Integers `q` (same shape as `w`, int32), `scale` and `zero` ([n_scales, 1], float32).
-
-    Dequantize with `(q - zero) * scale` row-wise. Scales are rounded to fp16, the dtype they are stored
-    in, before the integers are computed, so a stored checkpoint reproduces the simulation exactly.
-    """
-    rows = _rows(w.detach().float(), cfg.group_size)
-    shrinks = torch.linspace(1.0, 0.2, cfg.search_steps) if cfg.mse_search else torch.ones(1)
-    best = None
-    for s in shrinks:
-        scale, zero, qmin, qmax = _qparams(rows, bits, cfg, float(s))
-        scale = scale.half().float().clamp_min(float(torch.finfo(torch.float16).tiny))
-        q = torch.clamp(torch.round(rows / scale) + zero, qmin, qmax)
-        err = ((q - zero) * scale - rows).pow(2).sum(dim=1, keepdim=True)
-        if best is None:
-            best = [q, scale, zero, err]
-        else:
-            better = err < best[3]
-            for i, t in enumerate((q, scale, zero, err)):
-                best[i] = torch.where(better, t, best[i])
-    q, scale, zero, _ = best
-    return q.reshape(w.shape).to(torch.int32), scale, zero
-
-
-def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int | None = None):
-    rows = _rows(q.float(), group_size)
-    return ((rows - zero) * scale).reshape(q.shape)
-
-
-def fake_quant_weight(w: torch.Tensor, bits: int, cfg: WeightQuantConfig = WeightQuantConfig()) -> torch.Tensor:
-    """The float weight a `bits`-bit checkpoint reproduces (same dtype as `w`). 16 bits = unchanged."""
-    if bits >= 16:
-        return w
-    if cfg.format is not None:
-        from mpsearch.export.formats import get_format
-
-        return get_format(cfg.format).fake_quant(w, bits)
-    q, scale, zero = quantize_weight(w, bits, cfg)
-    return dequantize_weight(q, scale, zero, cfg.group_size).to(w.dtype)
-
-
-# --------------------------------------------------------------------------------------------------
-# Activations
-
-
-@dataclass(frozen=True)
-class ActQuantConfig:
-    """Per-tensor activation quantizer settings (MixDQ: asymmetric min-max, EMA momentum 0.95).
-
-    Ranges come from `rounds` passes of EMA over shuffled calibration batches of `batch_size` rows drawn
-    from every denoising step (Q-Diffusion's timestep-aware calibration). The range always includes 0.
-    """
-
-    symmetric: bool = False
-    momentum: float = 0.95
-    rounds: int = 4
-    batch_size: int = 32
-    seed: int = 0
-
-
-def fake_quant_act(x: torch.Tensor, lo, hi, bits: int, symmetric: bool = False) -> torch.Tensor:
-    """Quantize-dequantize `x` with range `[lo, hi]` (floats or tensors broadcastable to `x`) at `bits`.
-
-    Asymmetric: `scale = (hi - lo) / (2^b - 1)`, integer zero point; symmetric: `scale = max|.| / (2^(b-1) - 1)`.
-    16 bits or more returns `x` unchanged. When autograd tracks `x` (quantization-aware training,
-    `mpsearch.recovery.distill`) the gradient passes straight through (STE); the forward value is unchanged (up to
-    float rounding).
-    """
-    if bits >= 16:
-        return x
-    lo = torch.as_tensor(lo, dtype=torch.float32, device=x.device).clamp_max(0)
-    hi = torch.as_tensor(hi, dtype=torch.float32, device=x.device).clamp_min(0)
-    xf = x.float()
-    if symmetric:
-        qmax = 2 ** (bits - 1) - 1
-        scale = (torch.maximum(-lo, hi) / qmax).clamp_min(1e-12)
-        out = torch.clamp(torch.round(xf / scale), -qmax - 1, qmax) * scale
-    else:
-        qmax = 2**bits - 1
-        scale = ((hi - lo) / qmax).clamp_min(1e-12)
-        zero = torch.round(-lo / scale)
-        out = (torch.clamp(torch.round(xf / scale) + zero, 0, qmax) - zero) * scale
-    out = out.to(x.dtype)
-    if x.requires_grad and torch.is_grad_enabled():
-        return x + (out - x).detach()
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Applying quantizers to a pipeline
+from mpsearch.profiling.quantizers import ActQuantConfig, WeightQuantConfig, fake_quant_act, fake_quant_weight
+from mpsearch.profiling.rows import CONTAINER_PATTERN, assemble, batch_size, nbytes, take_rows
 
 
 @dataclass(frozen=True)
@@ -223,16 +90,20 @@ class _LayerQuant:
         w = self.module.weight
         if bits is None or bits >= 16:
             return w
-        if bits not in self.w_cache:
-            cfg = self.session.weight_cfg
-            with torch.no_grad():
-                if self.split and self.session.split_weights:
-                    s = self.split
-                    wq = torch.cat([fake_quant_weight(w[:, :s], bits, cfg), fake_quant_weight(w[:, s:], bits, cfg)], 1)
-                else:
-                    wq = fake_quant_weight(w, bits, cfg)
-            self.w_cache[bits] = wq.detach()
-        return self.w_cache[bits]
+        if bits in self.w_cache:
+            return self.w_cache[bits]
+        sess, cfg = self.session, self.session.weight_cfg
+        with torch.no_grad():
+            if self.split and sess.split_weights:
+                s = self.split
+                wq = torch.cat([fake_quant_weight(w[:, :s], bits, cfg), fake_quant_weight(w[:, s:], bits, cfg)], 1)
+            else:
+                wq = fake_quant_weight(w, bits, cfg)
+        n = wq.numel() * wq.element_size()
+        if sess.weight_cache_limit is None or sess._weight_cache_bytes + n <= sess.weight_cache_limit:
+            self.w_cache[bits] = wq.detach()  # past the limit (a memory plan's), computed again at each use
+            sess._weight_cache_bytes += n
+        return wq.detach()
 
     def op(self, x: torch.Tensor, w: torch.Tensor, bias) -> torch.Tensor:
         if self.conv:
@@ -384,6 +255,8 @@ class QuantSession:
         self._cache_key = None
         self._cache_bytes = 0
         self.cache_limit = 2 * 1024**3
+        self.weight_cache_limit: int | None = None  # bytes of cached fake-quant weights (None: all of them)
+        self._weight_cache_bytes = 0
         self._inside: dict[str, bool] = {}
         self._containers: dict[str, torch.nn.Module] = {}
         self._step: int | None = None
@@ -522,7 +395,6 @@ class QuantSession:
         self._diverged = set()
 
     def _patch_containers(self) -> None:
-        import re
 
         if self._containers:
             return
@@ -538,7 +410,7 @@ class QuantSession:
         cache set by the profiler (`_cache`, `_cache_key`: the same full-precision input rows), the
         non-diverged rows of block `cache_name` are computed once per input and reused by later batches."""
         S = self._n_slots
-        B = _batch_size(args, kwargs)
+        B = batch_size(args, kwargs)
         R = B // S
         div = self._diverged
         same = [s for s in range(S) if s not in div and s not in here]
@@ -560,7 +432,7 @@ class QuantSession:
                 outs.append(self._cache[key])
                 continue
             idx = torch.cat([torch.arange(s * R, (s + 1) * R) for s in slots])
-            sub_a, sub_k = _take(args, idx, B), _take(kwargs, idx, B)
+            sub_a, sub_k = take_rows(args, idx, B), take_rows(kwargs, idx, B)
             self._row_steps = rs[idx] if rs is not None and rs.dim() else rs
             saved, self._in_sub = self._in_sub, True
             try:
@@ -569,9 +441,9 @@ class QuantSession:
                 self._row_steps, self._in_sub = rs, saved
             if cached and self._cache_bytes < self.cache_limit:
                 self._cache[key] = outs[-1]
-                self._cache_bytes += _nbytes(outs[-1])
+                self._cache_bytes += nbytes(outs[-1])
         self._diverged = div | set(here)
-        return _assemble(outs, parts, same, S, R)
+        return assemble(outs, parts, same, S, R)
 
 
 def _as_pair(bits, partial: bool = False):
@@ -582,92 +454,6 @@ def _as_pair(bits, partial: bool = False):
         return bits.w_bits, bits.a_bits
     w, a = bits
     return w, a
-
-
-# Row-wise blocks whose identical slot rows are computed once (UNet blocks, DiT blocks, time embedding).
-CONTAINER_PATTERN = (
-    r"^((down|up)_blocks\.\d+\.(resnets|attentions|downsamplers|upsamplers)\.\d+|mid_block\.(resnets|attentions)\.\d+"
-    r"|transformer_blocks\.\d+|time_embedding)$"
-)
-
-
-def _batch_size(args, kwargs) -> int:
-    for v in (*args, *kwargs.values()):
-        if isinstance(v, torch.Tensor) and v.dim() > 0:
-            return v.shape[0]
-        if isinstance(v, (tuple, list)) and v:
-            n = _batch_size(tuple(v), {})
-            if n:
-                return n
-    return 0
-
-
-def _nbytes(obj) -> int:
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_nbytes(v) for v in obj.values())
-    if isinstance(obj, (tuple, list)):
-        return sum(_nbytes(v) for v in obj)
-    return 0
-
-
-def _memory_order(t: torch.Tensor) -> list[int] | None:
-    """`t`'s dims from outermost to innermost in memory (size-1 dims first), or None when `t` is not dense."""
-    order = sorted(range(t.dim()), key=lambda d: -t.stride(d) if t.shape[d] > 1 else -math.inf)
-    return order if t.permute(order).is_contiguous() else None
-
-
-def _inverse(order: list[int]) -> list[int]:
-    return sorted(range(len(order)), key=order.__getitem__)
-
-
-def _select_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Rows `idx` of `t`, laid out in memory as `t` is. A slot's rows must reach every op with the
-    layout the one-at-a-time batch has: fp16 GEMMs round a transposed input (e.g. the strided
-    `proj_in` input of linear-projection transformers) differently from a contiguous copy of it."""
-    order = _memory_order(t)
-    if order is None:
-        return t.index_select(0, idx)
-    return t.permute(order).index_select(order.index(0), idx).permute(_inverse(order))
-
-
-def _empty_rows(t: torch.Tensor, n: int) -> torch.Tensor:
-    """An uninitialised tensor of `n` rows like `t`'s, laid out in memory as `t` is (see `_select_rows`)."""
-    order = _memory_order(t)
-    if order is None:
-        return t.new_empty((n, *t.shape[1:]))
-    return t.new_empty([t.shape[d] if d else n for d in order]).permute(_inverse(order))
-
-
-def _take(obj, idx: torch.Tensor, B: int):
-    """Rows `idx` of every batch-first tensor (first dim == B) in nested args, in their own layout."""
-    if isinstance(obj, torch.Tensor):
-        return _select_rows(obj, idx.to(obj.device)) if obj.dim() > 0 and obj.shape[0] == B else obj
-    if isinstance(obj, dict):
-        return {k: _take(v, idx, B) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_take(v, idx, B) for v in obj)
-    return obj
-
-
-def _assemble(outs: list, parts: list, same: list[int], S: int, R: int):
-    first = outs[0]
-    if isinstance(first, torch.Tensor):
-        if first.dim() == 0 or first.shape[0] != len(parts[0][0]) * R:
-            return first  # not batch-first: identical for every slot
-        full = _empty_rows(first, S * R)
-        view = full.view(S, R, *first.shape[1:])
-        for (slots, _), out in zip(parts, outs, strict=True):
-            view[slots] = out.view(len(slots), R, *out.shape[1:])
-        if len(same) > 1:
-            view[same[1:]] = first.view(1, R, *first.shape[1:])  # parts[0] is the representative
-        return full
-    if isinstance(first, (tuple, list)):
-        return type(first)(_assemble([o[i] for o in outs], parts, same, S, R) for i in range(len(first)))
-    if isinstance(first, dict):  # diffusers BaseOutput is a dict subclass
-        return type(first)(**{k: _assemble([o[k] for o in outs], parts, same, S, R) for k in first})
-    return first
 
 
 def _container_forward(session: QuantSession, name: str, module: torch.nn.Module, *args, **kwargs):

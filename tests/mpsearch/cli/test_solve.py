@@ -1,65 +1,21 @@
-"""The command line: verbs listed, version, inspect on a bundled config (meta device, no weights)."""
+"""`mpsearch solve` on the shipped demo profile: plans, fronts, pruning, JSON, and the error contract
+(fuzzed budgets and damaged profile folders: one `error:` line, exit 2, nothing written)."""
 
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-import mpsearch
 from mpsearch.cli import app
-from mpsearch.planning.plan import Plan
+from mpsearch.planning.budget import Budget, BudgetError
+from tests.mpsearch.cli.damage import BUDGETS, DEMO, FUZZ, damage_json, damage_rows, refused, snapshot
 
 runner = CliRunner()
-
-
-def test_help_lists_verbs():
-    out = runner.invoke(app, ["--help"]).output
-    assert "inspect" in out
-    # the app's own help text says "profile", "solve", "export": check the registered commands instead
-    from typer.main import get_command
-
-    verbs = {"inspect", "generate", "profile", "merge", "solve", "export", "evaluate", "distill", "demo"}
-    assert set(get_command(app).commands) == verbs
-
-
-def test_version():
-    result = runner.invoke(app, ["--version"])
-    assert result.exit_code == 0 and mpsearch.__version__ in result.output
-
-
-def test_inspect_sdxl_turbo_offline():
-    result = runner.invoke(app, ["inspect", "--model", "sdxl-turbo", "--limit", "3"])
-    assert result.exit_code == 0, result.output
-    assert "794 quantizable layers" in result.output
-    assert "5,134,927,368 bytes" in result.output  # fp16 size of the SDXL UNet
-
-
-def test_inspect_json_and_group_override():
-    result = runner.invoke(app, ["inspect", "--model", "sd15", "--json", "--group", "conv_out=content"])
-    assert result.exit_code == 0, result.output
-    d = json.loads(result.output)
-    layers = {l["name"]: l for l in d["layers"]}
-    assert len(layers) == 282 and layers["conv_out"]["group"] == "content"
-
-
-def test_inspect_bad_input_is_a_clear_error():
-    result = runner.invoke(app, ["inspect", "--model", "sd15", "--group", "nonsense"])
-    assert result.exit_code == 2 and "REGEX=content" in result.output
-
-
-def test_generate_writes_an_image_and_a_grid(tmp_path):
-    from PIL import Image
-
-    one = tmp_path / "one.png"
-    result = runner.invoke(app, ["generate", "-p", "a red circle at the top left", "-o", str(one), "--steps", "2"])
-    assert result.exit_code == 0, result.output
-    assert Image.open(one).size == (32, 32)
-    grid = tmp_path / "grid.png"
-    result = runner.invoke(app, ["generate", "-p", "a red circle at the top left", "-p", "a blue square in the center",
-                                 "-o", str(grid), "--steps", "2"])
-    assert result.exit_code == 0, result.output
-    assert Image.open(grid).size[0] > 2 * 32
-    assert runner.invoke(app, ["generate", "-o", str(grid)]).exit_code == 2
 
 
 def test_solve_with_the_shipped_profile(tmp_path):
@@ -105,7 +61,7 @@ def test_solve_prune_on_the_shipped_profile(tmp_path):
 def test_solve_says_when_the_budget_needs_no_quantization(tmp_path, monkeypatch):
     """A budget at or above the fp16 size gets an all-16-bit plan and a note saying so. Run where there is
     no ./profiles/demo: the default profile is the bundled one (package data)."""
-    from mpsearch.demo import PROFILE
+    from mpsearch.evaluation.demo import PROFILE
     from mpsearch.planning.plan import Plan
 
     monkeypatch.chdir(tmp_path)
@@ -157,35 +113,50 @@ def test_solve_json(tmp_path):
     assert all(p["mean_w_bits"] <= 4 for p in d["pareto"]["points"])
 
 
-def test_generate_refuses_damaged_weights_in_one_line(tiny_pipe, tmp_path):
-    """A truncated weights file, in an exported checkpoint or a model folder, is one error line, exit 2."""
-    from mpsearch.export.write import export
-    from mpsearch.model import inventory
+@FUZZ
+@given(text=BUDGETS)
+def test_budget_parser(text):
+    """An unreadable budget is refused before anything else; a readable one solves or is refused as
+    infeasible (then stdout holds only the echoed budget), never a traceback."""
+    assume("\x00" not in text and not text.startswith("-"))  # argv cannot hold NUL; '-…' reads as an option
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "plan.json"
+        result = runner.invoke(app, ["solve", "--budget", text, "--profile", str(DEMO), "-o", str(out)])
+        try:
+            Budget.parse(text)
+        except BudgetError:
+            line = refused(result, Path(tmp), {})
+            assert "budget" in line and result.stdout == ""
+            return
+        if result.exit_code == 0:
+            assert out.is_file()
+        else:
+            refused(result, Path(tmp), {})
+            assert result.stdout.startswith("budget: ") and len(result.stdout.splitlines()) == 1
 
-    model, q = tmp_path / "model", tmp_path / "q"
-    tiny_pipe.save_pretrained(model)
-    export(Plan.uniform(inventory(tiny_pipe), 4), q, model=str(model))
-    for folder, weights in ((q, q / "unet" / "mpsearch_quantized.safetensors"),
-                            (model, next((model / "text_encoder").glob("*.safetensors")))):
-        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-        option = "--quantized" if folder == q else "--model"
-        result = runner.invoke(app, ["generate", "-p", "a red circle", option, str(folder), "-o", str(tmp_path / "g.png")])
-        assert result.exit_code == 2, result.output
-        assert result.stderr.strip() == result.stderr.splitlines()[0]
-        assert result.stderr.startswith(f"error: {folder}: a weights file is damaged or truncated")
-        assert not (tmp_path / "g.png").exists()
+
+@pytest.fixture(scope="module")
+def profile_copy(tmp_path_factory):
+    """A pristine copy of the demo profile; each example damages a copy of it."""
+    folder = tmp_path_factory.mktemp("fuzz") / "demo"
+    shutil.copytree(DEMO, folder)
+    return folder
 
 
-@pytest.mark.parametrize("args,why", [
-    (["profile", "--bits", "1"], "candidate weight bit-width 1: plans and checkpoints hold only 2, 3, 4, 5, 6, 8, 16"),
-    (["profile", "--bits", "4,7"], "candidate weight bit-width 7"),
-    (["profile", "--act-bits", "2"], "candidate activation bit-width 2"),
-    (["profile", "--layers", "["], "--layers '[' is not a regular expression"),
-    (["inspect", "--model", "sd15", "--group", "(=content"], "--group '(' is not a regular expression"),
-])
-def test_profile_and_inspect_refuse_bad_options_writing_nothing(tmp_path, args, why):
-    """1-bit weights gave NaN measurements and left a meta.json; 7 bits no format stores; a bad regex was a traceback."""
-    result = runner.invoke(app, [*args, *(["--out", str(tmp_path / "prof")] if args[0] == "profile" else [])])
-    assert result.exit_code == 2, result.output
-    assert result.stderr.splitlines() == [f"error: {result.stderr[7:].strip()}"] and why in result.stderr
-    assert not any(tmp_path.iterdir())
+@FUZZ
+@given(data=st.data())
+def test_profile_loader(profile_copy, data):
+    """A damaged measurements.jsonl, meta.json or inventory.json: one line naming the file (and line)."""
+    name = data.draw(st.sampled_from(["measurements.jsonl", "meta.json", "inventory.json"]), label="file")
+    text, line = damage_rows(data) if name == "measurements.jsonl" else damage_json(data, name)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "demo"
+        shutil.copytree(profile_copy, folder)
+        (folder / name).write_text(text)
+        before = snapshot(Path(tmp))
+        result = runner.invoke(app, ["solve", "--budget", "4bits", "--profile", str(folder), "-o",
+                                     str(Path(tmp) / "plan.json")])
+        error = refused(result, Path(tmp), before)
+        assert name in error
+        if line is not None:
+            assert f"{name}:{line}:" in error

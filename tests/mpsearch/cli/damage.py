@@ -1,26 +1,21 @@
-"""Fuzzing the error contract through the command line: a bad budget, a damaged profile folder or a damaged
-plan file is refused with exit code 2 and exactly one `error:` line on stderr, never a traceback, and
-nothing is written (no plan, no checkpoint, no change to the input folder)."""
+"""Damage for fuzzing the error contract through the command line (`test_solve.py`, `test_export.py`): bad
+budgets, damaged profile folders and plan files, as hypothesis strategies, and `refused`, the contract
+itself: exit code 2, exactly one `error:` line on stderr, never a traceback, and nothing written (no plan,
+no checkpoint, no change to the input folder)."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
-import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
-from mpsearch.cli import app
 from mpsearch.planning.budget import Budget, BudgetError
-from mpsearch.planning.cost import ACT_BITS, WEIGHT_BITS
+from mpsearch.planning.cost import ACT_BITS
 from mpsearch.planning.plan import SCHEMA
 
-runner = CliRunner()
-DEMO = Path(__file__).resolve().parents[2] / "mpsearch" / "profiles" / "demo"
+DEMO = Path(__file__).resolve().parents[3] / "mpsearch" / "profiles" / "demo"
 FUZZ = settings(max_examples=40, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
@@ -49,28 +44,6 @@ NUMBERS = st.one_of(
 UNITS = st.sampled_from(["B", "kB", "MB", "GB", "GiB", "TiB", "XB", "bits", "bit", "b/w", "%", "%bitops", "Gbitops",
                          "Pbitops", "Ebitops", "", "bytes", " GB", "GB GB"])
 BUDGETS = st.one_of(st.builds(lambda n, u: n + u, NUMBERS, UNITS), st.text(max_size=12))
-
-
-@FUZZ
-@given(text=BUDGETS)
-def test_budget_parser(text):
-    """An unreadable budget is refused before anything else; a readable one solves or is refused as
-    infeasible (then stdout holds only the echoed budget), never a traceback."""
-    assume("\x00" not in text and not text.startswith("-"))  # argv cannot hold NUL; '-…' reads as an option
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "plan.json"
-        result = runner.invoke(app, ["solve", "--budget", text, "--profile", str(DEMO), "-o", str(out)])
-        try:
-            Budget.parse(text)
-        except BudgetError:
-            line = refused(result, Path(tmp), {})
-            assert "budget" in line and result.stdout == ""
-            return
-        if result.exit_code == 0:
-            assert out.is_file()
-        else:
-            refused(result, Path(tmp), {})
-            assert result.stdout.startswith("budget: ") and len(result.stdout.splitlines()) == 1
 
 
 # ---------------------------------------------------------------- profiles
@@ -133,33 +106,6 @@ def damage_json(data, name: str) -> tuple[str, None]:
     return json.dumps(d, indent=1), None
 
 
-@pytest.fixture(scope="module")
-def profile_copy(tmp_path_factory):
-    """A pristine copy of the demo profile; each example damages a copy of it."""
-    folder = tmp_path_factory.mktemp("fuzz") / "demo"
-    shutil.copytree(DEMO, folder)
-    return folder
-
-
-@FUZZ
-@given(data=st.data())
-def test_profile_loader(profile_copy, data):
-    """A damaged measurements.jsonl, meta.json or inventory.json: one line naming the file (and line)."""
-    name = data.draw(st.sampled_from(["measurements.jsonl", "meta.json", "inventory.json"]), label="file")
-    text, line = damage_rows(data) if name == "measurements.jsonl" else damage_json(data, name)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "demo"
-        shutil.copytree(profile_copy, folder)
-        (folder / name).write_text(text)
-        before = snapshot(Path(tmp))
-        result = runner.invoke(app, ["solve", "--budget", "4bits", "--profile", str(folder), "-o",
-                                     str(Path(tmp) / "plan.json")])
-        error = refused(result, Path(tmp), before)
-        assert name in error
-        if line is not None:
-            assert f"{name}:{line}:" in error
-
-
 # ---------------------------------------------------------------- plans
 BAD_PLAN_FIELDS = {
     "schema": st.one_of(st.text(max_size=20), st.integers(), st.none()).filter(lambda v: v != SCHEMA),
@@ -188,37 +134,3 @@ def _unreadable(text: str) -> bool:
     except BudgetError:
         return True
     return False
-
-
-@pytest.fixture(scope="module")
-def good_plan(tmp_path_factory) -> dict:
-    from mpsearch.planning.planner import solve
-
-    return solve(DEMO, "3bits").to_dict()
-
-
-@FUZZ
-@given(data=st.data())
-def test_plan_loader(good_plan, data):
-    """A plan with any field of the wrong type or value, a layer's bits out of range, or cut short: export
-    refuses it in one line naming the file and line, and writes no checkpoint."""
-    d = json.loads(json.dumps(good_plan))
-    kind = data.draw(st.sampled_from(["field", "layer", "truncate"]), label="kind")
-    if kind == "field":
-        key = data.draw(st.sampled_from(sorted(BAD_PLAN_FIELDS)), label="field")
-        d[key] = data.draw(BAD_PLAN_FIELDS[key], label="value")
-    elif kind == "layer":
-        name = data.draw(st.sampled_from(sorted(d["layers"])), label="layer")
-        attr, allowed = data.draw(st.sampled_from([("w_bits", WEIGHT_BITS), ("a_bits", ACT_BITS)]), label="attr")
-        d["layers"][name] = {**d["layers"][name],
-                             attr: data.draw(st.one_of(st.integers(), st.text(), st.none(), st.floats())
-                                             .filter(lambda v: v not in allowed or isinstance(v, (bool, float))))}
-    text = json.dumps(d, indent=1)
-    if kind == "truncate":
-        text = text[: data.draw(st.integers(0, len(text) - 2), label="cut")]
-    with tempfile.TemporaryDirectory() as tmp:
-        plan = Path(tmp) / "plan.json"
-        plan.write_text(text)
-        before = snapshot(Path(tmp))
-        result = runner.invoke(app, ["export", "--plan", str(plan), "--out", str(Path(tmp) / "q")])
-        assert f"error: {plan}:" in refused(result, Path(tmp), before)

@@ -38,6 +38,10 @@ class Layer:
 
     `params` counts weight elements only; `bias` counts bias elements (0 when absent). `macs` are
     multiply-accumulates of one denoiser call at batch 1 (classifier-free guidance doubles them).
+    `stream`: what its input holds, measured by running the denoiser at two resolutions (`layer_streams`):
+    text tokens (length follows the prompt, not the image), image tokens or pixels, both (joint
+    attention's concatenated sequence), or neither (timestep and pooled embeddings); "" for a UNet, whose
+    groups follow MixDQ's names (defined on UNets), so the second forward is saved.
     """
 
     name: str
@@ -50,6 +54,7 @@ class Layer:
     macs: int
     group: str  # "quality" | "content"
     component: str  # "unet" | "transformer"
+    stream: str = ""  # "text" | "image" | "joint" | "other": which tokens its input holds ("": not measured)
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
@@ -61,7 +66,10 @@ class Inventory:
     """The ordered quantizable layers of a model plus the parameters that stay unquantized.
 
     `fixed_params` are denoiser parameters outside the quantizable layers' weights and biases (norms,
-    embeddings, positional tables); they are stored at the float dtype of the export (fp16 by default).
+    embeddings, positional tables, and the `excluded` layers); they are stored at the float dtype of the
+    export (fp16 by default). `excluded`: Linear/Conv2d modules that are not quantizable, with the reason
+    (e.g. HunyuanDiT's attention pool reads its projections' weights directly, so no hook ever sees them).
+    `group_note`: the content/quality rule the groups come from.
     """
 
     model: str
@@ -72,6 +80,8 @@ class Inventory:
     text_len: int
     fingerprint: str
     extra: dict[str, Any] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)
+    group_note: str = ""
 
     def __post_init__(self) -> None:
         self._index = {layer.name: i for i, layer in enumerate(self.layers)}
@@ -119,7 +129,8 @@ class Inventory:
             raise ModelError(f"not an mpsearch inventory (schema {d.get('schema')!r})")
         layers = [Layer(**{**l, "kernel": tuple(l["kernel"])}) for l in d["layers"]]
         keys = ("model", "component", "resolution", "fixed_params", "text_len", "fingerprint")
-        return cls(layers=layers, **{k: d[k] for k in keys})
+        return cls(layers=layers, **{k: d[k] for k in keys}, excluded=dict(d.get("excluded", {})),
+                   group_note=d.get("group_note", ""))
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -139,6 +150,8 @@ class Inventory:
             "text_len": self.text_len,
             "fingerprint": self.fingerprint,
             "fixed_params": self.fixed_params,
+            "group_note": self.group_note,
+            "excluded": self.excluded,
             "layers": [asdict(layer) for layer in self.layers],
         }
 
@@ -261,49 +274,95 @@ def classify(name: str, rules: Sequence[tuple[str, str]] = DEFAULT_GROUP_RULES) 
     return "quality"
 
 
-def _group_rules(overrides: Sequence[tuple[str, str]] | dict[str, str] | None,
-                 family: Sequence[tuple[str, str]] = DEFAULT_GROUP_RULES) -> list[tuple[str, str]]:
-    """The user's `{regex: group}` overrides, then the family's content/quality rule."""
+def _user_rules(overrides: Sequence[tuple[str, str]] | dict[str, str] | None) -> list[tuple[str, str]]:
+    """The user's `{regex: group}` overrides, checked."""
     user = list(overrides.items()) if isinstance(overrides, dict) else list(overrides or [])
     for pattern, group in user:
         if group not in ("quality", "content"):
             raise ModelError(f"group override {pattern!r} → {group!r}: group must be 'quality' or 'content'")
         re.compile(pattern)
-    return user + list(family)
+    return user
 
 
-def dummy_inputs(denoiser: nn.Module, resolution: int, text_len: int, *, batch: int = 1, device=None) -> dict:
-    """Inputs of one denoiser call at `resolution` pixels (latent = resolution / 8), from its adapter."""
-    return adapter_for(denoiser).dummy_inputs(denoiser, resolution, text_len, batch=batch, device=device)
+def dummy_inputs(denoiser: nn.Module, resolution: int, text_len: int, *, batch: int = 1, device=None,
+                 vae_scale: int = 8) -> dict:  # fmt: skip
+    """Inputs of one denoiser call at `resolution` pixels (latent side = resolution / vae_scale), from its adapter."""
+    return adapter_for(denoiser).dummy_inputs(denoiser, resolution, text_len, batch=batch, device=device,
+                                              vae_scale=vae_scale)  # fmt: skip
 
 
-def count_macs(denoiser: nn.Module, resolution: int, text_len: int) -> dict[str, int]:
-    """MACs per quantizable layer for one call at batch 1, from a forward pass on the meta device."""
-    meta = denoiser
-    if next(denoiser.parameters()).device.type != "meta":
-        cls, cfg = type(denoiser), dict(denoiser.config)
-        with torch.device("meta"):
-            meta = cls.from_config(cfg)
+def _meta(denoiser: nn.Module) -> nn.Module:
+    if next(denoiser.parameters()).device.type == "meta":
+        return denoiser
+    cls, cfg = type(denoiser), dict(denoiser.config)
+    with torch.device("meta"):
+        return cls.from_config(cfg)
+
+
+def _observe(meta: nn.Module, resolution: int, text_len: int, vae_scale: int) -> tuple[dict[str, int], dict[str, int]]:
+    """MACs and input length (tokens, or pixels of a conv) of every quantizable layer that one call at
+    batch 1 runs, on the meta device. A layer its forward never runs is in neither dict."""
     names = {m: n for n, m in meta.named_modules() if isinstance(m, QUANTIZABLE)}
     macs: dict[str, int] = {}
+    length: dict[str, int] = {}
 
     def hook(module, inputs, output):
         out = output[0] if isinstance(output, tuple) else output
+        x = inputs[0]
         if isinstance(module, nn.Linear):
             n = out.numel() * module.in_features
+            tokens = x.shape[-2] if x.dim() >= 3 else 0
         else:
             kh, kw = module.kernel_size
             n = out.numel() * (module.in_channels // module.groups) * kh * kw
-        macs[names[module]] = macs.get(names[module], 0) + int(n)
+            tokens = x.shape[-1] * x.shape[-2]
+        name = names[module]
+        macs[name] = macs.get(name, 0) + int(n)
+        length.setdefault(name, int(tokens))
 
     handles = [m.register_forward_hook(hook) for m in names]
     try:
-        with torch.no_grad():
-            meta(**dummy_inputs(meta, resolution, text_len, device="meta"))
+        with torch.no_grad(), adapter_for(meta).on_meta(meta):
+            meta(**dummy_inputs(meta, resolution, text_len, device="meta", vae_scale=vae_scale))
+    except (TypeError, AttributeError, RuntimeError, ValueError) as e:
+        raise ModelError(f"{type(meta).__name__}: cannot run its forward on dummy inputs ({type(e).__name__}: {e}); "
+                         f"the {adapter_for(meta).name} adapter's dummy_inputs do not fit it") from None  # fmt: skip
     finally:
         for h in handles:
             h.remove()
-    return macs
+    return macs, length
+
+
+def count_macs(denoiser: nn.Module, resolution: int, text_len: int, vae_scale: int = 8) -> dict[str, int]:
+    """MACs per quantizable layer for one call at batch 1, from a forward pass on the meta device."""
+    return _observe(_meta(denoiser), resolution, text_len, vae_scale)[0]
+
+
+def layer_streams(denoiser: nn.Module, resolution: int, text_len: int, vae_scale: int = 8, *,
+                  lengths: dict[str, int] | None = None) -> dict[str, str]:  # fmt: skip
+    """What each quantizable layer's input holds, measured: its input length at `resolution` (`lengths`,
+    when `_observe` already measured them) and at twice that (four times the image tokens). Unchanged:
+    "text" tokens; four times: "image" tokens (or pixels); in between: "joint" (text and image tokens in
+    one sequence); no token axis: "other"."""
+    meta = _meta(denoiser)
+    one = lengths if lengths is not None else _observe(meta, resolution, text_len, vae_scale)[1]
+    _, two = _observe(meta, 2 * resolution, text_len, vae_scale)
+    out = {}
+    for name, a in one.items():
+        b = two.get(name, 0)
+        out[name] = ("other" if a == 0 else "text" if b == a else "image" if b == 4 * a
+                     else "joint" if a < b < 4 * a else "other")  # fmt: skip
+    return out
+
+
+def _group(name: str, stream: str, user: list[tuple[str, str]], adapter) -> str:
+    """A layer's group: the user's first matching override, else the family's rule (names or stream)."""
+    for pattern, group in user:
+        if re.search(pattern, name):
+            return group
+    if adapter.group_by == "stream":
+        return "content" if stream == "text" else "quality"
+    return classify(name, adapter.group_rules)
 
 
 def fingerprint(denoiser: nn.Module) -> str:
@@ -345,35 +404,48 @@ def inventory(
 
     `model`: a pipeline, a denoiser module, a bundled config name (meta device, no weights), a hub id, a
     folder, a single file, or None for the demo model. `resolution` in pixels (default: the model's
-    native size). `groups`: `{regex: "content"|"quality"}` overrides, tried before MixDQ's rule.
+    native size). `groups`: `{regex: "content"|"quality"}` overrides, tried before the family's rule
+    (MixDQ's names, or the measured text stream for joint-attention families).
+
+    A Linear/Conv2d that the denoiser's forward never calls (its weight read directly, as HunyuanDiT's
+    attention pool does) is not quantizable: it is listed in `excluded` and stays in `fixed_params`.
 
     >>> inv = inventory("sdxl-base")
     >>> len(inv), inv.group_totals()["content"]["layers"]
     (794, 420)
     """
     name = _model_name(model)
-    pipe = None
+    pipe, vae_scale = None, 8
     if isinstance(model, (str, Path)) and str(model) in bundled_configs():
         cfg = bundled_config(str(model))
         denoiser = meta_denoiser(str(model))
         resolution = resolution or cfg["default_resolution"]
         text_len = text_len or cfg["text_len"]
+        vae_scale = int(cfg.get("vae_scale_factor", 8))
     else:
         pipe = model if isinstance(model, nn.Module) or hasattr(model, "components") else load_pipeline(model)
         _, denoiser = find_denoiser(pipe)
-        resolution = resolution or adapter_for(pipe).default_resolution(denoiser, 8)
-        tokenizer = getattr(pipe, "tokenizer", None)
-        text_len = text_len or (tokenizer.model_max_length if tokenizer is not None else 77)
+        adapter = adapter_for(pipe)
+        vae_scale = int(getattr(pipe, "vae_scale_factor", 8)) if hasattr(pipe, "components") else 8
+        resolution = resolution or adapter.default_resolution(denoiser, vae_scale, pipe)
+        text_len = text_len or adapter.text_len(pipe)
     adapter = adapter_for(pipe if pipe is not None else denoiser)
     component, _ = adapter.find_denoiser(pipe if pipe is not None else denoiser)
-    rules = _group_rules(groups, adapter.group_rules)
-    if resolution % 8:
-        raise ModelError(f"resolution {resolution} is not a multiple of 8 (the VAE's downsampling)")
+    user = _user_rules(groups)
+    if resolution % vae_scale or resolution % 8:
+        raise ModelError(f"resolution {resolution} is not a multiple of {max(vae_scale, 8)} (the VAE's downsampling)")
 
-    macs = count_macs(denoiser, resolution, text_len)
-    layers, covered = [], 0
+    meta = _meta(denoiser)
+    macs, lengths = _observe(meta, resolution, text_len, vae_scale)
+    # a UNet's groups are MixDQ's names, defined on UNets: its streams are not measured (a second forward)
+    unet = hasattr(denoiser, "down_blocks") and adapter.group_by != "stream"
+    streams = {} if unet else layer_streams(meta, resolution, text_len, vae_scale, lengths=lengths)
+    layers, covered, excluded = [], 0, {}
     for lname, m in denoiser.named_modules():
         if not isinstance(m, QUANTIZABLE):
+            continue
+        if lname not in macs:
+            excluded[lname] = "its forward never runs in a denoiser call (weights read directly): not quantizable"
             continue
         bias = m.bias.numel() if m.bias is not None else 0
         covered += m.weight.numel() + bias
@@ -387,12 +459,14 @@ def inventory(
                 out_channels=m.out_channels if is_conv else m.out_features,
                 in_channels=(m.in_channels // m.groups) if is_conv else m.in_features,
                 kernel=tuple(m.kernel_size) if is_conv else (),
-                macs=macs.get(lname, 0),
-                group=classify(lname, rules),
+                macs=macs[lname],
+                group=_group(lname, streams.get(lname, ""), user, adapter),
                 component=component,
+                stream=streams.get(lname, ""),
             )
         )
     total = sum(p.numel() for p in denoiser.parameters())
+    note = adapter.group_note + ("; user overrides first" if user else "")
     return Inventory(
         model=name,
         component=component,
@@ -401,4 +475,6 @@ def inventory(
         fixed_params=total - covered,
         text_len=text_len,
         fingerprint=fingerprint(denoiser),
+        excluded=excluded,
+        group_note=note,
     )

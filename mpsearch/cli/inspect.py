@@ -55,6 +55,9 @@ def inspect(
     for k, ls in kinds.items():
         totals.add_row(k, str(len(ls)), f"{sum(l.params + l.bias for l in ls):,} (with bias)", "", "")
     console.print(totals)
+    console.print(f"groups: {inv.group_note}")  # why each layer is content or quality
+    for name, why in inv.excluded.items():
+        console.print(f"not quantizable: {name} ({why})")
     console.print(
         f"fp16 size: [bold]{human_bytes(fp16_bytes(inv))}[/] ({fp16_bytes(inv):,} bytes; unquantized parts "
         f"{fixed_bytes(inv):,} bytes)   MACs per denoiser call: [bold]{inv.total_macs / 1e9:,.2f} G[/]   "

@@ -3,7 +3,20 @@
 Adding a family is one new file here with `@register_adapter`, imported below (see `base.py` for the hooks).
 """
 
-from mpsearch.pipelines import demo, generic, pixart, sd, sdxl  # noqa: F401  (importing registers the adapters)
+from mpsearch.pipelines import (  # noqa: F401  (importing registers the adapters)
+    auraflow,
+    demo,
+    flux,
+    generic,
+    hunyuandit,
+    lcm,
+    lumina2,
+    pixart,
+    sana,
+    sd,
+    sd3,
+    sdxl,
+)
 from mpsearch.pipelines.base import (
     ADAPTERS,
     ModelError,

@@ -1,29 +1,42 @@
 """The pipeline-adapter contract: everything mpsearch needs to know about a family of diffusers pipelines.
 
-A family (SD, SDXL, PixArt, the demo, ...) is one subclass of `PipelineAdapter` in its own file under
-`mpsearch/pipelines/`, registered with `@register_adapter("name")`. `adapter_for(obj)` picks the adapter
-of a pipeline, a denoiser module, a model name or a bundled config: first an adapter that `claims` it
-(the demo by its path, SDXL's UNet by its text-time embedding), then by the pipeline's class name, then by
-the denoiser's class name, else the generic adapter, whose hooks read only what every diffusers pipeline has.
+A family (SD, SDXL, PixArt, SD3, Flux, Sana, ...) is one subclass of `PipelineAdapter` in its own file under
+`mpsearch/pipelines/`, registered with `@register_adapter`. `adapter_for(obj)` picks the adapter of a
+pipeline, a denoiser module, a model name or a bundled config: first an adapter that `claims` it (the demo
+by its path, SDXL's UNet by its text-time embedding), then by the pipeline's class name, then by the
+denoiser's class name, else the generic adapter, whose hooks read only what every diffusers pipeline has.
 
-Hooks (class attributes, or methods to override):
+What a pipeline passes to its denoiser, how it guides and how it sets up its scheduler is never declared
+here: `mpsearch.pipelines.capture` records it from the pipeline's own `__call__` (conditioning, arguments
+shared by all rows, CFG batch / separate calls / no CFG, the timestep it passes, the schedule). The hooks
+say what a recording cannot:
+
 - `pipelines`, `denoisers`: the diffusers class names the family covers (the registry's keys).
 - `denoiser_attrs`, `component`: where the denoiser lives on the pipeline, and the name of a bare one.
-- `dummy_inputs`: inputs of one denoiser call at a resolution, for the meta-device inventory (MACs).
-- `conditioning`, `call_options`: the conditioning the pipeline's `__call__` must pass to its denoiser
-  (checked after capture) and extra `__call__` options for the capture (e.g. no resolution binning).
-- `guidance`: "cfg_batch" (both guidance halves in one batch: every family today), "separate" (one
-  denoiser call per half) or "embedded" (guidance as an input, no uncond batch).
+- `dummy_inputs`, `text_len`: inputs of one denoiser call at a resolution, for the meta-device inventory.
+- `latent_shape`, `vae_latents`: the latents of one image as the denoiser takes them (Flux packs 2x2
+  patches) and back to what the VAE decodes.
+- `conditioning`, `shared_args`, `call_options`: what the pipeline must pass (checked after capture),
+  arguments without a batch dimension (Flux's `img_ids`), extra `__call__` options for sampling.
+- `guidance`, `separate_order`, `guide`, `prediction`: the guidance style the family's pipeline uses
+  ("cfg_batch", "separate" or "embedded"; documentation, the capture reads the real one), which of two
+  separate calls is the conditional one, how two halves combine (`u + g·(c - u)`, Lumina 2 normalises) and
+  what the scheduler gets (Lumina 2 negates the model's output).
 - `one_step_denoised`: one-step sampling keeps the scheduler's denoised estimate (PixArt-α).
 - `bos_layers`: layers whose first text token is kept in full precision (MixDQ's BOS-aware quantization).
-- `unit_kind`: prunable units (LAPTOP-Diff); `stand_in` the module that replaces a removed one.
+- `unit_kind`, `stand_in`, `feature_blocks`: prunable units (LAPTOP-Diff), the module that replaces a
+  removed one, and the blocks whose outputs distillation matches.
 - `sampling_defaults`: steps and guidance a user would pick.
-- `group_rules`: content vs quality (regex → group, first match wins; MixDQ's rule by default).
+- `group_by`, `group_rules`, `group_note`: content vs quality. "names": regex → group, first match wins
+  (MixDQ's rule by default); "stream": the text stream is content, measured per layer (`mpsearch.model`
+  runs the denoiser on the meta device at two resolutions and sees which layers take text tokens).
 - `default_resolution`, `single_file`: native resolution; single-file checkpoint types → pipeline class.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -40,6 +53,9 @@ DEFAULT_SAMPLING = {"steps": 20, "guidance": 5.0}
 # MixDQ's rule: cross-attention and feed-forward layers change *what* is drawn (content), the rest
 # changes *how well* it is drawn (quality). First matching regex wins; users prepend their own.
 DEFAULT_GROUP_RULES: tuple[tuple[str, str], ...] = ((r"(^|\.)(attn2|ff)(\.|$)", "content"), (r".*", "quality"))
+MIXDQ_NOTE = "MixDQ's rule: cross-attention (attn2) and feed-forward (ff) layers are content, the rest quality"
+STREAM_NOTE = ("joint attention: layers that take text tokens (measured: their input length follows the prompt, "
+               "not the image) are content, image and joint-token layers quality")
 
 # the BOS token of a causal CLIP text encoder is a constant: its cross-attention key/value rows are kept in FP
 BOS_PATTERN = r"(^|\.)attn2\.to_[kv]$"
@@ -59,10 +75,16 @@ class PipelineAdapter:
     denoiser_attrs: ClassVar[tuple[str, ...]] = ("unet", "transformer", "prior")
     component: ClassVar[str | None] = None  # the name of a bare denoiser; None: sniffed from its class name
     conditioning: ClassVar[tuple[str, ...]] = ()
+    shared_args: ClassVar[tuple[str, ...]] = ()  # arguments without a batch dimension, whatever their shape
     guidance: ClassVar[str] = "cfg_batch"
+    separate_order: ClassVar[tuple[str, str]] = ("cond", "uncond")  # call order of separate guidance calls
+    group_by: ClassVar[str] = "names"  # "names" (group_rules) | "stream" (text-stream layers are content)
     group_rules: ClassVar[tuple[tuple[str, str], ...]] = DEFAULT_GROUP_RULES
+    group_note: ClassVar[str] = MIXDQ_NOTE
     single_file: ClassVar[dict[str, str]] = {}  # diffusers single-file model type prefix → pipeline class
     bos_pattern: ClassVar[str | None] = BOS_PATTERN
+    unit_lists: ClassVar[tuple[str, ...]] = ()  # a DiT's top-level block lists whose entries are prunable units
+    pair_blocks: ClassVar[tuple[str, ...]] = ()  # block classes returning (encoder_hidden_states, hidden_states)
 
     def claims(self, obj: Any) -> bool:
         """Whether this adapter is the one for `obj` whatever its class (checked before class names)."""
@@ -82,36 +104,75 @@ class PipelineAdapter:
         raise ModelError(f"{type(pipe_or_module).__name__} has no `unet` or `transformer` component")
 
     def dummy_inputs(self, denoiser: nn.Module, resolution: int, text_len: int, *, batch: int = 1,
-                     device: Any = None) -> dict[str, Any]:  # fmt: skip
-        """Keyword inputs of one denoiser call at `resolution` pixels (latent = resolution / 8)."""
+                     device: Any = None, vae_scale: int = 8) -> dict[str, Any]:  # fmt: skip
+        """Keyword inputs of one denoiser call at `resolution` pixels (latent side = resolution / vae_scale)."""
         cfg = denoiser.config
         device = device or next(denoiser.parameters()).device
-        side = resolution // 8
+        side = resolution // vae_scale
         cross = cfg.cross_attention_dim
         cross = cross[0] if isinstance(cross, (list, tuple)) else cross
-        return {"sample": torch.zeros(batch, cfg.in_channels, side, side, device=device),
-                "timestep": torch.full((batch,), 10, device=device, dtype=torch.long),
-                "encoder_hidden_states": torch.zeros(batch, text_len, cross, device=device)}
+        out = {"sample": torch.zeros(batch, cfg.in_channels, side, side, device=device),
+               "timestep": torch.full((batch,), 10, device=device, dtype=torch.long),
+               "encoder_hidden_states": torch.zeros(batch, text_len, cross, device=device)}  # fmt: skip
+        if getattr(cfg, "time_cond_proj_dim", None):  # LCM/TCD: the guidance embedding
+            out["timestep_cond"] = torch.zeros(batch, cfg.time_cond_proj_dim, device=device)
+        return out
 
-    def default_resolution(self, denoiser: nn.Module, vae_scale_factor: int = 8) -> int:
-        """Native resolution in pixels: the denoiser's `sample_size` latents × the VAE's scale factor."""
-        side = denoiser.config.sample_size
+    def on_meta(self, denoiser: nn.Module) -> contextlib.AbstractContextManager:
+        """Context for running `denoiser` on the meta device with `dummy_inputs` (a family whose forward
+        reads tensor values, e.g. Lumina 2's mask lengths, patches that here)."""
+        return contextlib.nullcontext()
+
+    def text_len(self, pipe: Any) -> int:
+        """Text tokens of one denoiser call (for MACs): the pipeline's default `max_sequence_length` (T5 and
+        Gemma pipelines pad to it), else the tokenizer's length, else CLIP's 77."""
+        param = inspect.signature(pipe).parameters.get("max_sequence_length") if callable(pipe) else None
+        if param is not None and isinstance(param.default, int):
+            return param.default
+        tokenizer = getattr(pipe, "tokenizer", None)
+        return int(tokenizer.model_max_length) if tokenizer is not None else 77
+
+    def default_resolution(self, denoiser: nn.Module, vae_scale_factor: int = 8, pipe: Any = None) -> int:
+        """Native resolution in pixels: the denoiser's `sample_size` latents × the VAE's scale factor, else
+        the VAE's own `sample_size` (DiTs without one, e.g. Flux), else 1024."""
+        side = getattr(denoiser.config, "sample_size", None)
+        if side is None:
+            vae_side = getattr(getattr(getattr(pipe, "vae", None), "config", None), "sample_size", None)
+            side = vae_side[0] if isinstance(vae_side, (list, tuple)) else vae_side
+            return int(side) if side else 1024
         side = side[0] if isinstance(side, (list, tuple)) else side
         return int(side) * vae_scale_factor
+
+    def latent_shape(self, pipe: Any, resolution: int) -> tuple[int, ...]:
+        """The latents of one image as the denoiser takes them: `(channels, side, side)`."""
+        _, den = self.find_denoiser(pipe)
+        side = resolution // pipe.vae_scale_factor
+        return (int(den.config.in_channels), side, side)
+
+    def vae_latents(self, pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+        """Denoiser-layout latents `[N, ...]` as the VAE decodes them (before its scaling)."""
+        return latents
 
     # --- sampling and calibration ---------------------------------------------------------------------
 
     def call_options(self) -> dict[str, Any]:
-        """Extra `__call__` options for capturing the conditioning (dropped where the pipeline lacks them)."""
+        """Extra `__call__` options for sampling (dropped where the pipeline lacks them)."""
         return {}
 
     def check_conditioning(self, cond: dict[str, Any], who: str) -> None:
-        """Refuse a captured call that lacks the conditioning this family's denoiser needs."""
-        if self.guidance != "cfg_batch":
-            raise ModelError(f"{who} runs guidance as {self.guidance!r}; the sampler replays CFG batches only")
+        """Refuse a captured call that lacks the conditioning this family's denoiser needs (`cond`: every
+        captured tensor path, per-row and shared)."""
         missing = [k for k in self.conditioning if k not in cond]
         if missing:
             raise ModelError(f"{who} passed no {', '.join(missing)} to its denoiser ({self.name} pipelines do)")
+
+    def guide(self, uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+        """Classifier-free guidance of the two halves' outputs, as the family's pipeline combines them."""
+        return uncond + scale * (cond - uncond)
+
+    def prediction(self, output: torch.Tensor) -> torch.Tensor:
+        """What the scheduler steps with, from the (guided) denoiser output."""
+        return output
 
     def one_step_denoised(self, pipe: Any) -> bool:
         """Whether one-step sampling keeps the scheduler's denoised estimate (`step(...)[1]`), not the latents."""
@@ -132,12 +193,33 @@ class PipelineAdapter:
         return [n for n, m in denoiser.named_modules() if isinstance(m, nn.Linear) and re.search(self.bos_pattern, n)]
 
     def unit_kind(self, name: str, module: nn.Module) -> str | None:
-        """The kind of prunable unit `module` is ("transformer", "transformer_block", "resnet"), or None."""
-        return blocks.unit_kind(name, module)
+        """The kind of prunable unit `module` is ("transformer", "transformer_block", "resnet", or "dit_block":
+        an entry of one of the family's `unit_lists`), or None."""
+        return blocks.block_list_unit(name, self.unit_lists) or blocks.unit_kind(name, module)
 
     def stand_in(self, module: nn.Module) -> nn.Module:
         """The module that replaces a removed unit (returns its input, in the structure diffusers expects)."""
+        if type(module).__name__ in self.pair_blocks:
+            return blocks.PrunedJointBlock()
+        if self.unit_lists and type(module).__name__ not in ("Transformer2DModel", "ResnetBlock2D"):
+            return blocks.PrunedTransformerBlock()
         return blocks.stand_in(module)
+
+    def feature_blocks(self, denoiser: nn.Module) -> list[tuple[str, nn.Module]]:
+        """The blocks whose outputs feature distillation matches (LAPTOP-Diff): a UNet's down, mid and up
+        blocks; a DiT's transformer blocks."""
+        if hasattr(denoiser, "down_blocks"):
+            out = [(f"down_blocks.{i}", b) for i, b in enumerate(denoiser.down_blocks)]
+            out += [("mid_block", denoiser.mid_block)] if denoiser.mid_block is not None else []
+            return out + [(f"up_blocks.{i}", b) for i, b in enumerate(denoiser.up_blocks)]
+        return [(n, m) for n, m in denoiser.named_modules() if self.unit_kind(n, m) is not None]
+
+    def block_feature(self, module: nn.Module, output: Any) -> torch.Tensor:
+        """The feature of a block's output that distillation matches: the image stream of a two-stream
+        block (`(encoder_hidden_states, hidden_states)`), else the first output."""
+        if type(module).__name__ in self.pair_blocks or isinstance(module, blocks.PrunedJointBlock):
+            return output[1]
+        return output[0] if isinstance(output, tuple) else output
 
 
 ADAPTERS: Registry[PipelineAdapter] = Registry("pipeline adapter")

@@ -33,6 +33,15 @@ class PrunedTransformerBlock(nn.Module):
         return hidden_states
 
 
+class PrunedJointBlock(nn.Module):
+    """Stands in for a removed two-stream block (SD3's `JointTransformerBlock`, Flux's double- and
+    single-stream blocks, AuraFlow's joint blocks): both streams unchanged, as `(encoder_hidden_states,
+    hidden_states)`, the order those blocks return them in."""
+
+    def forward(self, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+        return encoder_hidden_states, hidden_states
+
+
 class PrunedResnet(nn.Module):
     """Stands in for a removed `ResnetBlock2D`: its skip path alone, `input / output_scale_factor`."""
 
@@ -57,6 +66,12 @@ def unit_kind(name: str, module: nn.Module) -> str | None:
             and module.in_channels == module.out_channels:
         return "resnet"
     return None
+
+
+def block_list_unit(name: str, lists: tuple[str, ...]) -> str | None:
+    """"dit_block" when `name` is an entry of one of a DiT's top-level block lists (`transformer_blocks.3`)."""
+    head, _, index = name.partition(".")
+    return "dit_block" if head in lists and index.isdigit() else None
 
 
 def stand_in(module: nn.Module) -> nn.Module:

@@ -25,17 +25,24 @@ def generate(
     height: int | None = None,
     width: int | None = None,
     batch_size: int = 32,
-    timesteps: Sequence[int] | None = None,
+    timesteps: Sequence[int | float] | None = None,
+    pool: Sequence[int | float] | int | None = None,
 ) -> list[Image.Image]:
     """One image per prompt, as PIL images, in prompt order.
 
     `timesteps`: sample at exactly these timesteps (decreasing; `mpsearch.pipelines.timesteps` says which schedulers
-    can) instead of `steps` evenly spaced ones. Neither given: a pipeline from `load_quantized` whose plan
-    keeps timesteps samples at those, any other at 20 steps.
+    can) instead of `steps` evenly spaced ones; `pool`: the schedule they were kept from (flow-matching
+    schedulers read their exact sigmas there). Neither given: a pipeline from `load_quantized` whose plan
+    keeps timesteps samples at those (from the plan's pool), any other at 20 steps. `height`/`width`
+    default to the family's native resolution (`PipelineAdapter.default_resolution`, what `profile` samples
+    at); the family's call options apply (PixArt, Sana: no resolution binning).
 
     The i-th image's starting noise comes from its own generator seeded with `seed + i`, so a picture
     depends on the seed and its index only, not on `batch_size` or on the other prompts in its batch.
     """
+    from mpsearch.pipelines.base import adapter_for
+    from mpsearch.pipelines.capture import call_kwargs
+
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
@@ -48,28 +55,35 @@ def generate(
         timesteps = plan.kept_timesteps
     if timesteps is not None and steps is not None:
         raise ValueError("pass steps or timesteps, not both")
+    if pool is None and plan is not None and timesteps is not None and list(timesteps) == list(plan.kept_timesteps or []):
+        pool = (plan.solver or {}).get("pool")
+    if height is None and width is None and hasattr(pipe, "components"):
+        from mpsearch.model import find_denoiser
+
+        _, den = find_denoiser(pipe)
+        height = width = adapter_for(pipe).default_resolution(den, pipe.vae_scale_factor, pipe)
     out: list[Image.Image] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         gens = [torch.Generator(gen_device).manual_seed(seed + start + j) for j in range(len(chunk))]
-        kwargs = dict(guidance_scale=guidance, generator=gens, output_type="pil")
+        kwargs = dict(prompt=chunk, guidance_scale=guidance, generator=gens, output_type="pil")
         if height is not None:
             kwargs["height"] = height
         if width is not None:
             kwargs["width"] = width
-        with torch.inference_mode(), _schedule(pipe, steps, timesteps) as sched:
-            out.extend(pipe(prompt=chunk, **kwargs, **sched).images)
+        with torch.inference_mode(), _schedule(pipe, steps, timesteps, pool, height) as sched:
+            out.extend(pipe(**call_kwargs(pipe, {**kwargs, **sched})).images)
     return out
 
 
 @contextlib.contextmanager
-def _schedule(pipe, steps: int | None, timesteps: Sequence[int] | None):
+def _schedule(pipe, steps: int | None, timesteps: Sequence[int | float] | None, pool, resolution: int | None):
     if timesteps is None:
         yield {"num_inference_steps": steps or 20}
         return
     from mpsearch.pipelines.timesteps import sampling_at
 
-    with sampling_at(pipe, timesteps) as kwargs:
+    with sampling_at(pipe, timesteps, pool=pool, resolution=resolution) as kwargs:
         yield kwargs
 
 

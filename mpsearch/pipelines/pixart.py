@@ -1,6 +1,8 @@
-"""PixArt-α: a DiT (`PixArtTransformer2DModel`) on T5 embeddings with an attention mask, adaLN-single
-size conditions, learned sigma (the noise half of the output is used), and one-step sampling that keeps
-the scheduler's denoised estimate."""
+"""PixArt-α and PixArt-Σ: a DiT (`PixArtTransformer2DModel`) on T5 embeddings with an attention mask
+(α: 120 tokens, Σ: 300), adaLN-single (α also passes size conditions), learned sigma (the noise half of
+the output is used), CFG in one batch. One-step α sampling keeps the scheduler's denoised estimate.
+Content vs quality: MixDQ's names fit, `attn2` is cross-attention to the text (measured: its `to_k` /
+`to_v` take the text tokens). No BOS layers: T5 is bidirectional, its first token depends on the prompt."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from mpsearch.pipelines.base import PipelineAdapter, register_adapter
 @register_adapter
 class PixArt(PipelineAdapter):
     name = "pixart"
-    pipelines = ("PixArtAlphaPipeline",)
+    pipelines = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
     denoisers = ("PixArtTransformer2DModel",)
     denoiser_attrs = ("transformer",)
     component = "transformer"
@@ -23,10 +25,10 @@ class PixArt(PipelineAdapter):
     single_file = {"pixart": "PixArtAlphaPipeline"}
 
     def dummy_inputs(self, denoiser: nn.Module, resolution: int, text_len: int, *, batch: int = 1,
-                     device: Any = None) -> dict[str, Any]:  # fmt: skip
+                     device: Any = None, vae_scale: int = 8) -> dict[str, Any]:  # fmt: skip
         cfg = denoiser.config
         device = device or next(denoiser.parameters()).device
-        side = resolution // 8
+        side = resolution // vae_scale
         text_dim = cfg.caption_channels or cfg.cross_attention_dim
         added = {"resolution": torch.zeros(batch, 2, device=device), "aspect_ratio": torch.zeros(batch, 1, device=device)}
         return {"hidden_states": torch.zeros(batch, cfg.in_channels, side, side, device=device),
@@ -35,7 +37,7 @@ class PixArt(PipelineAdapter):
                 "added_cond_kwargs": added}  # fmt: skip
 
     def call_options(self) -> dict[str, Any]:
-        return {"use_resolution_binning": False}  # sample at the resolution asked for, exactly
+        return {"use_resolution_binning": False, "clean_caption": False}  # the resolution asked for, exactly
 
     def one_step_denoised(self, pipe: Any) -> bool:
         return type(pipe).__name__ == "PixArtAlphaPipeline"

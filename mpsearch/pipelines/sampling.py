@@ -12,11 +12,12 @@ from mpsearch.pipelines.demo import is_demo
 
 def sampling_defaults(model: Any = None) -> dict[str, Any]:
     """`{"steps", "guidance"}` for the demo (its tuned few-step setting), a bundled config (its published
-    steps; no guidance for one-step models), or any model (its family's defaults)."""
+    steps and guidance; no guidance for one-step models), or any model (its family's defaults)."""
     if isinstance(model, str) and model in bundled_configs():
         cfg = bundled_config(model)
         family = adapter_named([cfg["denoiser"]["_class_name"]]).sampling_defaults()
-        return {"steps": cfg["default_steps"], "guidance": 0.0 if cfg["default_steps"] <= 1 else family["guidance"]}
+        guidance = 0.0 if cfg["default_steps"] <= 1 else family["guidance"]
+        return {"steps": cfg["default_steps"], "guidance": cfg.get("default_guidance", guidance)}
     if isinstance(model, (str, Path)) and not is_demo(model):
         return dict(DEFAULT_SAMPLING)  # a hub id or a folder, not loaded here: any family's defaults
     return adapter_for(model).sampling_defaults()

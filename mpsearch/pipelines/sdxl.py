@@ -33,8 +33,9 @@ class StableDiffusionXL(StableDiffusion):
         return is_text_time(obj) and not hasattr(obj, "components")
 
     def dummy_inputs(self, denoiser: nn.Module, resolution: int, text_len: int, *, batch: int = 1,
-                     device: Any = None) -> dict[str, Any]:  # fmt: skip
-        kwargs = super().dummy_inputs(denoiser, resolution, text_len, batch=batch, device=device)
+                     device: Any = None, vae_scale: int = 8) -> dict[str, Any]:  # fmt: skip
+        kwargs = super().dummy_inputs(denoiser, resolution, text_len, batch=batch, device=device,
+                                      vae_scale=vae_scale)
         cfg, device = denoiser.config, kwargs["sample"].device
         pooled = cfg.projection_class_embeddings_input_dim - N_TIME_IDS * cfg.addition_time_embed_dim
         kwargs["added_cond_kwargs"] = {"text_embeds": torch.zeros(batch, pooled, device=device),

@@ -42,7 +42,7 @@ class Fitness:
     session: QuantSession
     metric: Metric
     prompts: list[str]
-    pool: list[int]
+    pool: list[int | float]
     guidance: float
     seed: int = 0
     resolution: int | None = None
@@ -71,7 +71,7 @@ class Fitness:
             session.remove()
             raise ValueError("activation candidates need calibrated ranges: pass calib= "
                              "(mpsearch.profiling.calibration.reference(pipe, prompts))")
-        fit = cls(pipe, session, m, list(prompts), [int(t) for t in pool], float(guidance), seed, resolution)
+        fit = cls(pipe, session, m, list(prompts), list(pool), float(guidance), seed, resolution)
         fit.reference = fit.images(None, fit.pool)
         return fit
 
@@ -82,7 +82,7 @@ class Fitness:
         self.session.apply(dict(bits or {}))
         try:
             pics = generate(self.pipe, self.prompts, seed=self.seed, guidance=self.guidance, height=self.resolution,
-                            width=self.resolution, timesteps=[int(t) for t in timesteps])  # fmt: skip
+                            width=self.resolution, timesteps=list(timesteps), pool=self.pool)  # fmt: skip
         finally:
             self.session.reset()
         return images_to_tensor(pics)
@@ -93,7 +93,7 @@ class Fitness:
         images = self.images(bits, timesteps)
         value, deg = self.metric(self.reference, images, prompts=self.prompts)
         mse = float((images - self.reference).pow(2).mean())
-        rec = {"timesteps": [int(t) for t in timesteps], "value": value, "degradation": deg, "pixel_mse": mse,
+        rec = {"timesteps": list(timesteps), "value": value, "degradation": deg, "pixel_mse": mse,
                "fitness": deg + TIE_BREAK * mse}  # fmt: skip
         self.log.append(rec)
         return rec

@@ -75,7 +75,7 @@ class Plan:
     format: str = "packed"
     budget: str | None = None
     step_overrides: list[dict[str, Any]] = field(default_factory=list)
-    kept_timesteps: list[int] | None = None
+    kept_timesteps: list[int | float] | None = None  # flow-matching schedules: fractional
     pruned_units: list[str] = field(default_factory=list)
     pruned_fixed_params: int = 0
     predicted: dict[str, Any] = field(default_factory=dict)
@@ -221,6 +221,11 @@ def _or(d: dict, key: str, empty: Any) -> Any:
     return empty if value is None else value
 
 
+def _is_timestep(value: Any) -> bool:
+    """A timestep: a number ≥ 0 (flow-matching schedules have fractional ones), not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -310,12 +315,12 @@ class _PlanReader:
             raise self.fail("format", str(e)) from None
         return fmt
 
-    def kept_timesteps(self, d: dict) -> list[int] | None:
+    def kept_timesteps(self, d: dict) -> list[int | float] | None:
         kept = d.get("kept_timesteps")
-        if kept is not None and not (isinstance(kept, list) and kept and all(isinstance(t, int) and t >= 0 for t in kept)
+        if kept is not None and not (isinstance(kept, list) and kept and all(_is_timestep(t) for t in kept)
                                      and all(b < a for a, b in zip(kept, kept[1:], strict=False))):
-            raise self.fail("kept_timesteps", "must be null or a non-empty, strictly decreasing list of integer "
-                            "timesteps (the sampling order)")
+            raise self.fail("kept_timesteps", "must be null or a non-empty, strictly decreasing list of timesteps "
+                            "(the sampling order; flow-matching ones may be fractional)")
         return kept
 
     def step_overrides(self, d: dict) -> list:

@@ -150,10 +150,10 @@ def step_pool(meta: dict[str, Any], steps: int, opts: StepOptions, *, needs_mode
         kept_scheduler(pipe.scheduler)
     else:
         _check_scheduler_name(sched_name)
-    if opts.pool is not None:
-        pool_ts = schedule(pipe.scheduler, opts.pool)
+    if opts.pool is not None:  # the pipeline's own schedule at the profile's size (Flux's shift depends on it)
+        pool_ts = schedule(pipe, opts.pool, (meta.get("sampling") or {}).get("resolution"))
     elif prof_ts:
-        pool_ts = [int(t) for t in prof_ts]
+        pool_ts = list(prof_ts)  # flow-matching timesteps are fractional: kept as they are
     else:
         raise ValueError("the profile records no sampling timesteps: pass pool= (a number of steps)")
     if not 1 <= steps <= len(pool_ts):

@@ -109,7 +109,8 @@ class Profiler:
         steps = self.groups[g]
         start = steps[0] if self.restart else 0
         S = len(units)
-        lat = self.ref.latents[start].to(self.pipe.device).repeat(S, 1, 1, 1)
+        lat = self.ref.latents[start].to(self.pipe.device)
+        lat = lat.repeat(S, *([1] * (lat.dim() - 1)))  # packed latents (Flux) are [N, tokens, C]
         with torch.no_grad(), self.session.slots([u.config(set(steps)) for u in units]):
             lat = cal.denoise(self.pipe, self.ref, lat, start=start, n_slots=S)
             images = cal.decode(self.pipe, lat, batch=self.decode_batch or lat.shape[0] // S)

@@ -350,7 +350,7 @@ def _measure(run: _Run, session: QuantSession, store, units: list | None, run_un
         session.calibrate(run.ref, progressive=opts.progressive)
         log(f"calibrated activation ranges in {time.perf_counter() - t0:.1f} s")
     else:
-        session.timesteps = list(run.ref.timesteps)
+        session.timesteps = run.ref.model_timesteps  # as the denoiser gets them
     prof = Profiler(run.pipe, run.ref, session, run.groups, max_batch=opts.max_batch)
     if opts.max_memory is not None:
         _fit_memory(run, prof, log)

@@ -1,4 +1,4 @@
-"""Layer pruning (LAPTOP-Diff): prunable units of a UNet, replace-by-identity, one-shot unit scores.
+"""Layer pruning (LAPTOP-Diff): prunable units of a UNet or a DiT, replace-by-identity, one-shot unit scores.
 
 A *unit* is a residual block whose removal leaves a valid network because its output is
 `input + f(input)`: replacing it by the identity keeps every shape. In diffusers SD-style UNets
@@ -15,6 +15,13 @@ In transformer denoisers (`PixArtTransformer2DModel`: PixArt-α/Σ, and any diff
 `BasicTransformerBlock`s in a top-level `transformer_blocks` list) each block is a unit: a block is
 `x + attn(x) + cross(x) + ff(x)` with its adaLN modulation inside, so the identity keeps every shape.
 Patch embedding, caption projection, adaLN-single and the output head are never units.
+
+Other DiTs name their block lists in their adapter (`PipelineAdapter.unit_lists`; kind "dit_block"): SD3's
+`transformer_blocks` (joint blocks: both streams pass through unchanged), Flux's double-stream
+`transformer_blocks` and single-stream `single_transformer_blocks`, Sana's linear-attention blocks,
+AuraFlow's joint and single blocks, Lumina 2's `layers`, HunyuanDiT's `blocks` (a block that feeds a long
+skip passes its input on instead; one that takes a skip drops it). Every one is `x + f(x)` per stream, so
+its stand-in returns its inputs in the structure the block returns (`PrunedJointBlock` for two-stream ones).
 
 A unit's score is LAPTOP-Diff's output loss: the degradation of the denoiser output (and of the images,
 for the image metrics) with only that unit removed. The profiler stores it as a row with
@@ -58,7 +65,10 @@ def find_units(model, inv=None) -> list[Unit]:
         kind = adapter.unit_kind(name, module)
         if kind is None:
             continue
-        if kind == "transformer_block":
+        if kind == "dit_block":
+            if len(den.get_submodule(name.rsplit(".", 1)[0])) < 2:
+                continue  # a lone block: removing it leaves nothing of the list
+        elif kind == "transformer_block":
             if TOP_BLOCK.match(name):  # a DiT's own block list (PixArt)
                 if len(den.transformer_blocks) < 2:
                     continue

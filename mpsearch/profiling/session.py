@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from mpsearch.pipelines import adapter_for
+from mpsearch.pipelines.timesteps import step_indices
 from mpsearch.profiling.quantizers import ActQuantConfig, WeightQuantConfig, fake_quant_act, fake_quant_weight
 from mpsearch.profiling.rows import CONTAINER_PATTERN, assemble, batch_size, nbytes, take_rows
 
@@ -177,6 +178,11 @@ class _LayerQuant:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sess = self.session
+        B = sess._call_batch
+        if B and not sess._in_sub and not self.conv and x.dim() >= 2 and x.shape[0] != B and x.shape[0] % B == 0:
+            # rows of several samples flattened together (HunyuanDiT's T5 projection): batch-first again, so
+            # slots, per-row ranges and Fisher rows see one row per sample
+            return self.forward(x.view(B, -1, *x.shape[1:])).flatten(0, 1)
         if sess._collect is not None:
             self.observe(x[:, 1:] if self.bos and x.dim() == 3 and x.shape[1] > 1 else x, sess._collect_step)
             return self.module._mpsearch_orig_forward(x)
@@ -261,6 +267,7 @@ class QuantSession:
         self._containers: dict[str, torch.nn.Module] = {}
         self._step: int | None = None
         self._row_steps: torch.Tensor | None = None
+        self._call_batch: int | None = None  # rows of the current denoiser call
         self._collect = None
         self._collect_step: int | None = None
         self._fisher = None
@@ -337,7 +344,7 @@ class QuantSession:
         activation bit-width, each fitted on a trajectory whose earlier steps ran quantized at that width."""
         from mpsearch.profiling.calibration import progressive_ranges
 
-        self.timesteps = list(calib.timesteps)
+        self.timesteps = list(getattr(calib, "model_timesteps", calib.timesteps))  # as the denoiser gets them
         for st in self.layers.values():
             st._obs = {}
         n = calib.n_rows
@@ -366,13 +373,14 @@ class QuantSession:
         return self._plan.get(name, (None, None))
 
     def _on_call(self, module, args, kwargs):
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        self._call_batch = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() else None
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         if self.timesteps is None or t is None:
             self._step, self._row_steps = None, None
             return
-        index = {int(v): i for i, v in enumerate(self.timesteps)}
         tt = torch.as_tensor(t).reshape(-1)
-        steps = [index.get(int(v)) for v in tt.tolist()]
+        steps = step_indices(self.timesteps, tt.tolist())  # Flux passes t / 1000: matched by value, not int()
         if any(s is None for s in steps):
             self._step, self._row_steps = None, None
             return

@@ -16,11 +16,12 @@ classifier-free-guidance halves):
 
     L = ‖ε_s − ε_t‖² / ‖ε_t‖²  +  Σ_l ‖F_s^l − F_t^l‖² / ‖F_t^l‖²
 
-over the outputs F^l of every down, mid and up block (LAPTOP-Diff's normalised feature distillation:
-each term divided by the teacher feature's squared norm, so every block counts alike; the output term is
-normalised the same way). The result is written as a whole pipeline whose denoiser holds the fine-tuned
-float weights (pruned units keep their original weights, unused): applying the plan to it
-(`fake_quantize`, `export`, `mpsearch evaluate --model DIR`) gives exactly the trained student.
+over the outputs F^l of every down, mid and up block, or of a DiT's transformer blocks (LAPTOP-Diff's
+normalised feature distillation: each term divided by the teacher feature's squared norm, so every block
+counts alike; the output term is normalised the same way). The result is written as a whole pipeline
+whose denoiser holds the fine-tuned float weights (pruned units keep their original weights, unused):
+applying the plan to it (`fake_quantize`, `export`, `mpsearch evaluate --model DIR`) gives exactly the
+trained student.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from mpsearch.model import find_denoiser, inventory
+from mpsearch.pipelines import adapter_for
 from mpsearch.planning.plan import Plan
 
 
@@ -164,14 +166,14 @@ class DistillResult:
 
 def _block_outputs(den: nn.Module) -> tuple[dict[str, torch.Tensor], list]:
     feats: dict[str, torch.Tensor] = {}
+    adapter = adapter_for(den)
 
     def hook(name):
         def fn(module, args, output):
-            feats[name] = output[0] if isinstance(output, tuple) else output
+            feats[name] = adapter.block_feature(module, output)
         return fn
 
-    blocks = [(f"down_blocks.{i}", b) for i, b in enumerate(den.down_blocks)] + \
-             [("mid_block", den.mid_block)] + [(f"up_blocks.{i}", b) for i, b in enumerate(den.up_blocks)]
+    blocks = adapter.feature_blocks(den)  # a UNet's down/mid/up blocks, a DiT's transformer blocks
     return feats, [b.register_forward_hook(hook(n)) for n, b in blocks if b is not None]
 
 

@@ -130,3 +130,33 @@ def test_inventory_file_roundtrip(tmp_path):
     back = type(inv).load(inv.save(tmp_path / "inventory.json"))
     assert back.to_dict() == inv.to_dict()
     assert back["conv_in"] == inv["conv_in"]
+
+
+@pytest.mark.parametrize("name,published,layers", [
+    ("flux-dev", 11.9e9, 504),  # FLUX.1 [dev]: a 12 B model; its transformer holds 11.9 B parameters
+    ("flux-schnell", 11.9e9, 502),  # no guidance embedder
+    ("sd3.5-large", 8.1e9, 537),  # SD 3.5 Large: 8.1 B
+    ("sana-1600m", 1.6e9, 227),  # Sana 1600M
+    ("pixart-sigma", 0.61e9, 287),  # PixArt-Σ XL-2: 0.6 B, as PixArt-α without its size embedders
+])
+def test_bundled_family_configs_have_the_published_sizes(name, published, layers):
+    """Counted on the meta device, no weights, no forward (these are large)."""
+    from mpsearch.model import QUANTIZABLE, meta_denoiser
+
+    den = meta_denoiser(name)
+    assert sum(p.numel() for p in den.parameters()) == pytest.approx(published, rel=0.01)
+    assert sum(isinstance(m, QUANTIZABLE) for m in den.modules()) == layers
+
+
+def test_sd35_medium_and_a_meta_inventory_of_a_family():
+    """SD3.5 Medium: 24 MMDiT-X blocks of width 1536, the first 13 with a second (image) attention: 2.24 B
+    transformer parameters. Sana's meta inventory: every layer runs (MACs), the groups are MixDQ's."""
+    from mpsearch.model import meta_denoiser
+
+    medium = meta_denoiser("sd3.5-medium")
+    assert sum(p.numel() for p in medium.parameters()) == 2_243_171_520
+    assert sum(n.endswith(".attn2.to_q") for n, _ in medium.named_modules()) == 13
+    inv = inventory("sana-1600m")
+    assert inv.total_params == 1_604_462_752 and len(inv) == 227 and not inv.excluded
+    assert all(l.macs > 0 for l in inv) and inv.resolution == 1024 and inv.text_len == 300
+    assert {l.group for l in inv if ".attn2." in l.name} == {"content"}

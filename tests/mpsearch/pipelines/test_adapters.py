@@ -24,6 +24,18 @@ def test_each_model_gets_its_family(tiny_pipe):
     assert adapter_for(build_tiny_pixart_pipeline()).name == "pixart"
     assert adapter_for(meta_denoiser("pixart-alpha")).name == "pixart"
 
+    import tests.conftest as c
+
+    families = {"sd3": "sd3", "flux": "flux", "sana": "sana", "pixart_sigma": "pixart", "auraflow": "auraflow",
+                "lumina2": "lumina2", "hunyuandit": "hunyuandit", "lcm": "lcm"}  # fmt: skip
+    for builder, family in families.items():
+        pipe = getattr(c, f"build_tiny_{builder}_pipeline")()
+        assert adapter_for(pipe).name == family
+        # a bare denoiser by its class (an LCM UNet is SD's class: its pipeline makes it LCM)
+        assert adapter_for(find_denoiser(pipe)[1]).name == ("sd" if family == "lcm" else family)
+    for name, family in (("flux-dev", "flux"), ("sd3.5-large", "sd3"), ("sana-1600m", "sana"), ("pixart-sigma", "pixart")):
+        assert adapter_for(meta_denoiser(name)).name == family
+
     class Holder:  # a pipeline no adapter knows: the generic rules find its denoiser
         components: dict = {}
         prior = nn.Linear(2, 2)

@@ -97,3 +97,45 @@ def test_generate_samples_at_the_given_or_the_plans_timesteps(tiny_pipe):
     assert seen == [999, 499]
     with pytest.raises(ValueError, match="steps or timesteps"):
         generate(tiny_pipe, PROMPT, steps=2, timesteps=[999])
+
+
+def test_flow_schedules_start_at_T_and_unsupported_flow_schedulers_are_named():
+    from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
+
+    from mpsearch.pipelines.timesteps import check_timesteps, is_flow
+
+    assert check_timesteps([1000.0, 750.5, 2.0], flow=True) == [1000, 750.5, 2]
+    with pytest.raises(TimestepError, match=r"\[0, 1000\]"):
+        check_timesteps([1001, 5], flow=True)
+    flow = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    assert is_flow(flow) and kept_scheduler(flow) is flow
+    with pytest.raises(TimestepError, match="FlowMatchHeunDiscreteScheduler cannot sample at chosen timesteps"):
+        kept_scheduler(FlowMatchHeunDiscreteScheduler())
+    with pytest.raises(TimestepError, match="mu"):  # Flux's dynamic shift: only the pipeline sets it up
+        schedule(FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), 4)
+
+
+def test_pinned_flow_scheduler_keeps_the_schedules_own_sigmas():
+    """Kept timesteps of a static-shift schedule (SD3's) get exactly that schedule's sigmas, whatever the
+    pipeline then asks `set_timesteps` for; a timestep of no own schedule falls back to t / T."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from mpsearch.pipelines.timesteps import pinned_scheduler
+
+    own = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    own.set_timesteps(8)
+    kept = [float(t) for t in own.timesteps[::3]]
+    pinned = pinned_scheduler(own, kept)
+    pinned.set_timesteps(num_inference_steps=3, device="cpu")
+    assert pinned.timesteps.tolist() == kept
+    assert torch.equal(pinned.sigmas, torch.cat([own.sigmas[:-1][::3], own.sigmas[-1:]]))
+    odd = pinned_scheduler(own, [1000.0, 333.25])
+    odd.set_timesteps(2)
+    assert odd.sigmas.tolist() == [1.0, pytest.approx(0.33325), 0.0]
+
+
+def test_steps_are_matched_by_value():
+    from mpsearch.pipelines.timesteps import step_indices
+
+    assert step_indices([999, 749, 499], [749, 999, 500, 13]) == [1, 0, 2, None]  # 500: within 0.5 % of 499
+    assert step_indices([1.0, 0.75, 0.5], [0.7490234375, 1.0, 0.6]) == [1, 0, None]  # fp16-rounded t / 1000

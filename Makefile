@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 $(BIN)/mpsearch: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,quanto,ray]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,quanto,ray,sdnq,gguf]'
 	touch $(BIN)/mpsearch
 
 venv: $(BIN)/mpsearch

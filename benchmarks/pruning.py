@@ -71,7 +71,7 @@ def plans_at(df, meta, inv, budget_bytes: int, ks=(1, 2, 3)) -> dict:
 
 def sample_metrics(pipe, plan, prompts, fp_images, seed, steps, guidance) -> tuple[dict, dict]:
     from mpsearch.evaluation.evaluator import _generate, image_metrics
-    from mpsearch.export.exporter import fake_quantize
+    from mpsearch.export.simulate import fake_quantize
 
     images, metrics = {}, {}
     with fake_quantize(pipe, plan):

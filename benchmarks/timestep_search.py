@@ -41,7 +41,7 @@ def main() -> None:
     import torch
 
     torch.set_flush_denormal(True)
-    from mpsearch.export.exporter import fake_quantize
+    from mpsearch.export.simulate import fake_quantize
     from mpsearch.model import load_pipeline
     from mpsearch.pipelines.generate import generate
     from mpsearch.planning.budget import Budget

@@ -37,7 +37,7 @@ def evaluate(
     from mpsearch.evaluation.evaluator import EvaluateOptions
     from mpsearch.evaluation.evaluator import evaluate as run
     from mpsearch.evaluation.report import write_report
-    from mpsearch.export.exporter import ExportError
+    from mpsearch.export.simulate import ExportError
     from mpsearch.model import ModelError
     from mpsearch.planning.plan import PlanError
     from mpsearch.profiling.calibration import read_prompts

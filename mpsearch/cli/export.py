@@ -45,8 +45,8 @@ def export(
     """Write a plan's packed low-bit checkpoint; its denoiser bytes equal the cost model's prediction.
 
     All or nothing: written to a temporary sibling of --out and renamed into place at the end."""
-    from mpsearch.export.exporter import ExportError
-    from mpsearch.export.exporter import export as run
+    from mpsearch.export.write import ExportError
+    from mpsearch.export.write import export as run
     from mpsearch.model import ModelError
     from mpsearch.planning.plan import Plan, PlanError
 

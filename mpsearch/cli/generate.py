@@ -47,7 +47,7 @@ def generate(
     try:
         the_plan = Plan.load(plan) if plan is not None else None
         if quantized is not None:
-            from mpsearch.export.exporter import load_quantized
+            from mpsearch.export.load import load_quantized
 
             pipe = load_quantized(quantized)
             the_plan = pipe.mpsearch_plan
@@ -62,7 +62,7 @@ def generate(
     how = f"timesteps {kept}" if kept else f"{steps} steps"
     quant = contextlib.nullcontext()
     if plan is not None:
-        from mpsearch.export.exporter import activation_bits, fake_quantize
+        from mpsearch.export.simulate import activation_bits, fake_quantize
         from mpsearch.profiling.calibration import demo_prompts, reference
 
         calib = None

@@ -29,6 +29,19 @@ def _log(msg: str) -> None:
         console.print(f"[dim]{escape(msg)}[/]")
 
 
+def _format_quantizer(fmt: str, bos_aware: bool) -> tuple[object, bool]:
+    """The weight quantizer of export format `fmt` (`planning.quantizer.weight_config`), and whether BOS-aware
+    K/V stays on (a native format such as gguf or sdnq stores no BOS rows)."""
+    from mpsearch.planning.cost import get_format
+    from mpsearch.planning.quantizer import weight_config
+
+    try:
+        weight_format = get_format(fmt)
+    except ValueError as e:
+        fail(str(e))
+    return weight_config(weight_format), bos_aware and weight_format.keeps_bos_rows
+
+
 def profile(
     model: ModelOpt = None,
     bits: Annotated[str | None, typer.Option(help="Weight candidates, e.g. 2,3,4,5,6,8 (default).")] = None,
@@ -63,6 +76,8 @@ def profile(
                                         "With --tensors '' only the blocks are scored.")] = False,
     layers: Annotated[str | None, typer.Option(help="Regex: profile only matching layers.")] = None,
     bos_aware: Annotated[bool, typer.Option(help="MixDQ BOS-aware cross-attention K/V.")] = True,
+    fmt: Annotated[str, typer.Option("--format", help="Quantize weights as this export format does "
+                                     "(gguf, sdnq: their own rounding, widths and no BOS rows).")] = "packed",
     split_shortcut: Annotated[bool, typer.Option(help="Q-Diffusion split-shortcut activation ranges.")] = True,
     progressive: Annotated[bool, typer.Option(help="PCR progressive (per-step) activation calibration.")] = False,
     plugin: Annotated[list[str] | None, typer.Option(help="Python file or module registering metrics (repeatable).")] = None,
@@ -75,18 +90,14 @@ def profile(
     workers: Annotated[int | None, typer.Option(help="Ray actors (default: the cluster's GPUs, else CPUs).")] = None,
 ) -> None:
     """Measure each layer's sensitivity (one layer quantized at a time) and store it under --out."""
-    import time
-
-    from mpsearch.model import ModelError
     from mpsearch.profiling.metrics import load_plugin
     from mpsearch.profiling.profiler import ProfileOptions
-    from mpsearch.profiling.profiler import profile as run_profile
-    from mpsearch.profiling.store import ProfileError
 
     if layers is not None:
         regex(layers, "--layers")
     for p in plugin or []:
         load_plugin(p)
+    weight_cfg, bos_aware = _format_quantizer(fmt, bos_aware)
     options = ProfileOptions(
         out=out, bits=_ints(bits, "--bits"), act_bits=_ints(act_bits, "--act-bits"),
         tensors=[t.strip() for t in tensors.split(",") if t.strip()], prune=prune,
@@ -95,16 +106,28 @@ def profile(
         guidance_rescale=guidance_rescale,
         step_groups=int(step_groups) if step_groups.isdigit() else step_groups, mode=mode, slots=slots,
         resolution=resolution, groups=groups, group_overrides=group_overrides(group),
-        max_memory=max_memory, shard=shard, all_metrics=all_metrics, layers=layers, bos_aware=bos_aware,
+        max_memory=max_memory, shard=shard, all_metrics=all_metrics, layers=layers,
+        bos_aware=bos_aware, weight_cfg=weight_cfg,
         split_shortcut=split_shortcut, progressive=progressive, device=device, progress=True,
         log=_log, backend=backend, address=address, workers=workers,
     )  # fmt: skip
+    _run(model, options, csv)
+
+
+def _run(model, options, csv: Path | None) -> None:
+    """Profile, then one summary line (and the CSV when asked); a failure is one `error:` line."""
+    import time
+
+    from mpsearch.model import ModelError
+    from mpsearch.profiling.profiler import profile as run_profile
+    from mpsearch.profiling.store import ProfileError
+
     t0 = time.perf_counter()
     try:
         prof = run_profile(model, options)
     except (ModelError, ProfileError, ValueError, KeyError, FileNotFoundError, ImportError) as e:
         fail(str(e).strip("'\""))
-    console.print(f"{out}: {len(prof)} measurements ({time.perf_counter() - t0:.0f} s), metrics "
+    console.print(f"{options.out}: {len(prof)} measurements ({time.perf_counter() - t0:.0f} s), metrics "
                   f"{', '.join(prof.metrics)}, step groups {prof.step_groups}")  # fmt: skip
     if csv:
         console.print(f"CSV → {prof.to_csv(csv)}")

@@ -68,7 +68,7 @@ def solve(
                                           "./profiles/demo if there is one, else the bundled demo profile).")] = Path("profiles/demo"),
     solver: Annotated[str, typer.Option(help="ilp | mixdq | evolution")] = "ilp",
     backend: Annotated[str | None, typer.Option(help="ILP backend: cbc | cpsat | scip (default: cbc; scip for MixDQ mode)")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="Weight storage format: packed | quanto")] = "packed",
+    fmt: Annotated[str, typer.Option("--format", help="Weight storage format: packed | quanto | sdnq | gguf")] = "packed",
     protect: Annotated[list[str] | None, typer.Option(help="REGEX of layers kept at 16 bits (repeatable).")] = None,
     protect_top: Annotated[float, typer.Option(help="Fraction of most sensitive layers kept at 16 bits (MixDQ: 0.01).")] = 0.0,
     weight_only: Annotated[bool, typer.Option(help="Quantize weights only (activations stay 16-bit).")] = False,

@@ -5,7 +5,7 @@
     write_report(ev, "report/")                      # mpsearch.evaluation.report: Markdown, grid, Pareto, bit map
 
 Every candidate (the plan(s), uniform W8, uniform W4, the uniform width nearest the plan's bytes, a
-random allocation at equal bytes) is simulated with `mpsearch.export.exporter.fake_quantize` (the checkpoint's
+random allocation at equal bytes) is simulated with `mpsearch.export.simulate.fake_quantize` (the checkpoint's
 exact weights, the profiler's activation quantizers) and sampled with the same seeds as the FP model.
 Image metrics (every registered `image` metric: SSIM, adherence, user plug-ins) compare with the FP
 images of the same prompts and seeds, plus pixel MSE; output metrics (SQNR, MSE) compare denoiser
@@ -303,7 +303,7 @@ def evaluate(plans: Plan | str | Path | list, options: EvaluateOptions | None = 
     `plans`: one plan or several (all on the Pareto plot; the first gets the baselines). `options` /
     keywords: see `EvaluateOptions` (keywords replace its fields; an unknown keyword is a TypeError).
     """
-    from mpsearch.export.exporter import as_pipeline
+    from mpsearch.export.simulate import as_pipeline
     from mpsearch.profiling.calibration import demo_settings, reference
     from mpsearch.progress import count_bar
 
@@ -346,7 +346,7 @@ def evaluate(plans: Plan | str | Path | list, options: EvaluateOptions | None = 
 
 def _plans(plans: Plan | str | Path | list, quantized: str | Path | None) -> list[Plan]:
     """The plans to evaluate as `Plan`s: a quantized folder's own plan first, then `plans`."""
-    from mpsearch.export.exporter import ExportError, plan_of
+    from mpsearch.export.simulate import ExportError, plan_of
 
     plans = [plans] if not isinstance(plans, (list, tuple)) else list(plans)
     if quantized is not None:
@@ -392,7 +392,7 @@ def _simulate(pipe: Any, inv: Inventory, todo: list, prompts: dict[str, list[str
               fmt, metrics: list[str] | None, log: Callable[[str], None]) -> tuple[list[Candidate], dict]:  # fmt: skip
     """The simulated candidates (FP, and each plan under `fake_quantize`) with their images and output
     metrics, and the FP images per split."""
-    from mpsearch.export.exporter import fake_quantize
+    from mpsearch.export.simulate import fake_quantize
 
     fp_images: dict[str, list] = {}
     cands: list[Candidate] = []
@@ -421,7 +421,8 @@ def _checkpoint(ev: Evaluation, pipe: Any, folder: Path | None, checkpoint: bool
     """Export the main plan (unless `folder` is a given checkpoint), reload it and sample it: its bytes on
     disk, peak memory and pixel difference to the simulation go into `ev`, the checkpoint into its
     candidates."""
-    from mpsearch.export.exporter import export, load_quantized
+    from mpsearch.export.load import load_quantized
+    from mpsearch.export.write import export
 
     main, cands, prompts = ev.plan, ev.candidates, ev.prompts
     if folder is None and checkpoint:

@@ -4,121 +4,36 @@ A layer quantized to `b` weight bits costs its packed integer weights, plus its 
 points) at their real dtype and granularity, plus its bias at the float dtype. A 16-bit layer is stored
 as fp16. Parameters outside quantizable layers stay at the float dtype. `predicted == written`: the
 exporter writes exactly the tensors this module counts (safetensors header bytes excepted).
+
+Each weight format declares its own rule (`mpsearch/export/formats/<name>.py`, one `WeightFormat` per
+file, registered in `FORMATS`); this module reads it from that registry. The registry is a leaf that
+imports nothing from planning: it is the only thing planning takes from `mpsearch.export`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
-
+from mpsearch.export.formats import (
+    DEFAULT_FORMAT,
+    FLOAT_BITS,
+    FORMATS,
+    WeightFormat,
+    get_format,
+    register_format,
+)
 from mpsearch.model import Inventory, Layer
-from solvers.registry import Registry
 
-FLOAT_BITS = 16
+__all__ = ["ACT_BITS", "DEFAULT_FORMAT", "FLOAT_BITS", "FORMATS", "PRUNED", "WEIGHT_BITS", "WeightFormat",
+           "fixed_bytes", "fp16_bytes", "get_format", "layer_bitops", "layer_bytes", "layer_wbits", "mean_bits",
+           "model_bitops", "model_bytes", "register_format", "stored_mean_bits"]
+
 WEIGHT_BITS = (2, 3, 4, 5, 6, 8, 16)
 ACT_BITS = (4, 6, 8, 16)
 PRUNED = 0  # w_bits/a_bits of a layer removed with its pruned unit (mpsearch.profiling.pruning): 0 bytes, 0 BitOPs
 
 
-@dataclass(frozen=True)
-class WeightFormat:
-    """How quantized weights are stored.
-
-    `storage`: nominal bits → bits actually stored (a backend without 3-bit storage keeps 3-bit weights
-    in 4-bit containers; they cost 4 bits and the plan says so). `group_size`: None = one scale per
-    output channel, else one per group of that many input elements in a row. `scale_bytes` / `zero_bytes`
-    per scale / zero point (0 = symmetric, no zero point). `float_bytes` for bias, 16-bit layers and
-    unquantized parameters.
-    """
-
-    name: str
-    storage: dict[int, int]
-    group_size: int | None = None
-    scale_bytes: int = 2
-    zero_bytes: int = 0
-    float_bytes: int = 2
-    notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def stored_bits(self, bits: int) -> int:
-        if bits >= FLOAT_BITS:
-            return FLOAT_BITS
-        try:
-            return self.storage[bits]
-        except KeyError:
-            raise ValueError(
-                f"format {self.name!r} cannot store {bits}-bit weights (supported: {sorted(self.storage)})"
-            ) from None
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        """Widths below 16 bits stored as they are, in no wider container: the only ones worth offering
-        (quanto's 3-bit weights cost what 4-bit ones do and are worse)."""
-        return tuple(sorted(b for b, s in self.storage.items() if b == s))
-
-    def check_offered(self, bits: int) -> None:
-        """Refuse offering a width the format cannot store, or stores in a wider container."""
-        stored = self.stored_bits(bits)
-        if stored != bits and bits < FLOAT_BITS:
-            raise ValueError(f"format {self.name!r} stores {bits}-bit weights in {stored}-bit containers, as large "
-                             f"as {stored}-bit weights and less accurate: choose from its stored widths "
-                             f"{', '.join(map(str, self.widths))}")
-
-    def n_scales(self, layer: Layer) -> int:
-        row = layer.params // layer.out_channels
-        groups = 1 if self.group_size is None else math.ceil(row / self.group_size)
-        return layer.out_channels * groups
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-FORMATS: Registry[WeightFormat] = Registry("weight format", unknown="unknown {kind} {name!r}; known: {names}")
-
-
-def register_format(fmt: WeightFormat) -> WeightFormat:
-    """Make `fmt` known to the cost model by its name (`--format NAME`)."""
-    return FORMATS.add(fmt.name, fmt)
-
-
-# Our own bit-exact packing: every nominal width stored at exactly that many bits, one fp16 scale per
-# output channel (MixDQ's symmetric per-channel min-max).
-register_format(
-    WeightFormat(
-        name="packed",
-        storage={b: b for b in WEIGHT_BITS if b < FLOAT_BITS},
-        notes="mpsearch bit-packing: b bits per weight, fp16 per-channel scales, symmetric",
-    )
-)
-# optimum-quanto: int2 / int4 / int8 containers; 3 → 4, 5 and 6 → 8.
-register_format(
-    WeightFormat(
-        name="quanto",
-        storage={2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 8: 8},
-        notes="optimum-quanto qint2/qint4/qint8 containers, fp16 per-channel scales, symmetric",
-    )
-)
-DEFAULT_FORMAT = "packed"
-
-
-def get_format(fmt: str | WeightFormat | None) -> WeightFormat:
-    if isinstance(fmt, WeightFormat):
-        return fmt
-    return FORMATS.lookup(fmt or DEFAULT_FORMAT)
-
-
 def layer_bytes(layer: Layer, w_bits: int, fmt: str | WeightFormat | None = None) -> int:
     """Bytes of one layer at `w_bits` nominal weight bits (packed weights + scales + zeros + bias)."""
-    f = get_format(fmt)
-    if w_bits == PRUNED:
-        return 0
-    bias = layer.bias * f.float_bytes
-    stored = f.stored_bits(w_bits)
-    if stored >= FLOAT_BITS:
-        return layer.params * f.float_bytes + bias
-    packed = math.ceil(layer.params * stored / 8)
-    return packed + f.n_scales(layer) * (f.scale_bytes + f.zero_bytes) + bias
+    return 0 if w_bits == PRUNED else get_format(fmt).layer_bytes(layer, w_bits)
 
 
 def layer_wbits(layer: Layer, w_bits: int, fmt: str | WeightFormat | None = None) -> int:

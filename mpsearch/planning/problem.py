@@ -18,7 +18,8 @@ Costs per option: `bytes` (cost model, the exporter's own accounting), `wbits` (
 for mean-bit budgets: a bits budget counts what the format stores), `bitops` (MACs × w × a) and, when the
 inventory knows every layer's input size (`Layer.act_numel`), `abits` (input activation elements × a: the
 size-weighted mean activation bits MixDQ's activation stage targets). Only widths the format stores as
-they are are offered (`WeightFormat.widths`; quanto: 2, 4, 8).
+they are are offered (`WeightFormat.widths`; quanto: 2, 4, 8), and per layer only those the format has
+for it (`WeightFormat.stores`; gguf: Linear rows of whole blocks).
 
 Layer pruning (LAPTOP-Diff, `mpsearch.profiling.pruning`): when the profile has unit rows (`tensor="unit"`) every
 layer of a prunable unit gets one more option, key `"pruned"`, costing 0 bytes, 0 wbits and 0 BitOPs.
@@ -196,15 +197,17 @@ def build_problem(
     w_all, a_all = _candidate_bits(profile_df, space, f)
     groups = sorted(profile_df["step_group"].unique()) if len(profile_df) else [0]
     opts = _Options.measure(inv, profile_df, groups, w_all, a_all, space)
+    fits = np.array([[f.stores(l, w) for w, _ in opts.pairs] for l in inv.layers])  # widths the format has per layer
     costs = {
-        "bytes": [[layer_bytes(l, w, f) for w, _ in opts.pairs] for l in inv.layers],
+        "bytes": [[layer_bytes(l, w, f) if s else 0 for (w, _), s in zip(opts.pairs, row, strict=True)]
+                  for l, row in zip(inv.layers, fits, strict=True)],
         "wbits": [[layer_wbits(l, w, f) for w, _ in opts.pairs] for l in inv.layers],
         "bitops": [[layer_bitops(l, w, a) for w, a in opts.pairs] for l in inv.layers],
     }
     if all(l.act_numel is not None for l in inv.layers):  # an older inventory leaves activation sizes unknown
         costs["abits"] = [[l.act_numel * a for _, a in opts.pairs] for l in inv.layers]
     fixed = _protected(inv, space, opts)
-    keys, costs, step_losses = _offer(opts.offered(inv), opts.pairs, costs, opts.step_losses)
+    keys, costs, step_losses = _offer(opts.offered(inv, fits), opts.pairs, costs, opts.step_losses)
     # each metric's scale from the bit options alone (see `solvers.problem`): offering pruning must not
     # re-weight the metrics, so a plan that prunes nothing scores as it does without the option
     scales = {m: float(v.sum(axis=0).max(axis=1).sum()) or 1.0 for m, v in step_losses.items()} \
@@ -287,10 +290,12 @@ class _Options:
     def _index(pairs: list[tuple[int, int]], w_all: list[int], a_all: list[int]) -> tuple[list[int], list[int]]:
         return [w_all.index(w) for w, _ in pairs], [a_all.index(a) for _, a in pairs]
 
-    def offered(self, inv: Inventory) -> np.ndarray:
-        """[layer, pair] mask of the options offered; every layer must keep one."""
+    def offered(self, inv: Inventory, fits: np.ndarray) -> np.ndarray:
+        """[layer, pair] mask of the options offered, among those the format stores (`fits`, [layer, pair]);
+        every layer must keep one."""
         wi, ai = self._index(self.pairs, self.w_all, self.a_all)
         ok = np.ones((len(inv), len(self.pairs)), dtype=bool) if self.zero else self.w_ok[:, wi] & self.a_ok[:, ai]
+        ok &= fits
         if not ok.any(axis=1).all():
             raise ValueError(f"layer {inv.names[int(np.argmin(ok.any(axis=1)))]!r} has no measured option among "
                              f"W{self.w_all} A{self.a_all}: allow 16 bits, or choose --assume-missing zero")

@@ -40,7 +40,6 @@ import diffusers
 import numpy as np
 import pandas as pd
 
-from mpsearch.export.exporter import weight_config
 from mpsearch.model import Inventory, find_denoiser, load_pipeline, weights_fingerprint
 from mpsearch.pipelines.timesteps import GROUPINGS, group_steps, kept_scheduler, schedule
 from mpsearch.planning.budget import Budget, BudgetInfeasible
@@ -48,6 +47,7 @@ from mpsearch.planning.cost import FLOAT_BITS
 from mpsearch.planning.fitness import Fitness
 from mpsearch.planning.inputs import group_metrics
 from mpsearch.planning.problem import SearchSpace, build_problem
+from mpsearch.planning.quantizer import weight_config
 from mpsearch.profiling import calibration as cal
 from mpsearch.profiling.quantizers import ActQuantConfig
 from mpsearch.profiling.session import Candidates

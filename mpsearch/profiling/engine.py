@@ -35,16 +35,19 @@ class Unit:
 
 
 def plan_units(layers, groups: list[list[int]], candidates: Candidates, tensors: Sequence[str],
-               metrics: Sequence[Metric], all_metrics: bool) -> list[Unit]:  # fmt: skip
+               metrics: Sequence[Metric], all_metrics: bool, stores=None) -> list[Unit]:  # fmt: skip
     """Every evaluation of a profile, in a fixed order (shards take every n-th).
 
     A layer is measured on the metrics of its group's kind (MixDQ); when none of the chosen metrics has
-    that kind (e.g. `--metrics sqnr` only), on all of them, so that every layer is measured."""
+    that kind (e.g. `--metrics sqnr` only), on all of them, so that every layer is measured. `stores(layer,
+    bits)`: the weight format's widths per layer (gguf: Linear rows of whole blocks); others are skipped."""
     units = []
     for layer in layers:
         ms = [m for m in metrics if all_metrics or m.kind == layer.group] or list(metrics)
         for tensor in tensors:
             for bits in candidates.of(tensor):
+                if tensor == "weight" and stores is not None and not stores(layer, bits):
+                    continue
                 for g in range(len(groups)):
                     for stage in ("output", "image"):
                         names = tuple(m.name for m in ms if m.stage == stage)

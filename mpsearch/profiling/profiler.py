@@ -339,13 +339,15 @@ def _measured_groups(run: _Run, session: QuantSession, out: Path | None, run_uni
     prof = Profiler(run.pipe, run.ref, session, every_step, max_batch=opts.max_batch)
     if opts.max_memory is not None:
         _fit_memory(sub, prof, log)
-    todo = plan_units(sub.layers, every_step, sub.candidates, ["weight"], sub.metrics, True)
+    todo = plan_units(sub.layers, every_step, sub.candidates, ["weight"], sub.metrics, True,
+                      stores=_format_stores(run.weight_cfg))  # a format without W4 for a layer: its rule stays
+    measured_layers = {u.layer for u in todo}
     with store:
         missing = [u for u in todo if any((u.layer, u.tensor, u.bits, m, u.group) not in store.done for m in u.metrics)]
         log(f"measuring content vs quality: {len(todo)} evaluations at W{MEASURED_BITS}, "
             f"{len(todo) - len(missing)} already stored")  # fmt: skip
         run_units(Job(prof, store, missing, 1 if opts.mode == "exact" else opts.slots, run.model, opts.progress, log))
-        measured = assign_groups(store.profile(), {l.name: l.group for l in run.inv.layers})
+        measured = assign_groups(store.profile(), {l.name: l.group for l in run.inv.layers if l.name in measured_layers})
     user = _overridden(run.inv.names, opts.group_overrides)
     groups = {n: g for n, g in measured.items() if n not in user}
     inv = run.inv.with_groups(groups, MEASURED_NOTE + ("; user overrides first" if user else ""))
@@ -388,7 +390,7 @@ def _meta(run: _Run) -> dict[str, Any]:
         "step_groups": run.groups,
         "sampling": {**ref.settings(), "prompts": run.prompts, "scheduler": type(run.pipe.scheduler).__name__},
         "quant": {"bos_aware": opts.bos_aware, "split_shortcut": opts.split_shortcut, "split_weights": False,
-                  "progressive": opts.progressive, "weight": asdict(run.weight_cfg), "act": asdict(run.act_cfg)},
+                  "progressive": opts.progressive, "weight": run.weight_cfg.to_dict(), "act": asdict(run.act_cfg)},
         "shard": f"{i_shard}/{n_shard}" if n_shard > 1 else None,
         "baseline": {},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -431,7 +433,8 @@ def _measure(run: _Run, session: QuantSession, store, units: list | None, run_un
         _run_fisher(prof, store, run.layers, run.tensors, run.candidates, run.groups, opts.seed, log)
         return
     i_shard, n_shard = run.shard
-    todo = plan_units(run.layers, run.groups, run.candidates, run.tensors, run.metrics, opts.all_metrics)
+    todo = plan_units(run.layers, run.groups, run.candidates, run.tensors, run.metrics, opts.all_metrics,
+                      stores=_format_stores(run.weight_cfg))
     todo = [u for k, u in enumerate(todo) if k % n_shard == i_shard]
     missing = [u for u in todo if any((u.layer, u.tensor, u.bits, m, u.group) not in store.done for m in u.metrics)]
     log(f"{len(todo)} evaluations in this shard, {len(todo) - len(missing)} already stored")
@@ -454,6 +457,15 @@ def _fit_memory(run: _Run, prof: Profiler, log: Callable[[str], None]) -> None:
     log(f"memory plan for {opts.max_memory}: {plan.max_batch} rows per forward, {plan.image_slots} image slots, "
         f"{plan.decode_batch} images per decode, {plan.weight_cache_limit / 2**30:.2f} of "
         f"{model.weight_cache / 2**30:.2f} GiB fake-quant weights cached; predicted peak {peak / 2**30:.2f} GiB")  # fmt: skip
+
+
+def _format_stores(weight_cfg: WeightQuantConfig):
+    """The per-layer widths of the weight format whose quantizer `weight_cfg` names (None: every width)."""
+    if weight_cfg.format is None:
+        return None
+    from mpsearch.export.formats import get_format
+
+    return get_format(weight_cfg.format).stores
 
 
 def _run_prune(prof: Profiler, store, units, metrics, log) -> None:

@@ -14,12 +14,21 @@ import torch
 
 @dataclass(frozen=True)
 class WeightQuantConfig:
-    """`group_size` None = per output channel. `mse_search`: scan range-shrink factors for lowest L2 error."""
+    """`group_size` None = per output channel. `mse_search`: scan range-shrink factors for lowest L2 error.
+    `format`: a weight format with its own rounding (`mpsearch.export.formats`, e.g. gguf, sdnq): weights
+    are fake-quantized by that format's quantizer, as its checkpoint stores them, instead of min-max."""
 
     symmetric: bool = True
     group_size: int | None = None
     mse_search: bool = False
     search_steps: int = 100
+    format: str | None = None
+
+    def to_dict(self) -> dict:
+        """The settings as profile metadata records them (`format` only when set: older profiles match)."""
+        d = {"symmetric": self.symmetric, "group_size": self.group_size, "mse_search": self.mse_search,
+             "search_steps": self.search_steps}
+        return d if self.format is None else {**d, "format": self.format}
 
 
 def _rows(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
@@ -78,6 +87,10 @@ def fake_quant_weight(w: torch.Tensor, bits: int, cfg: WeightQuantConfig = Weigh
     """The float weight a `bits`-bit checkpoint reproduces (same dtype as `w`). 16 bits = unchanged."""
     if bits >= 16:
         return w
+    if cfg.format is not None:
+        from mpsearch.export.formats import get_format
+
+        return get_format(cfg.format).fake_quant(w, bits)
     q, scale, zero = quantize_weight(w, bits, cfg)
     return dequantize_weight(q, scale, zero, cfg.group_size).to(w.dtype)
 

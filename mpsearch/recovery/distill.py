@@ -68,7 +68,8 @@ class Student:
     """
 
     def __init__(self, pipe, plan: Plan, calib) -> None:
-        from mpsearch.export.exporter import activation_bits, bos_targets, weight_config
+        from mpsearch.export.simulate import activation_bits, bos_targets
+        from mpsearch.planning.quantizer import weight_config
         from mpsearch.profiling.pruning import remove_units
         from mpsearch.profiling.session import Candidates, quantize_pipeline
 
@@ -136,8 +137,8 @@ class Student:
 
 def _fp_bos_row(module, args, output):
     """MixDQ's BOS-aware K/V: the first text token's output with the float weight, stored at the
-    checkpoint's float dtype (as `exporter.bos_rows`); differentiable (STE through the rounding)."""
-    from mpsearch.export.exporter import FLOAT_DTYPE
+    checkpoint's float dtype (as `mpsearch.export.simulate.bos_rows`); differentiable (STE through the rounding)."""
+    from mpsearch.export.simulate import FLOAT_DTYPE
 
     x = args[0]
     if x.dim() != 3 or x.shape[1] < 2:
@@ -203,7 +204,7 @@ def distill(
     it); `out` also saves it there with `plan.json` and `distill.json`. Prompts are the demo's scene sampler (`seed + 1000`,
     other than the profiler's calibration prompts) or, for other models, the calibration fallbacks.
     """
-    from mpsearch.export.exporter import activation_bits, as_pipeline, check_plan, plan_of
+    from mpsearch.export.simulate import activation_bits, as_pipeline, check_plan, plan_of
     from mpsearch.profiling import calibration as cal
 
     log = log or (lambda msg: None)

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from mpsearch.cli import app
-from mpsearch.export.exporter import fake_quantize
+from mpsearch.export.simulate import fake_quantize
 from mpsearch.model import find_denoiser, inventory, load_pipeline
 from mpsearch.planning.plan import LayerBits, Plan
 from mpsearch.profiling import calibration as cal

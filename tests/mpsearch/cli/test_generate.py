@@ -26,7 +26,7 @@ def test_generate_writes_an_image_and_a_grid(tmp_path):
 
 def test_generate_refuses_damaged_weights_in_one_line(tiny_pipe, tmp_path):
     """A truncated weights file, in an exported checkpoint or a model folder, is one error line, exit 2."""
-    from mpsearch.export.exporter import export
+    from mpsearch.export.write import export
     from mpsearch.model import inventory
 
     model, q = tmp_path / "model", tmp_path / "q"

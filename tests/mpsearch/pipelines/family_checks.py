@@ -15,7 +15,9 @@ import torch
 from typer.testing import CliRunner
 
 from mpsearch.cli import app
-from mpsearch.export.exporter import export, fake_quantize, load_quantized
+from mpsearch.export.load import load_quantized
+from mpsearch.export.simulate import fake_quantize
+from mpsearch.export.write import export
 from mpsearch.model import QUANTIZABLE, find_denoiser, inventory
 from mpsearch.pipelines.generate import generate
 from mpsearch.pipelines.timesteps import sampling_at, schedule

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline
 
-from mpsearch.export.exporter import export
+from mpsearch.export.write import export
 from mpsearch.model import ModelError, inventory
 from mpsearch.pipelines import adapter_for
 from mpsearch.planning.planner import solve

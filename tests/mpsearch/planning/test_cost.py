@@ -82,12 +82,14 @@ def test_bits_count_what_is_stored():
         packed.check_offered(7)
 
 
-@pytest.mark.parametrize("fmt", sorted(FORMATS))
+# sdnq is not monotone: its 2-bit groups are half the size of its 3-bit ones, with float32 scales
+# (tests/mpsearch/export/formats/test_sdnq.py::test_two_bits_can_cost_more_than_three)
+@pytest.mark.parametrize("fmt", sorted(set(FORMATS) - {"sdnq"}))
 def test_bytes_monotone_in_bits(fmt):
     inv = inventory("sd15")
     f = get_format(fmt)
     for layer in inv.layers[:40]:
-        sizes = [layer_bytes(layer, b, f) for b in sorted(f.storage) + [16]]
+        sizes = [layer_bytes(layer, b, f) for b in sorted(f.storage) + [16] if f.stores(layer, b)]  # gguf: per layer
         assert sizes == sorted(sizes)
 
 

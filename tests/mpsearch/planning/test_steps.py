@@ -95,7 +95,8 @@ def test_budget_is_described_per_image_and_per_call(profile):
 
 
 def test_plan_keeps_timesteps_through_save_export_and_generate(tiny_pipe, profile, tmp_path):
-    from mpsearch.export.exporter import export, load_quantized
+    from mpsearch.export.load import load_quantized
+    from mpsearch.export.write import export
     from mpsearch.pipelines.generate import generate
 
     plan = solve(profile, "15%bitops", steps=2, solver="ilp")

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from mpsearch.export.exporter import export, fake_quantize, load_quantized
+from mpsearch.export.load import load_quantized
+from mpsearch.export.simulate import fake_quantize
+from mpsearch.export.write import export
 from mpsearch.model import find_denoiser, inventory
 from mpsearch.planning.budget import BudgetInfeasible
 from mpsearch.planning.plan import LayerBits, Plan, PlanError

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from mpsearch.export.exporter import fake_quantize
+from mpsearch.export.simulate import fake_quantize
 from mpsearch.model import find_denoiser, inventory, load_pipeline
 from mpsearch.planning.plan import LayerBits, Plan
 from mpsearch.profiling import calibration as cal

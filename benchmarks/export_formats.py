@@ -1,0 +1,271 @@
+"""Export formats side by side: bytes, export and load time, peak memory and generation time (issue #19).
+
+    python benchmarks/export_formats.py                       # the demo model, every format, ~4 bits
+    python benchmarks/export_formats.py --sizes sdxl-base     # + predicted bytes of an SDXL UNet (meta device)
+    python benchmarks/export_formats.py --denoiser sd15       # a random-weight SD 1.5-size UNet alone (memory)
+
+For each format the demo model is exported with the same per-layer recipe (4 bits where the format has
+them for the layer, else 8, else 16: gguf keeps convs fp16), then loaded in a fresh Python process the
+way its users load it (fp16: diffusers `from_pretrained` of the float model; packed, quanto:
+`mpsearch.load_quantized`; sdnq: `DiffusionPipeline.from_pretrained`; gguf: `from_single_file` with
+`GGUFQuantizationConfig`), which reports its resident memory (VmRSS after loading, peak `ru_maxrss`, and
+the same after the imports alone, so the difference is the pipeline) and the time of one image. CPU only:
+GPU memory is measured when a GPU is lent (`--device cuda`).
+RSS columns are above the process's RSS after its imports (the peak: above the imports' peak). `--sizes` adds the cost model's bytes of
+bundled configs' denoisers (no weights: bytes do not depend on their values). Results: benchmarks/results/export_formats[_<denoiser>].{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("SDNQ_USE_TORCH_COMPILE", "0")
+
+FORMATS = ("fp16", "packed", "quanto", "sdnq", "gguf")
+
+LOADER = r"""
+import json, os, sys, time
+import torch
+fmt, path, device, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+dtype = torch.float32 if device == "cpu" else torch.float16
+import diffusers  # noqa: F401  (imports are the baseline)
+if fmt in ("packed", "quanto"):
+    import mpsearch.export.load  # noqa: F401
+if fmt == "sdnq":
+    import sdnq  # noqa: F401
+if fmt == "gguf":
+    import gguf  # noqa: F401
+def rss(key="VmRSS"):  # VmHWM: this process's peak (ru_maxrss would include the parent's, inherited at fork)
+    return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
+base, base_peak = rss(), rss("VmHWM")
+t0 = time.perf_counter()
+if fmt in ("packed", "quanto"):
+    from mpsearch.export.load import load_quantized
+    pipe = load_quantized(path, dtype=dtype, device=device)
+elif fmt == "gguf":
+    from diffusers import GGUFQuantizationConfig, UNet2DConditionModel
+    unet = UNet2DConditionModel.from_single_file(os.path.join(path, "unet", "diffusion_pytorch_model.gguf"),
+        config=os.path.join(path, "unet"), quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+        torch_dtype=dtype)
+    pipe = diffusers.DiffusionPipeline.from_pretrained(path, unet=unet, torch_dtype=dtype).to(device)
+else:  # fp16 (the float model) and sdnq: diffusers' own from_pretrained
+    pipe = diffusers.DiffusionPipeline.from_pretrained(path, torch_dtype=dtype).to(device)
+load_s = time.perf_counter() - t0
+loaded = rss()
+if device == "cuda":
+    torch.cuda.synchronize()
+    gpu_loaded = torch.cuda.memory_allocated()
+pipe.set_progress_bar_config(disable=True)
+t0 = time.perf_counter()
+with torch.inference_mode():
+    pipe("red circle at the top", num_inference_steps=steps, guidance_scale=3.0,
+         generator=torch.Generator().manual_seed(0), output_type="np")
+gen_s = time.perf_counter() - t0
+out = {"load_s": load_s, "generate_s": gen_s, "rss_imports": base, "rss_loaded": loaded,
+       "rss_pipeline": loaded - base, "rss_after_call": rss() - base, "peak_rss": rss("VmHWM"),
+       "peak_rss_imports": base_peak}
+if device == "cuda":
+    out["gpu_allocated_loaded"] = gpu_loaded
+    out["gpu_peak"] = torch.cuda.max_memory_allocated()
+print("RESULT " + json.dumps(out))
+"""
+
+
+DENOISER_LOADER = r"""
+import json, os, sys, time
+import torch
+fmt, path, cfg_name = sys.argv[1], sys.argv[2], sys.argv[3]
+dtype = torch.float16
+import diffusers  # noqa: F401
+if fmt in ("packed", "quanto"):
+    import mpsearch.export.load  # noqa: F401
+if fmt == "sdnq":
+    import sdnq  # noqa: F401
+if fmt == "gguf":
+    import gguf  # noqa: F401
+def rss(key="VmRSS"):  # VmHWM: this process's peak (ru_maxrss would include the parent's, inherited at fork)
+    return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
+base, base_peak = rss(), rss("VmHWM")
+folder = os.path.join(path, "unet")
+t0 = time.perf_counter()
+if fmt in ("packed", "quanto"):
+    from mpsearch.export.load import load_denoiser
+    unet = load_denoiser(folder, dtype=dtype)
+elif fmt == "gguf":
+    from diffusers import GGUFQuantizationConfig, UNet2DConditionModel
+    unet = UNet2DConditionModel.from_single_file(os.path.join(folder, "diffusion_pytorch_model.gguf"), config=folder,
+        quantization_config=GGUFQuantizationConfig(compute_dtype=dtype), torch_dtype=dtype)
+else:
+    unet = diffusers.UNet2DConditionModel.from_pretrained(folder, torch_dtype=dtype)
+load_s = time.perf_counter() - t0
+loaded = rss()
+c = unet.config
+x = torch.randn(1, c.in_channels, 32, 32, dtype=dtype)
+ctx = torch.randn(1, 77, c.cross_attention_dim, dtype=dtype)
+extra = {}
+if c.addition_embed_type == "text_time":
+    extra = {"added_cond_kwargs": {"text_embeds": torch.randn(1, c.projection_class_embeddings_input_dim
+             - 6 * c.addition_time_embed_dim, dtype=dtype), "time_ids": torch.zeros(1, 6, dtype=dtype)}}
+t0 = time.perf_counter()
+with torch.no_grad():
+    unet(x, 500, ctx, **extra)
+call_s = time.perf_counter() - t0
+print("RESULT " + json.dumps({"load_s": load_s, "generate_s": call_s, "rss_imports": base, "rss_loaded": loaded,
+      "rss_pipeline": loaded - base, "rss_after_call": rss() - base, "peak_rss": rss("VmHWM"),
+      "peak_rss_imports": base_peak}))
+"""
+
+
+def random_pipeline(config: str):
+    """The tiny test pipeline around a random-weight fp16 denoiser of the bundled config's size (the other
+    components are never run: exports here skip BOS rows and components)."""
+    import diffusers
+    import torch
+
+    from mpsearch.model import bundled_config
+    from tests.conftest import build_tiny_pipeline, build_tiny_sdxl_pipeline
+
+    torch.manual_seed(0)
+    cfg = bundled_config(config)["denoiser"]
+    unet = getattr(diffusers, cfg["_class_name"]).from_config(cfg).to(torch.float16)
+    pipe = (build_tiny_sdxl_pipeline if cfg.get("addition_embed_type") == "text_time" else build_tiny_pipeline)()
+    pipe.register_modules(unet=unet)
+    return pipe
+
+
+def recipe(inv, fmt_name: str, bits: int):
+    """The same plan for every format: `bits` where the format has it for the layer, else 8, else 16."""
+    from mpsearch.planning.cost import get_format
+    from mpsearch.planning.plan import LayerBits, Plan
+
+    fmt = get_format(fmt_name)
+    pick = lambda layer: next(b for b in (bits, 8, 16) if fmt.stores(layer, b))  # noqa: E731
+    plan = Plan({l.name: LayerBits(pick(l)) for l in inv.layers}, model=inv.model, fingerprint=inv.fingerprint,
+                format=fmt_name)
+    plan.predict(inv)
+    return plan
+
+
+def export_all(work: Path, formats, bits: int, denoiser: str | None = None) -> dict:
+    """Export the demo (or a random `denoiser`-size UNet) in each format: bytes and export seconds."""
+    import torch
+
+    from mpsearch.export.write import export
+    from mpsearch.model import inventory, load_pipeline
+    from mpsearch.planning.cost import fp16_bytes, stored_mean_bits
+
+    pipe = random_pipeline(denoiser) if denoiser else load_pipeline(None)
+    inv = inventory(pipe)
+    rows = {}
+    for fmt in formats:
+        out = work / fmt
+        t0 = time.perf_counter()
+        if fmt == "fp16":
+            if denoiser:
+                pipe.unet.save_pretrained(out / "unet")
+            else:
+                load_pipeline(None, dtype=torch.float16).save_pretrained(out)
+            size = sum(f.stat().st_size for f in (out / "unet").glob("*.safetensors"))
+            rows[fmt] = {"export_s": time.perf_counter() - t0, "predicted_bytes": fp16_bytes(inv),
+                         "file_bytes": size, "mean_stored_bits": 16.0}
+            continue
+        plan = recipe(inv, fmt, bits)
+        r = export(plan, out, model=pipe, bos=not denoiser, components=not denoiser)
+        rows[fmt] = {"export_s": time.perf_counter() - t0, "predicted_bytes": r.predicted_bytes,
+                     "tensor_bytes": r.tensor_bytes, "file_bytes": r.file_bytes, "matches": r.matches,
+                     "quantized_layers": r.quantized_layers, "layers": r.layers,
+                     "mean_stored_bits": stored_mean_bits(inv, plan.w_bits(), fmt)}
+    return rows
+
+
+def load_in_child(fmt: str, path: Path, device: str, steps: int, denoiser: str | None = None) -> dict:
+    args = [DENOISER_LOADER, fmt, str(path), denoiser] if denoiser else [LOADER, fmt, str(path), device, str(steps)]
+    run = subprocess.run([sys.executable, "-c", *args], cwd=ROOT,
+                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    line = next((l for l in run.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"{fmt}: the loader failed:\n{run.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
+
+
+def config_bytes(names, bits: int, formats) -> dict:
+    """Predicted denoiser bytes of bundled configs (meta device) with the same recipe per format."""
+    from mpsearch.model import inventory
+    from mpsearch.planning.cost import fp16_bytes, model_bytes
+
+    out = {}
+    for name in names:
+        inv = inventory(name)
+        out[name] = {"fp16": fp16_bytes(inv)}
+        for fmt in formats:
+            if fmt != "fp16":
+                out[name][fmt] = model_bytes(inv, recipe(inv, fmt, bits).w_bits(), fmt)
+    return out
+
+
+def markdown(res: dict) -> str:
+    mib = lambda b: f"{b / 2**20:.2f}"  # noqa: E731
+    if res.get("denoiser"):
+        head = (f"Random-weight `{res['denoiser']}`-size UNet alone, loaded in float16 on CPU, one denoiser call "
+                f"at 32x32 latents, {res['bits']}-bit recipe (`{res['command']}`):")
+        cols = "RSS after load MiB | RSS after the call MiB | peak RSS MiB | call s"
+    else:
+        head = (f"Demo model, {res['bits']}-bit recipe, whole pipeline loaded in float32 on {res['device']}, one "
+                f"image of {res['steps']} steps (`{res['command']}`):")
+        cols = "RSS after load MiB | RSS after the image MiB | peak RSS MiB | image s"
+    lines = [head, "", "| format | mean stored bits | denoiser bytes (predicted = written) | file MiB | export s | "
+             f"load s | {cols} |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for fmt, r in res["formats"].items():
+        lines.append(f"| {fmt} | {r['mean_stored_bits']:.2f} | {r['predicted_bytes']:,}"
+                     f"{'' if r.get('matches', True) else ' (MISMATCH)'} | {mib(r['file_bytes'])} | "
+                     f"{r['export_s']:.1f} | {r['load_s']:.1f} | {mib(r['rss_pipeline'])} | "
+                     f"{mib(r['rss_after_call'])} | {mib(r['peak_rss'] - r['peak_rss_imports'])} | "
+                     f"{r['generate_s']:.2f} |")
+    for name, row in res.get("configs", {}).items():
+        lines += ["", f"Predicted denoiser bytes of `{name}` (meta device, same recipe):", "",
+                  "| " + " | ".join(row) + " |", "|" + "---|" * len(row),
+                  "| " + " | ".join(f"{v / 1e9:.3f} GB" for v in row.values()) + " |"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--formats", default=",".join(FORMATS))
+    ap.add_argument("--bits", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--denoiser", default=None, help="a bundled config (sd15, sdxl-base): measure a random-weight "
+                    "UNet of that size alone instead of the demo pipeline")
+    ap.add_argument("--sizes", default="", help="bundled configs whose predicted bytes to add, e.g. sdxl-base,sd15")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args()
+    formats = [f for f in args.formats.split(",") if f]
+    res = {"command": "python benchmarks/export_formats.py " + " ".join(sys.argv[1:]), "bits": args.bits,
+           "steps": args.steps, "device": args.device, "denoiser": args.denoiser, "formats": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = export_all(Path(tmp), formats, args.bits, args.denoiser)
+        for fmt in formats:
+            res["formats"][fmt] = {**rows[fmt], **load_in_child(fmt, Path(tmp) / fmt, args.device, args.steps,
+                                                                args.denoiser)}
+            print(fmt, json.dumps(res["formats"][fmt]), flush=True)
+    if args.sizes:
+        res["configs"] = config_bytes([s for s in args.sizes.split(",") if s], args.bits, formats)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "export_formats" + (f"_{args.denoiser}" if args.denoiser else "")
+    (args.out / f"{name}.json").write_text(json.dumps(res, indent=1))
+    (args.out / f"{name}.md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The demo adapter (`mpsearch/pipelines/demo.py`): the bundled model is an SD pipeline claimed by its path
+(not its class), sampled at its tuned few-step setting."""
+
+from pathlib import Path
+
+from mpsearch import zoo
+from mpsearch.pipelines import adapter_for
+from mpsearch.pipelines.demo import Demo, is_demo
+
+
+def test_names_of_the_demo():
+    assert is_demo(None) and is_demo("demo") and is_demo(Path("demo"))
+    assert not is_demo("sd15") and not is_demo("demo2") and not is_demo(Path("x") / "demo")
+    assert not is_demo(str(zoo.DEMO_PATH))  # a path names a folder to load, not the demo by name
+
+
+def test_the_loaded_demo_is_claimed_by_its_path_not_its_class(tiny_pipe, tmp_path):
+    demo = zoo.load_demo()
+    assert is_demo(demo) and adapter_for(demo).name == "demo"
+    assert type(demo) is type(tiny_pipe) and not is_demo(tiny_pipe)
+    assert adapter_for(tiny_pipe).name == "sd"
+    tiny_pipe.register_to_config(_name_or_path=str(tmp_path))  # loaded from elsewhere: not the demo
+    assert not is_demo(tiny_pipe)
+
+
+def test_the_demo_samples_at_its_tuned_setting_and_keeps_sd_rules():
+    got = Demo().sampling_defaults()
+    assert got == {"steps": zoo.DEMO_STEPS, "guidance": zoo.DEMO_GUIDANCE} == {"steps": 8, "guidance": 3.0}
+    assert type(got["steps"]) is int and type(got["guidance"]) is float
+    sd = adapter_for("demo")
+    assert sd.conditioning == ("encoder_hidden_states",) and sd.pipelines == ()  # SD's UNet, claimed by path

@@ -97,6 +97,8 @@ def profile(
         regex(layers, "--layers")
     for p in plugin or []:
         load_plugin(p)
+    if groups not in ("rule", "measured"):
+        fail(f"--groups {groups!r}: expected rule or measured")
     weight_cfg, bos_aware = _format_quantizer(fmt, bos_aware)
     options = ProfileOptions(
         out=out, bits=_ints(bits, "--bits"), act_bits=_ints(act_bits, "--act-bits"),

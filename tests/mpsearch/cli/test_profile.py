@@ -16,6 +16,9 @@ runner = CliRunner()
     (["profile", "--bits", "4,7"], "candidate weight bit-width 7"),
     (["profile", "--act-bits", "2"], "candidate activation bit-width 2"),
     (["profile", "--layers", "["], "--layers '[' is not a regular expression"),
+    (["profile", "--groups", "names"], "--groups 'names': expected rule or measured"),
+    (["profile", "--group", "attn2=style"], "--group 'attn2=style': expected REGEX=content or REGEX=quality"),
+    (["profile", "--group", "[=content"], "--group '[' is not a regular expression"),
 ])
 def test_profile_refuses_bad_options_writing_nothing(tmp_path, args, why):
     """1-bit weights gave NaN measurements and left a meta.json; 7 bits no format stores; a bad regex was a traceback."""
@@ -41,3 +44,27 @@ def test_profile_on_a_saved_pipeline(name, tmp_path):
     prof = Profile.load(tmp_path / "p")
     assert len(prof) == 4 * 1 * 1 * 2 and prof.meta["component"] == ("unet" if name == "sdxl" else "transformer")
     assert prof.meta["sampling"].get("guidance_rescale") == (0.5 if name == "sdxl" else None)
+
+
+def test_profile_resolution_and_measured_groups_from_the_command_line(tmp_path):
+    """`--resolution` reaches the reference and the inventory; `--groups measured` writes its pass and its
+    groups; `--group` overrides them."""
+    import json
+
+    from tests.conftest import TINY_PIPELINES
+
+    TINY_PIPELINES["sd"]().save_pretrained(tmp_path / "model")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROMPTS[0] + "\n")
+    r = runner.invoke(app, ["profile", "--model", str(tmp_path / "model"), "--prompts", str(prompts), "--steps", "2",
+                            "--resolution", "64", "--groups", "measured", "--group", "^conv_in$=content",
+                            "--bits", "8", "--tensors", "weight", "--metrics", "sqnr,ssim", "--layers", "^conv_in$",
+                            "--out", str(tmp_path / "p")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "p" / "meta.json").read_text())
+    inv = json.loads((tmp_path / "p" / "inventory.json").read_text())
+    assert meta["sampling"]["resolution"] == 64 and inv["resolution"] == 64
+    assert meta["groups"]["conv_in"] == "content" and meta["group_note"].startswith("measured: ")
+    assert meta["group_note"].endswith("user overrides first")
+    assert (tmp_path / "p" / "grouping" / "measurements.jsonl").is_file()
+    assert "measured groups: " in r.output

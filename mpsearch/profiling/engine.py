@@ -150,9 +150,10 @@ class Profiler:
 
     # ---- fisher
     def fisher(self, layers: Sequence[str], tensors: Sequence[str], *, seed: int = 0, samples: int = 1,
-               rows: int | None = None) -> list[dict]:  # fmt: skip
+               rows: int | None = None, keep=None) -> list[dict]:  # fmt: skip
         """Gradient proxy for every (layer, tensor, bits, step group) from one backward pass per chunk of
-        `max_batch` rows (`rows`: only the first chunk of that many rows, as the memory probe measures)."""
+        `max_batch` rows (`rows`: only the first chunk of that many rows, as the memory probe measures;
+        `keep(layer, tensor, bits)`: False for an option not to score, e.g. a width the format lacks there)."""
         sess, ref = self.session, self.ref
         cands = {t: sess.candidates.of(t) for t in tensors}
         G = len(self.groups)
@@ -170,6 +171,8 @@ class Profiler:
             with torch.no_grad():
                 for t in tensors:
                     for b in cands[t]:
+                        if keep is not None and not keep(st.name, t, b):
+                            continue
                         d = st.delta(x, t, b)
                         s = (g.float() * d.float()).flatten(1).sum(1).double().pow(2).cpu()
                         a = acc.setdefault((st.name, t, b), torch.zeros(G, dtype=torch.float64))

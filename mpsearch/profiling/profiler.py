@@ -430,7 +430,7 @@ def _measure(run: _Run, session: QuantSession, store, units: list | None, run_un
     if units is not None:
         _run_prune(prof, store, units, run.metrics, log)
     if opts.mode == "fisher":
-        _run_fisher(prof, store, run.layers, run.tensors, run.candidates, run.groups, opts.seed, log)
+        _run_fisher(prof, store, run, log)
         return
     i_shard, n_shard = run.shard
     todo = plan_units(run.layers, run.groups, run.candidates, run.tensors, run.metrics, opts.all_metrics,
@@ -477,13 +477,19 @@ def _run_prune(prof: Profiler, store, units, metrics, log) -> None:
     log(f"pruning: {len(units)} units scored in {time.perf_counter() - t0:.1f} s")
 
 
-def _run_fisher(prof: Profiler, store, layers, tensors, candidates, groups, seed, log) -> None:
-    names = [l.name for l in layers]
-    needed = {(n, t, b, "fisher", g) for n in names for t in tensors for b in candidates.of(t) for g in range(len(groups))}
+def _run_fisher(prof: Profiler, store, run: _Run, log) -> None:
+    """Fisher scores of every option of the chosen layers the weight format stores (all of them when none)."""
+    stores, layer = _format_stores(run.weight_cfg), {l.name: l for l in run.layers}
+
+    def keep(name: str, tensor: str, bits: int) -> bool:
+        return tensor != "weight" or stores is None or stores(layer[name], bits)
+
+    needed = {(n, t, b, "fisher", g) for n in layer for t in run.tensors for b in run.candidates.of(t)
+              for g in range(len(run.groups)) if keep(n, t, b)}  # fmt: skip
     if needed <= store.done:
         return
     t0 = time.perf_counter()
-    rows = prof.fisher(names, tensors, seed=seed)
+    rows = prof.fisher(list(layer), run.tensors, seed=run.opts.seed, keep=keep)
     store.append(rows)
     log(f"fisher: {len(rows)} scores in {time.perf_counter() - t0:.1f} s")
 

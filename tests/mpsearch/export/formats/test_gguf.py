@@ -159,3 +159,18 @@ def test_profiling_with_the_gguf_quantizer_measures_only_what_gguf_stores():
     assert prof.meta["quant"]["weight"] == {**weight_config("packed").to_dict(), "format": "gguf"}
     d = prof.df.set_index("bits")["degradation"]
     assert d[4] > d[8] > 0
+
+
+def test_fisher_scores_only_what_gguf_stores():
+    """`profile --format gguf --mode fisher`: the gradient proxy too scores only the widths GGUF has per layer."""
+    from mpsearch.planning.quantizer import weight_config
+    from mpsearch.profiling.profiler import profile
+
+    pipe = TINY_PIPELINES["sd"]()
+    k = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"  # Linear, rows of 32: Q4_0, Q8_0
+    prof = profile(pipe, out=None, layers=rf"^(conv_in|{k.replace('.', '[.]')})$", tensors=["weight"],
+                   bits=(2, 4, 8), mode="fisher", prompts=["red circle", "blue square"], steps=2,
+                   bos_aware=False, weight_cfg=weight_config("gguf"))  # fmt: skip
+    assert sorted({(r.layer, r.bits) for r in prof.df.itertuples()}) == [(k, 4), (k, 8)]
+    d = prof.df.set_index("bits")["degradation"]
+    assert d[4] > d[8] > 0

@@ -118,7 +118,7 @@ BAD_PLAN_FIELDS = {
         st.sampled_from([{}, "x", 5, [1], [{"steps": [0]}], [{"steps": [-1], "layers": {}}]]),
         st.builds(lambda bits: [{"steps": [0], "layers": {"conv_in": {"a_bits": bits}}}],
                   st.one_of(st.text(), st.integers().filter(lambda b: b not in ACT_BITS), st.none(), st.floats()))),
-    "kept_timesteps": st.sampled_from([[], [1, 2], [-1], ["a"], "x", 5, [1.5]]),
+    "kept_timesteps": st.sampled_from([[], [1, 2], [-1], ["a"], "x", 5, [-1.5], [True]]),
     "pruned_units": st.sampled_from(["x", 5, [5], [""], True]),
     "pruned_fixed_params": st.sampled_from([-1, "x", 1.5, None, True]),
     "format": st.sampled_from(["nope", 5, None, ["packed"]]),

@@ -53,6 +53,7 @@ from mpsearch.planning.cost import (
 from mpsearch.planning.plan import Plan, PlanError
 from mpsearch.profiling.quantizers import WeightQuantConfig, fake_quant_weight, quantize_weight
 from mpsearch.profiling.session import bos_layers
+from mpsearch.zoo import BUNDLED
 
 SCHEMA = "mpsearch.quantized/1"
 WEIGHTS_FILE = "mpsearch_quantized.safetensors"
@@ -117,7 +118,11 @@ def check_plan(plan: Plan, inv: Inventory, den: nn.Module | None = None) -> Plan
     return plan
 
 
-def as_pipeline(model: Any):
+def as_pipeline(model: Any, plan: Plan | None = None):
+    """`model` as a pipeline (anything `load_pipeline` takes); None is the bundled model `plan` was made for
+    ("demo-dit" for a plan from the DiT's profile), else the demo."""
+    if model is None and plan is not None and plan.model in BUNDLED:
+        model = plan.model
     return model if hasattr(model, "components") else load_pipeline(model)
 
 
@@ -439,7 +444,7 @@ def export(
         raise ValueError(f"layout must be 'blobs' or 'tensors', not {layout!r}")
     plan = plan_of(plan)
     check_target(out, overwrite, _is_export)
-    pipe = as_pipeline(model)
+    pipe = as_pipeline(model, plan)
     den_name, den = find_denoiser(pipe)
     inv = inventory(pipe)
     check_plan(plan, inv, den)

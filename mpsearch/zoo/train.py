@@ -1,7 +1,14 @@
-"""Train the bundled demo model from scratch on CPU and save it as a StableDiffusionPipeline.
+"""Train the bundled demo models from scratch on CPU: the UNet as a StableDiffusionPipeline, the DiT as a
+StableDiffusion3Pipeline.
 
     python -m mpsearch.zoo.train --out mpsearch/zoo/demo            # ~35 min on 2 cores
     python -m mpsearch.zoo.train --smoke                            # a few steps of each stage, temp dir
+    nice -n 5 python -m mpsearch.zoo.train --arch dit --threads 2 --minutes 55 --out mpsearch/zoo/demo-dit
+
+`--arch dit` reuses the same scenes, captions, word-level tokenizer, learning-rate schedule, EMA, caption
+dropout, logging and time cap, and the UNet demo's VAE (frozen; its latents 4x8x8 suit patch size 2), and
+trains an SD3 MMDiT (`SD3Transformer2DModel`: joint attention, qk RMS-norm, adaLN) with its three toy text
+encoders by rectified flow (SD3's logit-normal noise levels, velocity target); see `train_dit`.
 
 Stages: (1) a small AutoencoderKL on the scene images (posterior mean + 5% latent noise, L1 + L2);
 (2) the scenes encoded to latents once; (3) CLIPTextModel + UNet2DConditionModel trained jointly with

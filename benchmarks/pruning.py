@@ -125,6 +125,7 @@ def main() -> None:
     ap.add_argument("--budgets", default="1.8,2.5,3", help="budgets as uniform-bit equivalents (bytes)")
     ap.add_argument("--prune-k", default="1,2", help="numbers of lowest-scoring units to force out")
     args = ap.parse_args()
+    args.profile = args.profile or str(ROOT / "profiles" / args.model)
 
     import torch
 

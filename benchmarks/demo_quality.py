@@ -1,14 +1,18 @@
 """Prompt adherence of the bundled demo model, and how uniform weight quantization spoils it.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/demo_quality.py
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/demo_quality.py                      # the UNet demo
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/demo_quality.py --model demo-dit     # the SD3 DiT
 
 Measures, with the analytic detector, the fraction of images whose shape, colour and position all match
-the prompt (and each attribute alone) on in-domain and held-out prompt sets: at 20 DDIM steps with
-guidance 4, and at 4 steps with the guidance picked by a sweep on separate seeds. Then the quick
-quantization sanity check: UNet weights only, per-output-channel symmetric min-max fake quant, uniform
-W8/W4/W3/W2 plus three content/quality splits (MixDQ's groups: `attn2`/`ff` = content).
+the prompt (and each attribute alone) on in-domain and held-out prompt sets: at the main setting (UNet:
+20 DDIM steps, guidance 4; DiT: its default steps and guidance, `zoo.DIT_STEPS/DIT_GUIDANCE`), and at 4
+steps with the guidance picked by a sweep on separate seeds (and at guidance 4). Then the quick
+quantization sanity check: denoiser weights only, per-output-channel symmetric min-max fake quant, uniform
+W8/W4/W3/W2 plus three content/quality splits (the inventory's groups: MixDQ's `attn2`/`ff` = content on
+the UNet, the text stream on the DiT).
 
-Writes benchmarks/results/demo_quality.{json,md} and docs/images/demo_grid.png (+ demo_quant_grid.png).
+Writes benchmarks/results/demo_quality{,_dit}.{json,md} and docs/images/demo{,_dit}_grid.png (+ quant grid);
+the DiT's report repeats the UNet's rows beside its own.
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from mpsearch.model import classify
+from mpsearch.model import classify, find_denoiser, inventory, load_pipeline
 from mpsearch.pipelines.generate import generate, image_grid
-from mpsearch.zoo import DEMO_PATH, detector, scenes
+from mpsearch.zoo import BUNDLED, DIT_GUIDANCE, DIT_STEPS, detector, scenes
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = 1
@@ -57,8 +61,11 @@ def fake_quant_weights(module: torch.nn.Module, bits_of) -> int:
     return n
 
 
+GROUPS: dict[str, str] = {}  # layer -> content/quality, from the model's inventory (set in main)
+
+
 def _is_content(name: str) -> bool:
-    return classify(name) == "content"  # MixDQ's attn2/ff rule, as the inventory groups layers
+    return GROUPS.get(name, classify(name)) == "content"  # the inventory's group, else MixDQ's attn2/ff rule
 
 
 QUANT_PLANS = {
@@ -86,7 +93,7 @@ def _pct(x: float) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, default=DEMO_PATH)
+    ap.add_argument("--model", default="demo", help="demo | demo-dit | a pipeline folder")
     ap.add_argument("--n", type=int, default=96, help="in-domain prompts")
     ap.add_argument("--n-heldout", type=int, default=98, help="held-out prompts (7 per combination)")
     ap.add_argument("--sweep-n", type=int, default=90, help="prompts for the 4-step guidance sweep")
@@ -98,26 +105,30 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
 
-    from diffusers import DiffusionPipeline
-
     with warnings.catch_warnings():  # diffusers 0.42 renames torch_dtype to dtype; older ones lack dtype
         warnings.simplefilter("ignore", FutureWarning)
-        pipe = DiffusionPipeline.from_pretrained(args.model, torch_dtype=torch.float32, local_files_only=True)
+        pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
+    dit = args.model == "demo-dit"
+    main_steps, main_g = (DIT_STEPS, DIT_GUIDANCE) if dit else (20, 4.0)
+    suffix = "_dit" if dit else ""
+    GROUPS.update({l.name: l.group for l in inventory(pipe).layers})
+    component, den = find_denoiser(pipe)
     sets = {
         "in-domain": scenes.sample_prompts("train", args.n, seed=args.seed),
         "held-out": scenes.sample_prompts("heldout", args.n_heldout, seed=args.seed),
     }
-    res: dict = {"schema": SCHEMA, "model": str(args.model), "command": " ".join(sys.argv), "seed": args.seed}
+    res: dict = {"schema": SCHEMA, "model": str(BUNDLED.get(args.model, args.model)), "command": " ".join(sys.argv),
+                 "seed": args.seed}  # fmt: skip
     res["machine"] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
 
-    # 1. full precision at 20 steps, guidance 4
-    fp = {name: score(pipe, p, steps=20, guidance=4.0, seed=args.seed) for name, p in sets.items()}
-    print("20 steps, g=4:", {k: _pct(v["full"]) for k, v in fp.items()}, flush=True)
+    # 1. full precision at the main setting
+    fp = {name: score(pipe, p, steps=main_steps, guidance=main_g, seed=args.seed) for name, p in sets.items()}
+    print(f"{main_steps} steps, g={main_g}:", {k: _pct(v["full"]) for k, v in fp.items()}, flush=True)
 
     # 2. 4 steps: pick guidance on other seeds and prompts, then report on the main sets
     sweep_prompts = scenes.sample_prompts("all", args.sweep_n, seed=args.seed + 1000)
@@ -131,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"4 steps, g={g4}:", {k: _pct(v["full"]) for k, v in few.items()}, flush=True)
 
     res["adherence"] = [
-        {"steps": 20, "guidance": 4.0, "set": k, **{a: b for a, b in v.items() if a != "_images"}}
+        {"steps": main_steps, "guidance": main_g, "set": k, **{a: b for a, b in v.items() if a != "_images"}}
         for k, v in fp.items()
     ]
     res["adherence"] += [
@@ -162,60 +173,71 @@ def main(argv: list[str] | None = None) -> dict:
         )
         labels.append(("" if s == "in-domain" else "[held-out] ") + p[2:] + ("" if ok else " [WRONG]"))
     image_grid(imgs, rows=-(-len(imgs) // 8), cols=8, labels=labels, tile=112).save(
-        args.images / "demo_grid.png"
+        args.images / f"demo{suffix}_grid.png"
     )
 
-    # 3. quantization sanity (UNet weights only, 20 steps, guidance 4)
+    # 3. quantization sanity (denoiser weights only, at the main setting)
     if not args.no_quant:
-        fp_state = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+        fp_state = {k: v.clone() for k, v in den.state_dict().items()}
         res["quant"] = []
         quant_imgs = {"fp32": fp["in-domain"]["_images"][:8]}
         for plan, bits_of in QUANT_PLANS.items():
-            pipe.unet.load_state_dict(fp_state)
-            n_layers = fake_quant_weights(pipe.unet, bits_of)
+            den.load_state_dict(fp_state)
+            n_layers = fake_quant_weights(den, bits_of)
             row = {"plan": plan, "layers_quantized": n_layers}
             for name, p in sets.items():
-                s = score(pipe, p, steps=20, guidance=4.0, seed=args.seed)
+                s = score(pipe, p, steps=main_steps, guidance=main_g, seed=args.seed)
                 quant_imgs.setdefault(plan, s["_images"][:8]) if name == "in-domain" else None
                 row[name] = {a: b for a, b in s.items() if a != "_images"}
             res["quant"].append(row)
             print(f"{plan}: " + ", ".join(f"{k} {_pct(row[k]['full'])}" for k in sets), flush=True)
-        pipe.unet.load_state_dict(fp_state)
+        den.load_state_dict(fp_state)
         show = ["fp32", "uniform W4", "uniform W3", "uniform W2"]
         qimgs = [im for k in show for im in quant_imgs[k]]
         qlabels = [f"{k}: {p[2:]}" for k in show for p in sets["in-domain"][:8]]
         image_grid(qimgs, rows=len(show), cols=8, labels=qlabels, tile=112).save(
-            args.images / "demo_quant_grid.png"
+            args.images / f"demo{suffix}_quant_grid.png"
         )
 
+    res.update(component=component, suffix=suffix, main={"steps": main_steps, "guidance": main_g})
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "demo_quality.json").write_text(json.dumps(res, indent=2) + "\n")
-    (args.results / "demo_quality.md").write_text(_markdown(res))
-    print((args.results / "demo_quality.md").read_text())
+    (args.results / f"demo_quality{suffix}.json").write_text(json.dumps(res, indent=2) + "\n")
+    unet = args.results / "demo_quality.json"
+    beside = json.loads(unet.read_text()) if dit and unet.is_file() else None
+    (args.results / f"demo_quality{suffix}.md").write_text(_markdown(res, beside))
+    print((args.results / f"demo_quality{suffix}.md").read_text())
     return res
 
 
-def _markdown(res: dict) -> str:
+def _rows(res: dict) -> list[str]:
+    return [
+        f"| {r['steps']} | {r['guidance']} | {r['set']} | {r['n']} | {_pct(r['full'])} | {_pct(r['shape'])} | "
+        f"{_pct(r['color'])} | {_pct(r['position'])} | {r['seconds']} |"
+        for r in res["adherence"]
+    ]
+
+
+def _markdown(res: dict, beside: dict | None = None) -> str:
+    """The report; `beside`: the UNet's results, repeated under the DiT's for comparison."""
     cmd = "OMP_WAIT_POLICY=PASSIVE python benchmarks/demo_quality.py" + (
         " " + " ".join(res["command"].split()[1:]) if len(res["command"].split()) > 1 else ""
     )
+    sfx, main = res.get("suffix", ""), res.get("main", {"steps": 20, "guidance": 4.0})
+    sampler = "flow-matching Euler" if sfx else "DDIM trailing"
+    header = ["| steps | guidance | set | n | full % | shape % | colour % | position % | seconds |",
+              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     out = [
-        "# Demo model: prompt adherence",
+        f"# Demo model{' (DiT)' if sfx else ''}: prompt adherence",
         "",
         f"Command: `{cmd}`",
         "",
         f"Model `{Path(res['model']).name}`; detector = `mpsearch.zoo.detector` (all of shape, colour, position "
-        f"right = 'full'); DDIM trailing; seeds {res['seed']}+i per image; torch {res['machine']['torch']}, "
+        f"right = 'full'); {sampler}; seeds {res['seed']}+i per image; torch {res['machine']['torch']}, "
         f"{res['machine']['threads']} threads.",
         "",
-        "| steps | guidance | set | n | full % | shape % | colour % | position % | seconds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *header,
+        *_rows(res),
     ]
-    for r in res["adherence"]:
-        out.append(
-            f"| {r['steps']} | {r['guidance']} | {r['set']} | {r['n']} | {_pct(r['full'])} | {_pct(r['shape'])} | "
-            f"{_pct(r['color'])} | {_pct(r['position'])} | {r['seconds']} |"
-        )
     sw = res["guidance_sweep_4_steps"]
     out += [
         "",
@@ -224,12 +246,16 @@ def _markdown(res: dict) -> str:
         + ", ".join(f"g={g}: {_pct(v)}%" for g, v in sw["full"].items())
         + f" → **{sw['chosen']}**.",
         "",
-        "![grid](../../docs/images/demo_grid.png)",
+        f"![grid](../../docs/images/demo{sfx}_grid.png)",
     ]
+    if beside is not None:
+        out += ["", "## Beside it: the UNet demo (`benchmarks/results/demo_quality.json`, same prompts and seeds)",
+                "", *header, *_rows(beside)]  # fmt: skip
     if "quant" in res:
         out += [
             "",
-            "## Quantization sanity (UNet weights only, per-output-channel symmetric min-max, 20 steps, g=4)",
+            f"## Quantization sanity ({res.get('component', 'unet')} weights only, per-output-channel symmetric "
+            f"min-max, {main['steps']} steps, g={main['guidance']})",
             "",
             "| plan | layers | in-domain full % | held-out full % | in-domain shape / colour / position % |",
             "|---|---|---|---|---|",
@@ -240,7 +266,7 @@ def _markdown(res: dict) -> str:
                 f"| {r['plan']} | {r['layers_quantized']} | {_pct(a['full'])} | {_pct(b['full'])} | "
                 f"{_pct(a['shape'])} / {_pct(a['color'])} / {_pct(a['position'])} |"
             )
-        out += ["", "![quant grid](../../docs/images/demo_quant_grid.png)"]
+        out += ["", f"![quant grid](../../docs/images/demo{sfx}_quant_grid.png)"]
     return "\n".join(out) + "\n"
 
 

@@ -117,13 +117,15 @@ def additivity(pipe, ref, units, n_sets: int, seed: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-prompts", type=int, default=24, help="prompts per split")
-    ap.add_argument("--profile", default=str(ROOT / "profiles" / "demo"))
+    ap.add_argument("--model", default="demo", help="demo | demo-dit (units: its joint blocks)")
+    ap.add_argument("--profile", default=None, help="default: profiles/<model>")
     ap.add_argument("--distill-steps", type=int, default=150)
     ap.add_argument("--sets", type=int, default=40, help="random unit sets for the additivity check")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--budgets", default="1.8,2.5,3", help="budgets as uniform-bit equivalents (bytes)")
     ap.add_argument("--prune-k", default="1,2", help="numbers of lowest-scoring units to force out")
     args = ap.parse_args()
+    args.profile = args.profile or str(ROOT / "profiles" / args.model)
 
     import torch
 
@@ -136,8 +138,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     df, meta, inv = load_problem_inputs(Path(args.profile))
-    pipe = load_pipeline(None)
-    steps, guidance = cal.demo_settings()
+    pipe = load_pipeline(args.model)
+    steps, guidance = cal.demo_settings(args.model)
     prompts = default_prompts(pipe, args.n_prompts)
     fp_images = {s: _generate(pipe, ps, args.seed, steps, guidance) for s, ps in prompts.items()}
     from mpsearch.evaluation.evaluator import image_metrics
@@ -186,7 +188,7 @@ def main() -> None:
             sampled[key] = method
             row["before"], _ = sample_metrics(pipe, plan, prompts, fp_images, args.seed, steps, guidance)
             if args.distill_steps:
-                student = load_pipeline(None)
+                student = load_pipeline(args.model)
                 _, res = distill(plan, model=student, steps=args.distill_steps, seed=args.seed)
                 row["after"], _ = sample_metrics(student, plan, prompts, fp_images, args.seed, steps, guidance)
                 row["distill"] = {"seconds": res.seconds, "loss_first": round(res.loss_first, 5),
@@ -197,13 +199,14 @@ def main() -> None:
 
     elapsed = time.perf_counter() - t0
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {"schema": "mpsearch.bench.pruning/1", "n_prompts": args.n_prompts, "seed": args.seed,
+    out = {"schema": "mpsearch.bench.pruning/1", "model": args.model, "n_prompts": args.n_prompts, "seed": args.seed,
            "distill_steps": args.distill_steps, "fp_adherence": fp_adh, "additivity": add, "rows": rows,
            "units": meta["units"], "seconds": round(elapsed, 1),
            "torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
-    (RESULTS / "pruning.json").write_text(json.dumps(out, indent=1))
-    (RESULTS / "pruning.md").write_text(markdown(out))
-    print(f"done in {elapsed:.0f} s → {RESULTS / 'pruning.md'}")
+    sfx = "" if args.model == "demo" else "_dit"
+    (RESULTS / f"pruning{sfx}.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / f"pruning{sfx}.md").write_text(markdown(out))
+    print(f"done in {elapsed:.0f} s → {RESULTS / f'pruning{sfx}.md'}")
 
 
 def _fmt(v) -> str:
@@ -212,7 +215,7 @@ def _fmt(v) -> str:
 
 def markdown(r: dict) -> str:
     lines = [
-        "# Layer pruning + quantization on the demo model",
+        f"# Layer pruning + quantization on the demo model (`{r.get('model', 'demo')}`)",
         "",
         f"{r['n_prompts']} prompts per split (in-domain `calib`, held-out `heldout`), seed {r['seed']}, "
         f"weight-only plans, distillation {r['distill_steps']} steps. FP adherence: "

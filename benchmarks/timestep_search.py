@@ -1,6 +1,7 @@
 """Timestep search on the demo model: keep 4 of its 8 steps and spend the saved BitOPs on bits.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/timestep_search.py [--n-prompts 64]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/timestep_search.py --model demo-dit   # the SD3 DiT
 
 For BitOPs budgets given per image (X% of W16A16 over the demo's 8-step schedule), compare at the same
 budget: all 8 steps at the best uniform bits and at ILP-mixed bits; the evenly spaced 4 steps
@@ -32,10 +33,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-prompts", type=int, default=64, help="evaluation prompts per split")
     ap.add_argument("--fitness-prompts", type=int, default=32, help="in-domain captions the fitness samples")
-    ap.add_argument("--profile", default=str(ROOT / "profiles" / "demo"))
+    ap.add_argument("--model", default="demo", help="demo | demo-dit (flow matching: fractional timesteps)")
+    ap.add_argument("--profile", default=None, help="default: profiles/<model>")
     ap.add_argument("--budgets", nargs="*", default=list(BUDGETS))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    args.profile = args.profile or str(ROOT / "profiles" / args.model)
 
     import numpy as np
     import torch
@@ -58,7 +61,7 @@ def main() -> None:
     s = meta["sampling"]
     pool, guidance = list(s["timesteps"]), float(s["guidance"])
     even = pool[:: len(pool) // KEEP]
-    pipe = load_pipeline(None)
+    pipe = load_pipeline(args.model)
     calib = reference(pipe, s["prompts"], seeds=s["seeds"], steps=s["steps"], guidance=guidance)
     prompts = {"in-domain": sample_prompts("train", args.n_prompts, 1),
                "held-out": sample_prompts("heldout", args.n_prompts, 1)}
@@ -70,7 +73,8 @@ def main() -> None:
         ctx = fake_quantize(pipe, plan, inv=inv, calib=calib) if plan is not None else None
         try:
             for split, ps in prompts.items():
-                out[split] = images_to_tensor(generate(pipe, ps, seed=img_seed, guidance=guidance, timesteps=timesteps))
+                out[split] = images_to_tensor(generate(pipe, ps, seed=img_seed, guidance=guidance, timesteps=timesteps,
+                                                       pool=pool))  # fmt: skip
         finally:
             if ctx is not None:
                 ctx.restore()
@@ -83,12 +87,12 @@ def main() -> None:
         for split, ims in images.items():
             arrays = [(im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for im in ims]
             row[f"adherence {split}"] = adherence(arrays, prompts[split])[0]
-            row[f"ssim {split}"] = ssim(fp_images[split], ims)[0]
+            row[f"ssim {split}"] = ssim(fp_images[split], ims[None])[0][0]  # one slot: (value, degradation)
         return row
 
     fp8 = Budget.parse("100%bitops").resolve(inv) * len(pool)
     rows = [{"budget": "-", "steps": len(pool), "timesteps": pool, "method": "fp", "bitops_image": fp8,
-             **score(fp_images)},
+             "guidance": guidance, **score(fp_images)},
             {"budget": "-", "steps": KEEP, "timesteps": even, "method": "fp", "bitops_image": fp8 * KEEP / len(pool),
              **score(sample(None, even))}]  # fmt: skip
     print(rows[0], rows[1], flush=True)
@@ -139,20 +143,25 @@ def main() -> None:
 
 def write(rows: list[dict], args, elapsed: float, fp8: float) -> None:
     cmd = "OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/timestep_search.py"
+    if args.model != "demo":
+        cmd += f" --model {args.model}"
     if args.n_prompts != 64:
         cmd += f" --n-prompts {args.n_prompts}"
+    sfx = "" if args.model == "demo" else "_dit"
+    sampler = "DDIM trailing" if args.model == "demo" else "flow-matching Euler"
     res = ROOT / "benchmarks" / "results"
     res.mkdir(parents=True, exist_ok=True)
     out = {"command": cmd, "elapsed_s": round(elapsed, 1), "n_prompts": args.n_prompts,
            "fitness_prompts": args.fitness_prompts, "rows": rows}  # fmt: skip
-    (res / "timestep_search.json").write_text(json.dumps(out, indent=1))
+    (res / f"timestep_search{sfx}.json").write_text(json.dumps(out, indent=1))
 
     def pct(v):
         return "–" if v is None else f"{100 * v:.1f}"
 
     lines = [
-        "# Timestep search on the demo model\n",
-        f"`{cmd}` ({elapsed:.0f} s on 2 CPU cores, OMP_WAIT_POLICY=PASSIVE; guidance 3.0, DDIM trailing, "
+        f"# Timestep search on the demo model (`{args.model}`)\n",
+        f"`{cmd}` ({elapsed:.0f} s on 2 CPU cores, OMP_WAIT_POLICY=PASSIVE; guidance {rows[0].get('guidance', '?')}, "
+        f"{sampler}, "
         f"{args.n_prompts} prompts per split, the same seeds for every row)\n",
         "Budgets are BitOPs of one image as a % of W16A16 over the demo's full 8-step schedule; a plan keeping "
         "4 steps gets twice the BitOPs per denoiser call. Adherence = shape, colour and position all right "
@@ -166,7 +175,7 @@ def write(rows: list[dict], args, elapsed: float, fp8: float) -> None:
     ]
     for r in rows:
         lines.append(
-            f"| {r['budget']} | {r['steps']} | {', '.join(map(str, r['timesteps']))} | {r['method']} | "
+            f"| {r['budget']} | {r['steps']} | {', '.join(f'{t:g}' for t in r['timesteps'])} | {r['method']} | "
             f"{100 * r['bitops_image'] / fp8:.2f}% | {r.get('mean_w_bits', 16):.2f} | {r.get('mac_mean_a_bits', 16):.2f} | "
             f"{pct(r['adherence in-domain'])} | {pct(r['adherence held-out'])} | {r['ssim held-out']:.3f} | "
             f"{r.get('search_s', '–')} |")
@@ -179,7 +188,7 @@ def write(rows: list[dict], args, elapsed: float, fp8: float) -> None:
             f"{evo['ssim held-out']:.3f} (kept {evo['timesteps']}), vs all 8 steps with ILP bits "
             f"{pct(ilp8['adherence held-out'])}%, {ilp8['ssim held-out']:.3f}, and the evenly spaced 4 steps with "
             f"ILP bits {pct(even['adherence held-out'])}%, {even['ssim held-out']:.3f}; half the denoiser calls.")
-    (res / "timestep_search.md").write_text("\n".join(lines) + "\n")
+    (res / f"timestep_search{sfx}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from mpsearch.pipelines import ADAPTERS, adapter_for
 from mpsearch.pipelines.base import DEFAULT_GROUP_RULES, ModelError
 from mpsearch.pipelines.demo import is_demo
+from mpsearch.zoo import BUNDLED, bundled_name
 
 __all__ = ["DEFAULT_GROUP_RULES", "Inventory", "Layer", "ModelError", "find_denoiser", "inventory", "load_pipeline"]
 
@@ -234,17 +235,17 @@ def damaged_weights(path: str | Path) -> Iterator[None]:
 def load_pipeline(model: str | Path | None = None, *, dtype: torch.dtype | None = None, device: str = "cpu"):
     """Load a diffusers pipeline from a hub id, a local folder or a single-file checkpoint.
 
-    `None` loads the bundled demo model. Honours `HF_HUB_OFFLINE` (no network access when set).
+    `None` loads the bundled demo model, "demo"/"demo-dit" name the bundled ones. Honours `HF_HUB_OFFLINE` (no network access when set).
     On CPU the default dtype is float32; on GPU float16.
     """
     import diffusers
 
     if dtype is None:
         dtype = torch.float32 if device == "cpu" else torch.float16
-    if model is None or str(model) == "demo":
+    if model is None or str(model) in BUNDLED:
         from mpsearch.zoo import load_demo
 
-        return load_demo(dtype=dtype).to(device)
+        return load_demo(dtype=dtype, name=str(model or "demo")).to(device)
     path = Path(str(model)).expanduser()
     kwargs: dict[str, Any] = {"dtype": dtype}
     if path.is_file():
@@ -400,7 +401,7 @@ def weights_fingerprint(denoiser: nn.Module) -> str:
 
 def _model_name(model: Any) -> str:
     if is_demo(model):
-        return "demo"
+        return bundled_name(model)
     if isinstance(model, (str, Path)):
         return str(model)
     path = getattr(getattr(model, "config", None), "_name_or_path", None)

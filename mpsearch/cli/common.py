@@ -41,7 +41,8 @@ err = _Console(stderr=True)
 ModelOpt = Annotated[
     str | None,
     typer.Option("--model", "-m", help="Hub id, local folder, single file, bundled config "
-                 "(sd15, sdxl-base, sdxl-turbo, pixart-alpha) or 'demo' (default)."),
+                 "(sd15, sdxl-base, sdxl-turbo, pixart-alpha), 'demo' (default, the bundled UNet) or 'demo-dit' "
+                 "(the bundled SD3 DiT)."),
 ]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (stdout holds only the JSON).")]

@@ -29,6 +29,7 @@ def generate(
     import contextlib
 
     from mpsearch.model import ModelError, load_pipeline
+    from mpsearch.pipelines.demo import is_demo
     from mpsearch.pipelines.generate import generate as run
     from mpsearch.pipelines.generate import image_grid
     from mpsearch.pipelines.sampling import sampling_defaults
@@ -67,7 +68,7 @@ def generate(
 
         calib = None
         if activation_bits(the_plan):  # activation ranges are calibrated on prompts, as the profiler does
-            calib = reference(pipe, texts if model not in (None, "demo") else demo_prompts(8), steps=d["steps"],
+            calib = reference(pipe, demo_prompts(8) if is_demo(model) else texts, steps=d["steps"],
                               guidance=guidance)  # fmt: skip
         try:
             quant = fake_quantize(pipe, the_plan, calib=calib)

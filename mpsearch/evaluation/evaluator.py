@@ -306,14 +306,15 @@ def evaluate(plans: Plan | str | Path | list, options: EvaluateOptions | None = 
     from mpsearch.export.simulate import as_pipeline
     from mpsearch.profiling.calibration import demo_settings, reference
     from mpsearch.progress import count_bar
+    from mpsearch.zoo import bundled_name
 
     opts = EvaluateOptions.of(options, **kwargs)
     log = opts.log or (lambda msg: None)
     plans = _plans(plans, opts.quantized)
-    pipe = as_pipeline(opts.model)
+    pipe = as_pipeline(opts.model, plans[0])
     inv = inventory(pipe)
     main = plans[0]
-    d_steps, d_guidance = demo_settings()
+    d_steps, d_guidance = demo_settings(bundled_name(pipe) or "demo")
     steps, guidance = opts.steps or d_steps, opts.guidance if opts.guidance is not None else d_guidance
     prompts = opts.prompts or default_prompts(pipe, opts.n_prompts)
     prompts = {k: list(v) for k, v in prompts.items() if v}

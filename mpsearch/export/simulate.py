@@ -30,6 +30,7 @@ from mpsearch.planning.plan import Plan, PlanError
 from mpsearch.planning.quantizer import weight_config
 from mpsearch.profiling.quantizers import WeightQuantConfig, fake_quant_weight
 from mpsearch.profiling.session import bos_layers
+from mpsearch.zoo import BUNDLED
 
 FLOAT_DTYPE = torch.float16  # unquantized parameters, scales and BOS rows; `WeightFormat.float_bytes == 2`
 
@@ -38,8 +39,11 @@ class ExportError(ValueError):
     """A checkpoint cannot be written or read back (the message names the layer)."""
 
 
-def as_pipeline(model: Any):
-    """`model` if it is a pipeline, else what `load_pipeline` makes of it (None = the demo)."""
+def as_pipeline(model: Any, plan: Plan | None = None):
+    """`model` if it is a pipeline, else what `load_pipeline` makes of it; None is the bundled model `plan`
+    was made for ("demo-dit" for a plan from the DiT's profile), else the demo."""
+    if model is None and plan is not None and plan.model in BUNDLED:
+        model = plan.model
     return model if hasattr(model, "components") else load_pipeline(model)
 
 

@@ -205,7 +205,7 @@ def export(
     if fmt.native and cfg is not None:
         raise ValueError(f"cfg= sets mpsearch's min-max quantizer; format {fmt.name!r} quantizes with its own library")
     check_target(out, overwrite, _is_export)
-    pipe = as_pipeline(model)
+    pipe = as_pipeline(model, plan)
     den_name, den = find_denoiser(pipe)
     inv = inventory(pipe)
     check_plan(plan, inv, den)

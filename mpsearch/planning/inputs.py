@@ -29,7 +29,7 @@ def load_profile(profile: Any) -> tuple[pd.DataFrame, dict[str, Any], Inventory]
         inv, where = read_inventory(inv_file), str(inv_file)
     else:
         model = meta.get("model") or None
-        inv = inventory(None if model == "demo" else model, resolution=meta.get("resolution"))
+        inv = inventory(model, resolution=meta.get("resolution"))  # "demo"/"demo-dit": a bundled model
         where = f"{folder or 'profile'} (inventory of {inv.model!r})"
     if "layers" in meta:
         check_inventory(meta, inv, where)

@@ -52,6 +52,7 @@ from mpsearch.profiling import calibration as cal
 from mpsearch.profiling.quantizers import ActQuantConfig
 from mpsearch.profiling.session import Candidates
 from mpsearch.progress import count_bar
+from mpsearch.zoo import BUNDLED
 from solvers.problem import Constraint, Problem, Solution, StepProblem
 from solvers.registry import SolverSpec
 from solvers.units import build_units
@@ -346,7 +347,7 @@ def sampling_pipeline(model: Any, meta: dict[str, Any]):
     if hasattr(model, "components"):
         return model
     name = model if model is not None else meta.get("model")
-    pipe = load_pipeline(None if name in (None, "", "demo") else name)
+    pipe = load_pipeline(name or None)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -366,7 +367,7 @@ def profile_fitness(pipe, meta: dict[str, Any], pool: list[int], metric: str, pr
     if prompts is None:
         prompts = list(calib_prompts)
     elif isinstance(prompts, int):
-        if meta.get("model") not in (None, "", "demo"):
+        if meta.get("model") not in (None, "", *BUNDLED):
             raise ValueError("a number of fitness prompts draws demo captions: pass a list of prompts for this model")
         prompts = cal.demo_prompts(prompts, seed)
     calib = None

@@ -44,13 +44,15 @@ FALLBACK_PROMPTS = (
 )
 
 
-def demo_settings() -> tuple[int, float]:
-    """(steps, guidance) of the demo model: `mpsearch.zoo.DEMO_STEPS/DEMO_GUIDANCE`, else 8 and 3.0."""
+def demo_settings(name: str = "demo") -> tuple[int, float]:
+    """(steps, guidance) of bundled model `name` (`mpsearch.zoo.sampling`: "demo" or "demo-dit"), else 8
+    and 3.0."""
     try:
         import mpsearch.zoo as zoo
     except ImportError:  # pragma: no cover
         return DEFAULT_STEPS, DEFAULT_GUIDANCE
-    return int(getattr(zoo, "DEMO_STEPS", DEFAULT_STEPS)), float(getattr(zoo, "DEMO_GUIDANCE", DEFAULT_GUIDANCE))
+    s = zoo.sampling(name)
+    return int(s["steps"]), float(s["guidance"])
 
 
 def demo_prompts(n: int, seed: int = 0) -> list[str]:

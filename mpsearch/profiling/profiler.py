@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mpsearch import zoo
 from mpsearch.model import Inventory, Layer, find_denoiser, inventory, load_pipeline, weights_fingerprint
 from mpsearch.options import VerbOptions
 from mpsearch.profiling import calibration as cal
@@ -63,7 +64,7 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
 
 
 def _is_demo(model) -> bool:
-    return model is None or str(model) == "demo"
+    return model is None or str(model) in zoo.BUNDLED
 
 
 def _reference(pipe, out: Path | None, fingerprint: str, prompts, seeds, steps, guidance, resolution,
@@ -271,7 +272,7 @@ def _settle(model: Any, opts: ProfileOptions, out: Path | None, log: Callable[[s
     component, denoiser = find_denoiser(pipe)
     inv = inventory(pipe, resolution=opts.resolution, groups=opts.group_overrides)
     fingerprint = weights_fingerprint(denoiser)
-    prompts, steps, guidance = _sampling(opts, demo)
+    prompts, steps, guidance = _sampling(opts, zoo.bundled_name(model) if demo else None)
     seeds = [opts.seed + i for i in range(len(prompts))]
     names = list(opts.metrics) if opts.metrics else [m for m in DEFAULT_METRICS if demo or m != "adherence"]
     metrics = [] if opts.mode == "fisher" else [get_metric(m) for m in names]
@@ -287,11 +288,11 @@ def _settle(model: Any, opts: ProfileOptions, out: Path | None, log: Callable[[s
                 groups, opts.weight_cfg or WeightQuantConfig(), opts.act_cfg or ActQuantConfig())  # fmt: skip
 
 
-def _sampling(opts: ProfileOptions, demo: bool) -> tuple[list[str], int, float]:
-    """(prompts, steps, guidance): the options', else the demo's own, else the defaults."""
+def _sampling(opts: ProfileOptions, demo: str | None) -> tuple[list[str], int, float]:
+    """(prompts, steps, guidance): the options', else bundled model `demo`'s own, else the defaults."""
     steps, guidance = opts.steps, opts.guidance
     if demo:
-        d_steps, d_guid = cal.demo_settings()
+        d_steps, d_guid = cal.demo_settings(demo)
         steps, guidance = steps or d_steps, d_guid if guidance is None else guidance
     steps = steps or cal.DEFAULT_STEPS
     guidance = cal.DEFAULT_GUIDANCE if guidance is None else float(guidance)
@@ -374,7 +375,7 @@ def _meta(run: _Run) -> dict[str, Any]:
     meta = {
         "schema": "mpsearch.profile/1",
         "tool_version": __version__,
-        "model": inv.model if not run.demo else "demo",
+        "model": inv.model if not run.demo else zoo.bundled_name(run.model),
         "component": run.component,
         "fingerprint": run.fingerprint,
         "inventory_fingerprint": inv.fingerprint,

@@ -206,15 +206,16 @@ def distill(
     """
     from mpsearch.export.simulate import activation_bits, as_pipeline, check_plan, plan_of
     from mpsearch.profiling import calibration as cal
+    from mpsearch.zoo import bundled_name
 
     log = log or (lambda msg: None)
     plan = plan_of(plan)
-    pipe = as_pipeline(model)
+    pipe = as_pipeline(model, plan)
     pipe.set_progress_bar_config(disable=True)
     _, den = find_denoiser(pipe)
     inv = inventory(pipe)
     check_plan(plan, inv, den)
-    d_steps, d_guidance = cal.demo_settings()
+    d_steps, d_guidance = cal.demo_settings(bundled_name(pipe) or "demo")
     sample_steps, guidance = sample_steps or d_steps, d_guidance if guidance is None else guidance
     prompts = cal.demo_prompts(n_prompts, seed + 1000)
     torch.manual_seed(seed)

@@ -1,7 +1,14 @@
-"""Train the bundled demo model from scratch on CPU and save it as a StableDiffusionPipeline.
+"""Train the bundled demo models from scratch on CPU: the UNet as a StableDiffusionPipeline, the DiT as a
+StableDiffusion3Pipeline.
 
     python -m mpsearch.zoo.train --out mpsearch/zoo/demo            # ~35 min on 2 cores
     python -m mpsearch.zoo.train --smoke                            # a few steps of each stage, temp dir
+    nice -n 5 python -m mpsearch.zoo.train --arch dit --threads 2 --minutes 55 --out mpsearch/zoo/demo-dit
+
+`--arch dit` reuses the same scenes, captions, word-level tokenizer, learning-rate schedule, EMA, caption
+dropout, logging and time cap, and the UNet demo's VAE (frozen; its latents 4x8x8 suit patch size 2), and
+trains an SD3 MMDiT (`SD3Transformer2DModel`: joint attention, qk RMS-norm, adaLN) with its three toy text
+encoders by rectified flow (SD3's logit-normal noise levels, velocity target); see `train_dit`.
 
 Stages: (1) a small AutoencoderKL on the scene images (posterior mean + 5% latent noise, L1 + L2);
 (2) the scenes encoded to latents once; (3) CLIPTextModel + UNet2DConditionModel trained jointly with
@@ -28,14 +35,14 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mpsearch.zoo import scenes
+from mpsearch.zoo import DIT_CLIP_TOKENS, DIT_T5_TOKENS, scenes
 
 VAE_CONFIG = dict(
     in_channels=3,
@@ -84,6 +91,31 @@ SCHEDULER_CONFIG = dict(
     timestep_spacing="trailing",
 )
 MAX_TOKENS = 16
+# The DiT (`--arch dit`): an SD3 MMDiT on the same latents (the demo VAE's 4x8x8, so 4x4 patches of 2),
+# SD3's three text encoders at toy size (two CLIPs and a T5 encoder, all trained here with a word-level
+# vocabulary) and flow matching. The pipeline pads T5's tokens to `max_sequence_length` (default 256): the
+# model is trained, and sampled by mpsearch, with `max_sequence_length=DIT_T5_TOKENS`.
+DIT_TEXT_CONFIG = dict(TEXT_CONFIG)  # CLIPTextModelWithProjection; SD3 reads the penultimate layer
+DIT_TEXT2_CONFIG = dict(TEXT_CONFIG, hidden_size=32, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=2, projection_dim=32)  # fmt: skip
+DIT_CONFIG = dict(
+    sample_size=8,
+    patch_size=2,
+    in_channels=4,
+    out_channels=4,
+    num_layers=6,
+    attention_head_dim=32,
+    num_attention_heads=4,
+    joint_attention_dim=96,  # T5's width; the two CLIPs' hidden states (64 + 32) are padded to it
+    caption_projection_dim=128,  # = heads x head dim
+    pooled_projection_dim=64 + 32,  # the two CLIPs' projections, concatenated
+    pos_embed_max_size=8,
+    qk_norm="rms_norm",
+)
+DIT_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=1.0)
+DIT_T5_CONFIG = dict(d_model=96, d_kv=24, num_heads=4, d_ff=192, num_layers=2, relative_attention_num_buckets=8,
+                     relative_attention_max_distance=16, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)  # fmt: skip
+DIT_OVERRIDES = dict(unet_lr=5e-4, warmup=200, unet_steps=6000)  # Recipe fields the DiT sets otherwise
 SPECIAL = ("<|startoftext|>", "<|endoftext|>")
 
 
@@ -155,7 +187,7 @@ def write_tokenizer_files(folder: Path) -> tuple[Path, Path]:
     return vocab_file, merges_file
 
 
-def build_tokenizer(folder: Path):
+def build_tokenizer(folder: Path, max_tokens: int = MAX_TOKENS):
     from transformers import CLIPTokenizer
 
     vocab_file, merges_file = write_tokenizer_files(folder)
@@ -166,7 +198,7 @@ def build_tokenizer(folder: Path):
         eos_token=SPECIAL[1],
         unk_token=SPECIAL[1],
         pad_token=SPECIAL[1],
-        model_max_length=MAX_TOKENS,
+        model_max_length=max_tokens,
     )
     for w in _vocabulary_words():
         ids = tok(w).input_ids
@@ -277,7 +309,47 @@ class _EMA:
             s.copy_(tmp)
 
 
+def _train_loop(modules, recipe, deadline, loss_fn, on_checkpoint=None, name="unet") -> int:
+    """The denoising stage shared by both architectures: AdamW with warm-up and cosine (following elapsed
+    time when the cap binds), grad clip 1.0, EMA; `loss_fn(step)` draws a batch and returns its loss.
+    Leaves the EMA weights in `modules`; returns the last step run."""
+    params = [p for m in modules for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=recipe.weight_decay)
+    ema = _EMA(modules, recipe.ema_decay)
+    for m in modules:
+        m.train()
+    start = time.time()
+    step = 0
+    for step in range(recipe.unet_steps):
+        progress = max(step / recipe.unet_steps, (time.time() - start) / max(deadline - start, 1e-9))
+        if progress >= 1.0:
+            _log(f"{name}: time cap reached at step {step}/{recipe.unet_steps}: schedule followed time")
+            break
+        for g in opt.param_groups:
+            g["lr"] = recipe.unet_lr * _lr_factor(progress, step, recipe)
+        loss = loss_fn(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(step)
+        if step % 100 == 0 or (step < 200 and step % 20 == 0):
+            _log(
+                f"{name} step {step} loss {loss.item():.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"({(step + 1) / (time.time() - start):.2f} it/s)"
+            )
+        if on_checkpoint and step > 0 and step % recipe.checkpoint_every == 0:
+            ema.swap()
+            on_checkpoint(step)
+            ema.swap()
+    ema.swap()  # leave the EMA weights in the modules
+    for m in modules:
+        m.eval()
+    return step
+
+
 def train_denoiser(unet, text_encoder, latents, ids, empty_ids, recipe, deadline, on_checkpoint=None):
+    """UNet + text encoder: epsilon prediction on DDPM noise levels, min-SNR weighting, caption dropout."""
     from diffusers import DDPMScheduler
 
     keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
@@ -285,20 +357,8 @@ def train_denoiser(unet, text_encoder, latents, ids, empty_ids, recipe, deadline
     alphas = sched.alphas_cumprod.float()
     snr = alphas / (1 - alphas)
     gen = torch.Generator().manual_seed(recipe.seed + 2)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=recipe.weight_decay)
-    ema = _EMA([unet, text_encoder], recipe.ema_decay)
-    unet.train()
-    text_encoder.train()
-    start = time.time()
-    step = 0
-    for step in range(recipe.unet_steps):
-        progress = max(step / recipe.unet_steps, (time.time() - start) / max(deadline - start, 1e-9))
-        if progress >= 1.0:
-            _log(f"unet: time cap reached at step {step}/{recipe.unet_steps}: schedule followed time")
-            break
-        for g in opt.param_groups:
-            g["lr"] = recipe.unet_lr * _lr_factor(progress, step, recipe)
+
+    def loss_fn(step: int) -> torch.Tensor:
         idx = torch.randint(0, len(latents), (recipe.unet_batch,), generator=gen)
         z0 = latents[idx]
         tok = ids[idx].clone()
@@ -310,25 +370,9 @@ def train_denoiser(unet, text_encoder, latents, ids, empty_ids, recipe, deadline
         cond = text_encoder(tok)[0]
         pred = unet(zt, t, encoder_hidden_states=cond).sample
         w = torch.clamp(snr[t], max=recipe.min_snr_gamma) / snr[t]  # min-SNR for epsilon prediction
-        loss = (w * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update(step)
-        if step % 100 == 0:
-            _log(
-                f"unet step {step} loss {loss.item():.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                f"({(step + 1) / (time.time() - start):.2f} it/s)"
-            )
-        if on_checkpoint and step > 0 and step % recipe.checkpoint_every == 0:
-            ema.swap()
-            on_checkpoint(step)
-            ema.swap()
-    ema.swap()  # leave the EMA weights in the modules
-    unet.eval()
-    text_encoder.eval()
-    return step
+        return (w * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+
+    return _train_loop([unet, text_encoder], recipe, deadline, loss_fn, on_checkpoint)
 
 
 # ---- saving ----------------------------------------------------------------------------------------
@@ -356,6 +400,143 @@ def save_pipeline(out: Path, vae, text_encoder, unet, tokenizer, dtype=torch.flo
     pipe.save_pretrained(out, safe_serialization=True)
 
 
+# ---- the DiT: SD3 transformer, two CLIPs, flow matching ---------------------------------------------
+
+
+def build_dit_models(vocab_size: int):
+    """([text_encoder, text_encoder_2, text_encoder_3], transformer), freshly initialised (the caller
+    seeds); `vocab_size`: (CLIP's, T5's)."""
+    from diffusers import SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    te1 = CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=vocab_size[0], **DIT_TEXT_CONFIG))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=vocab_size[0], **DIT_TEXT2_CONFIG))
+    te3 = T5EncoderModel(T5Config(vocab_size=vocab_size[1], **DIT_T5_CONFIG))
+    return [te1, te2, te3], SD3Transformer2DModel(**DIT_CONFIG)
+
+
+def build_t5_tokenizer():
+    """A word-level T5 tokenizer (a Unigram vocabulary of whole words, each '▁word'): <pad> 0, </s> 1."""
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0) for w in _vocabulary_words()]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=DIT_T5_TOKENS)
+
+
+def load_demo_vae():
+    """The UNet demo's VAE (`zoo/demo/vae`), float32, frozen: the DiT reuses its 4x8x8 latents."""
+    from diffusers import AutoencoderKL
+
+    from mpsearch.zoo import DEMO_PATH
+
+    vae = AutoencoderKL.from_pretrained(DEMO_PATH / "vae", torch_dtype=torch.float32, local_files_only=True)
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    return vae.eval()
+
+
+def sd3_conditioning(encoders, ids: torch.Tensor, t5_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(encoder_hidden_states, pooled_projections) as `StableDiffusion3Pipeline.encode_prompt` builds them:
+    the CLIPs' penultimate hidden states concatenated along channels and padded to T5's width, then T5's
+    tokens; pooled = both CLIP projections concatenated. `ids`: CLIP token ids; `t5_ids`: T5's."""
+    te1, te2, te3 = encoders
+    o1 = te1(ids, output_hidden_states=True)
+    o2 = te2(ids, output_hidden_states=True)
+    h = torch.cat([o1.hidden_states[-2], o2.hidden_states[-2]], dim=-1)
+    h = F.pad(h, (0, DIT_CONFIG["joint_attention_dim"] - h.shape[-1]))
+    h = torch.cat([h, te3(t5_ids)[0]], dim=1)
+    return h, torch.cat([o1.text_embeds, o2.text_embeds], dim=-1)
+
+
+def train_dit(transformer, encoders, latents, ids, empty_ids, recipe, deadline, on_checkpoint=None) -> int:
+    """Rectified flow as SD3 trains it: x_t = (1 - s) x0 + s noise with s logit-normal(0, 1), the
+    transformer predicts the velocity noise - x0 at timestep 1000 s; 10% caption dropout for CFG.
+    `ids`, `empty_ids`: (CLIP ids, T5 ids) of the captions and of the empty prompt."""
+    gen = torch.Generator().manual_seed(recipe.seed + 2)
+    scale = DIT_SCHEDULER_CONFIG["num_train_timesteps"]
+
+    def loss_fn(step: int) -> torch.Tensor:
+        idx = torch.randint(0, len(latents), (recipe.unet_batch,), generator=gen)
+        z0 = latents[idx]
+        tok, tok5 = ids[0][idx].clone(), ids[1][idx].clone()
+        drop = torch.rand(len(idx), generator=gen) < recipe.caption_dropout
+        tok[drop], tok5[drop] = empty_ids
+        noise = torch.randn(z0.shape, generator=gen)
+        s = torch.sigmoid(torch.randn(len(idx), generator=gen))
+        zt = (1 - s)[:, None, None, None] * z0 + s[:, None, None, None] * noise
+        cond, pooled = sd3_conditioning(encoders, tok, tok5)
+        pred = transformer(
+            hidden_states=zt, encoder_hidden_states=cond, pooled_projections=pooled, timestep=s * scale
+        ).sample
+        return F.mse_loss(pred, noise - z0)
+
+    return _train_loop([transformer, *encoders], recipe, deadline, loss_fn, on_checkpoint, name="dit")
+
+
+def save_dit_pipeline(out: Path, vae, encoders, transformer, tokenizers, dtype=torch.float16) -> None:
+    """Save as a standard StableDiffusion3Pipeline (safetensors; VAE and transformer in `dtype`, the
+    text encoders float32 as in `save_pipeline`). `tokenizers`: (CLIP's, T5's)."""
+    import copy
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    te1, te2, te3 = (copy.deepcopy(e).float() for e in encoders)
+    pipe = StableDiffusion3Pipeline(
+        transformer=copy.deepcopy(transformer).to(dtype),
+        scheduler=FlowMatchEulerDiscreteScheduler(**DIT_SCHEDULER_CONFIG),
+        vae=copy.deepcopy(vae).to(dtype),
+        text_encoder=te1,
+        tokenizer=tokenizers[0],
+        text_encoder_2=te2,
+        tokenizer_2=tokenizers[0],
+        text_encoder_3=te3,
+        tokenizer_3=tokenizers[1],
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
+def main_dit(args, recipe: Recipe, out: Path) -> Path:
+    """`--arch dit`: the demo's data and VAE (no VAE stage), then the SD3 transformer and its encoders."""
+    t0 = time.time()
+    deadline = t0 + recipe.minutes * 60
+    _log(f"arch dit; recipe {asdict(recipe)}; torch threads {torch.get_num_threads()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizers = (build_tokenizer(Path(tmp), DIT_CLIP_TOKENS), build_t5_tokenizer())
+    vae = load_demo_vae()
+    encoders, transformer = build_dit_models((len(tokenizers[0]), len(tokenizers[1])))
+    _log(f"params: text {[_n_params(e) for e in encoders]} transformer {_n_params(transformer):,}")
+    images, caps = render_dataset(recipe)
+    raw = encode_latents(vae, images)
+    shift, scale = float(raw.mean()), float(1.0 / raw.std())
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)  # SD3 decodes z / scale + shift
+    latents = (raw - shift) * scale
+    _log(f"latents {tuple(latents.shape)} of {len(scenes.train_combinations())} combinations; "
+         f"shift {shift:.4f} scale {scale:.4f}")  # fmt: skip
+    (ids, empty), (ids5, empty5) = (caption_ids(t, caps, t.model_max_length) for t in tokenizers)
+
+    def checkpoint(step: int) -> None:
+        if args.checkpoints:
+            save_dit_pipeline(args.checkpoints / "latest", vae, encoders, transformer, tokenizers)
+            (args.checkpoints / "latest" / "step.txt").write_text(f"{step}\n")
+            _log(f"checkpoint at step {step} -> {args.checkpoints / 'latest'}")
+
+    steps = train_dit(transformer, encoders, latents, (ids, ids5), (empty, empty5), recipe, deadline, checkpoint)
+    save_dit_pipeline(out, vae, encoders, transformer, tokenizers)
+    _log(f"saved pipeline to {out} after {steps + 1} DiT steps; total {(time.time() - t0) / 60:.1f} min")
+    return out
+
+
+def caption_ids(tokenizer, caps: list[str], length: int = MAX_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (N, length) of `caps`, and those of the empty prompt (caption dropout / CFG), padded and
+    truncated as the pipelines tokenize."""
+    uniq = sorted(set(caps))
+    kw = dict(padding="max_length", max_length=length, truncation=True)
+    tok_of = {c: tokenizer(c, **kw).input_ids for c in uniq}
+    ids = torch.tensor([tok_of[c] for c in caps])
+    empty_ids = torch.tensor(tokenizer("", **kw).input_ids)
+    return ids, empty_ids
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: temp dir with --smoke)")
@@ -363,17 +544,29 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="a few steps of each stage, into a temp dir")
     ap.add_argument("--checkpoints", type=Path, default=None, help="folder for intermediate pipelines")
-    args = ap.parse_args(argv)
+    ap.add_argument("--arch", choices=("unet", "dit"), default="unet",
+                    help="unet: the SD demo (mpsearch/zoo/demo); dit: the SD3 MMDiT (mpsearch/zoo/demo-dit)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--steps", type=int, default=None, help="denoiser steps (default: the recipe's)")
+    args = ap.parse_args(argv)  # fmt: skip
 
     torch.set_flush_denormal(True)  # denormals made one run ~40x slower
+    if args.threads:
+        torch.set_num_threads(args.threads)
     recipe = Recipe(seed=args.seed, minutes=args.minutes)
     if args.smoke:
         recipe = Recipe(
             seed=args.seed, renders_per_combo=4, vae_steps=3, vae_batch=8, unet_steps=3, unet_batch=8,
             warmup=1, minutes=args.minutes, checkpoint_every=2,
         )  # fmt: skip
+    elif args.arch == "dit":
+        recipe = replace(recipe, **DIT_OVERRIDES)
+    if args.steps:
+        recipe = replace(recipe, unet_steps=args.steps)
     out = args.out or Path(tempfile.mkdtemp(prefix="mpsearch-demo-"))
     torch.manual_seed(recipe.seed)
+    if args.arch == "dit":
+        return main_dit(args, recipe, out)
     t0 = time.time()
     deadline = t0 + recipe.minutes * 60
     _log(f"recipe {asdict(recipe)}; torch threads {torch.get_num_threads()}")
@@ -398,10 +591,7 @@ def main(argv: list[str] | None = None) -> Path:
         f"latents {tuple(latents.shape)}, scaling_factor {scale:.4f}, recon mse {F.mse_loss(rec, images[:256]):.5f}"
     )
 
-    uniq = sorted(set(caps))
-    tok_of = {c: tokenizer(c, padding="max_length", max_length=MAX_TOKENS).input_ids for c in uniq}
-    ids = torch.tensor([tok_of[c] for c in caps])
-    empty_ids = torch.tensor(tokenizer("", padding="max_length", max_length=MAX_TOKENS).input_ids)
+    ids, empty_ids = caption_ids(tokenizer, caps)
 
     def checkpoint(step: int) -> None:
         if args.checkpoints:

@@ -40,3 +40,10 @@ def test_wheel_solves_with_the_bundled_demo_profile(tmp_path):
     assert plan["predicted"]["mean_w_bits"] <= 3.0 and len(plan["layers"]) == 119
     installed = {p.name for p in (site / "mpsearch" / "profiles" / "demo").iterdir()}
     assert installed == {"meta.json", "inventory.json", "measurements.jsonl"}
+    # the DiT's profile ships the same way: `--profile demo-dit` names the installed copy
+    cmd = [sys.executable, "-m", "mpsearch.cli", "solve", "--profile", "demo-dit", "--budget", "3bits", "-o", "dit.json"]
+    done = subprocess.run(cmd, cwd=run, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    plan = json.loads((run / "dit.json").read_text())
+    assert Path(plan["solver"]["profile"]) == site / "mpsearch" / "profiles" / "demo-dit" and plan["model"] == "demo-dit"
+    assert (site / "mpsearch" / "zoo" / "demo-dit" / "model_index.json").is_file()

@@ -1,14 +1,25 @@
-"""The demo job (`mpsearch/evaluation/demo.py`): which profile folder a path names, and that the job
-refuses a missing profile or an unreadable/infeasible budget before it writes anything. (The whole job,
-evaluation included, is `make demo`: minutes on 2 cores, too slow for a unit test.)"""
+"""The demo job (`mpsearch/evaluation/demo.py`): which profile folder a path or a bundled model names, that
+the job refuses a missing profile or an unreadable/infeasible budget before it writes anything, and that
+`make demo`'s CLI refuses an unknown model in one line. (The whole job, evaluation included, is `make demo`:
+minutes on 2 cores, too slow for a unit test.)"""
 
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-from mpsearch.evaluation.demo import BUDGETS, DEFAULT_PROFILE, PROFILE, profile_folder, run_demo
+from mpsearch.cli import app
+from mpsearch.evaluation.demo import (
+    BUDGETS,
+    DEFAULT_PROFILE,
+    PROFILE,
+    PROFILE_DIT,
+    PROFILES,
+    profile_folder,
+    run_demo,  # fmt: skip
+)
 from mpsearch.planning.budget import BudgetError, BudgetInfeasible
 from mpsearch.planning.planner import solve
 
@@ -50,3 +61,26 @@ def test_a_bad_budget_stops_the_job_before_anything_is_written(tmp_path):
     with pytest.raises(BudgetError, match="cannot read budget 'nonsense'"):
         run_demo(tmp_path / "out", budgets=("nonsense",))
     assert not (tmp_path / "out").exists()
+
+
+def test_bundled_profile_names_resolve_to_the_shipped_profiles(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./profiles here
+    assert profile_folder(None) == profile_folder("demo") == profile_folder("profiles/demo") == PROFILE
+    assert profile_folder("demo-dit") == profile_folder(Path("profiles/demo-dit")) == PROFILE_DIT
+    assert profile_folder("elsewhere") == Path("elsewhere")
+    assert set(PROFILES) == {"demo", "demo-dit"}
+    for folder in PROFILES.values():
+        assert (folder / "meta.json").is_file() and (folder / "inventory.json").is_file()
+
+
+def test_a_local_profile_of_that_name_wins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "profiles" / "demo-dit").mkdir(parents=True)
+    (tmp_path / "profiles" / "demo-dit" / "meta.json").write_text("{}")
+    assert profile_folder("profiles/demo-dit") == Path("profiles/demo-dit")
+
+
+def test_demo_refuses_an_unknown_model_in_one_line():
+    result = CliRunner().invoke(app, ["demo", "--model", "sd15"])
+    assert result.exit_code == 2
+    assert "error: --model sd15: choose among demo, demo-dit" in " ".join(result.output.split())

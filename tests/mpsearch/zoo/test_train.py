@@ -27,3 +27,26 @@ def test_smoke_run_saves_a_standard_pipeline(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     img = pipe("a red circle at the top left", num_inference_steps=2, output_type="np").images[0]
     assert img.shape == (32, 32, 3)
+
+
+def test_dit_smoke_run_saves_a_standard_sd3_pipeline(tmp_path):
+    """`--arch dit`: a plain `DiffusionPipeline.from_pretrained(path)` gives an SD3 pipeline whose own
+    prompt encoding is the conditioning the recipe trained on."""
+    from diffusers import DiffusionPipeline, StableDiffusion3Pipeline
+
+    out = train.main(["--smoke", "--arch", "dit", "--out", str(tmp_path / "dit")])
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert isinstance(pipe, StableDiffusion3Pipeline)
+    assert pipe.transformer.config.qk_norm == "rms_norm" and pipe.transformer.config.patch_size == 2
+    caps = ["a red circle at the top left", ""]
+    emb, _, pooled, _ = pipe.encode_prompt(caps, caps, caps, do_classifier_free_guidance=False,
+                                           max_sequence_length=train.DIT_T5_TOKENS)  # fmt: skip
+    ids = train.caption_ids(pipe.tokenizer, caps, pipe.tokenizer.model_max_length)[0]
+    ids5 = train.caption_ids(pipe.tokenizer_3, caps, train.DIT_T5_TOKENS)[0]
+    with torch.no_grad():
+        encoders = [pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3]
+        h, p = train.sd3_conditioning(encoders, ids, ids5)
+    torch.testing.assert_close(h, emb)
+    torch.testing.assert_close(p, pooled)
+    img = pipe("a red circle", num_inference_steps=2, max_sequence_length=train.DIT_T5_TOKENS, output_type="np")
+    assert img.images[0].shape == (32, 32, 3)

@@ -48,7 +48,8 @@ def _timesteps(pipe: Any, meta: dict[str, Any]) -> list[int]:
         return [int(t) for t in sampling["timesteps"]]
     if not sampling.get("steps"):
         raise ValueError("the profile records neither its sampling timesteps nor its number of steps: "
-                         "cannot sample the candidate plans as it did (pass rerank=0)")
+                         "cannot sample the candidate plans as it did (--rerank 0 / rerank=0: the ILP's optimum "
+                         "without sampling)")
     return [int(t) for t in schedule(pipe.scheduler, int(sampling["steps"]))]
 
 

@@ -11,6 +11,7 @@ adding one is a new file imported below.
 
 from . import bruteforce, evolution, ilp, mixdq  # noqa: F401  (importing registers the solvers)
 from .backends import available_backends
+from .candidates import Candidate, distinct_plans
 from .evolution import EvolutionConfig, EvolutionOptions, quad_groups, solve_evolution
 from .ilp import IlpOptions, smallest_feasible, solve_ilp
 from .mixdq import MixDQOptions, MixDQPlan, MixDQResult, mixdq_act_search, mixdq_search, solve_mixdq
@@ -19,9 +20,9 @@ from .problem import Constraint, InfeasibleBudget, Option, Problem, Solution, St
 from .registry import Registry, SolverSpec, available_solvers, get_solver, register_solver, solve
 
 __all__ = [
-    "Constraint", "EvolutionConfig", "EvolutionOptions", "IlpOptions", "InfeasibleBudget", "MixDQOptions",
+    "Candidate", "Constraint", "EvolutionConfig", "EvolutionOptions", "IlpOptions", "InfeasibleBudget", "MixDQOptions",
     "MixDQPlan", "MixDQResult", "Option", "ParetoFront", "Problem", "Registry", "Solution", "SolverSpec",
-    "StepProblem", "available_backends", "available_solvers", "get_solver",
+    "StepProblem", "available_backends", "available_solvers", "distinct_plans", "get_solver",
     "mixdq_act_search", "mixdq_search", "pareto_front", "quad_groups", "register_solver", "smallest_feasible", "solve",
     "solve_evolution", "solve_ilp", "solve_mixdq",
 ]

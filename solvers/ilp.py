@@ -168,7 +168,7 @@ class IlpOptions:
     diagnose: bool = True
 
 
-@register_solver("ilp", options=IlpOptions)
+@register_solver("ilp", options=IlpOptions, rerank=True)
 def solve_ilp(problem: Problem, *, backend: str = "cbc", time_limit: float | None = None, gap: float = 1e-9,
               threads: int = 1, core: bool = True, prune: bool = True, hint: np.ndarray | None = None,
               diagnose: bool = True) -> Solution:

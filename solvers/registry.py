@@ -84,6 +84,9 @@ class SolverSpec:
     image_pick:   it chooses among candidate plans by their images: it takes `pick=` (a `Solution ->
                   float`, lower is better: pixel MSE of the plan's images against FP), which a planner
                   builds when it is given a model.
+    rerank:       its plan may be re-ranked by measurement: with a model at hand a planner measures
+                  `solvers.candidates.distinct_plans` (K distinct plans under the same constraints, found
+                  with this solver's options) and keeps the best measured (`mpsearch.planning.rerank`).
 
     A "steps" solver also takes `finalists=` (how many of its best candidates `evaluate` re-ranks); its
     options dataclass may define `max_candidates() -> int`, an upper bound on the candidates it scores
@@ -101,6 +104,7 @@ class SolverSpec:
     label: str = ""
     act_cost: str | None = None
     image_pick: bool = False
+    rerank: bool = False
 
     def __post_init__(self) -> None:
         if self.consumes not in CONSUMES:
@@ -127,7 +131,7 @@ SOLVERS: Registry[SolverSpec] = Registry("solver")
 def register_solver(name: str, *, consumes: str = "problem", budget: str = "ceiling",
                     budget_kinds: Iterable[str] | None = None, weight_only: bool = False, prunes: bool = True,
                     options: type | None = None, label: str = "", act_cost: str | None = None,
-                    image_pick: bool = False) -> Callable[[SolverFn], SolverFn]:
+                    image_pick: bool = False, rerank: bool = False) -> Callable[[SolverFn], SolverFn]:
     """Decorator: make `fn` reachable as `get_solver(name)`, declaring what it consumes (see `SolverSpec`)."""
 
     def deco(fn: SolverFn) -> SolverFn:
@@ -136,7 +140,7 @@ def register_solver(name: str, *, consumes: str = "problem", budget: str = "ceil
         if old is not None and old.fn is not fn:
             raise ValueError(f"solver {name!r} is already registered")
         SOLVERS[name] = SolverSpec(name, fn, consumes, budget, kinds, weight_only, prunes, options, label,
-                                   act_cost, image_pick)
+                                   act_cost, image_pick, rerank)
         return fn
 
     return deco

@@ -97,7 +97,9 @@ def solve(
                                                 "(default: the profile's content metric, ssim on the demo).")] = None,
     fitness_prompts: Annotated[int | None, typer.Option(min=1, help="Demo captions sampled for the fitness "
                                                         "(default: the profile's calibration prompts).")] = None,
-    rerank: Annotated[int, typer.Option(min=0, help="Finalists sampled and scored by the fitness (0 = surrogate only).")] = 10,
+    rerank: Annotated[int, typer.Option(min=0, help="Finalists sampled and scored by the fitness (0 = surrogate only); "
+                                        "with --model and no --steps, distinct ILP plans under the budget "
+                                        "sampled, the best measured kept (0 = the ILP's optimum).")] = 10,
     plugin: Annotated[list[str] | None, typer.Option(help="Python file or module registering metrics.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan (and the front) as JSON, not tables.")] = False,
 ) -> None:
@@ -207,7 +209,8 @@ def _solve_options(solver: str, steps: int | None, plugin: list[str] | None, *, 
     """The `SolveOptions` the options say: the solver's seed where it has one and, with --steps, the kept-step
     search (its model, fitness and re-ranking only for a solver that samples). `common`: backend, fmt,
     space, time_limit. Without --steps, --model (with --fitness-prompts) is the model a solver that picks
-    its plan by images renders with (`SolverSpec.image_pick`, MixDQ); --pool and --fitness are an error."""
+    its plan by images renders with (`SolverSpec.image_pick`, MixDQ), or that re-ranks a solver's plans
+    (`SolverSpec.rerank`, the ILP; with --fitness, --rerank); --pool is an error."""
     from mpsearch.planning.planner import SolveOptions
     from mpsearch.planning.steps import StepOptions
     from solvers.registry import get_solver
@@ -221,9 +224,14 @@ def _solve_options(solver: str, steps: int | None, plugin: list[str] | None, *, 
         if model is not None and spec.image_pick and pool is None and fitness is None:
             step = StepOptions(model=model, fitness_prompts=fitness_prompts)  # it renders its candidate plans
             return SolveOptions(solver=solver, step=step, solver_options=solver_options, **common)
+        if model is not None and spec.rerank and pool is None:  # its plan is re-ranked by sampling candidates
+            step = StepOptions(model=model, fitness_metric=fitness, fitness_prompts=fitness_prompts, rerank=rerank,
+                               log=lambda m: err.print(f"[dim]{m}[/]"))  # fmt: skip
+            return SolveOptions(solver=solver, step=step, solver_options=solver_options, **common)
         if pool is not None or model is not None or fitness is not None:
             fail("--pool, --model and --fitness belong to the timestep search: add --steps N (--model alone also "
-                 "lets a solver that picks its plan by images render them, e.g. --solver mixdq)")
+                 "re-ranks the ILP's plans by sampling them, and lets a solver that picks its plan by images "
+                 "render them, e.g. --solver mixdq)")
         return SolveOptions(solver=solver, solver_options=solver_options, **common)
     from mpsearch.profiling.metrics import load_plugin
 

@@ -4,7 +4,8 @@ the Pareto front.
 `solve` dispatches through the solver registry, never by name: each solver's `SolverSpec`
 (`solvers.registry`) says whether it takes the budget as a ceiling (a constraint row) or a target, which
 budget kinds it accepts, whether it allocates weights only or can prune, which options it has, and
-whether it consumes a flat `Problem` or a `StepProblem`. With `steps=N` a steps solver searches the kept
+whether it consumes a flat `Problem` or a `StepProblem`, and whether its plan is re-ranked by measurement
+when a model is at hand (`SolverSpec.rerank`, the ILP: `mpsearch.planning.rerank`). With `steps=N` a steps solver searches the kept
 steps with the bits (`mpsearch.planning.steps`); a flat solver keeps evenly spaced steps.
 """
 
@@ -26,6 +27,7 @@ from mpsearch.planning.inputs import group_metrics, load_profile, profile_name
 from mpsearch.planning.pick import ImagePick, image_pick
 from mpsearch.planning.plan import Plan
 from mpsearch.planning.problem import SearchSpace, build_problem, solution_to_plan
+from mpsearch.planning.rerank import rerank
 from mpsearch.planning.steps import StepOptions, joint_search, step_pool, step_problem
 from solvers.pareto import pareto_front as front
 from solvers.problem import InfeasibleBudget, Problem, Solution
@@ -141,6 +143,25 @@ def _image_pick(spec: SolverSpec, opts: SolveOptions, kwargs: dict[str, Any], me
     return pick
 
 
+def _reranks(spec: SolverSpec, opts: SolveOptions) -> bool:
+    """Whether `solve` re-ranks the solver's plan by measurement: a model is at hand, `rerank` > 0, the
+    solver declares it (`SolverSpec.rerank`) and there are no kept steps to search."""
+    return spec.rerank and opts.step.model is not None and opts.step.rerank > 0 and opts.steps is None
+
+
+def _rerank(opts: SolveOptions, kwargs: dict[str, Any], problem: Problem, meta: dict[str, Any], df: pd.DataFrame,
+            inv: Inventory) -> tuple[Solution, dict[str, Any]]:  # fmt: skip
+    """The best measured of `opts.step.rerank` distinct plans, and the record the plan keeps (`rerank`)."""
+    s = opts.step
+    solution, record = rerank(problem, s.rerank, inv.names, s.model, meta, df, metric=s.fitness_metric,
+                              prompts=s.fitness_prompts, seed=s.fitness_seed, fmt=opts.fmt, **kwargs)  # fmt: skip
+    if s.log is not None and record:
+        c = record["cost"]
+        s.note(f"re-ranked {len(record['candidates'])} plans by {record['metric']} on {c['prompts']} prompts: "
+               f"kept #{record['chosen']} ({record['chosen_how']}), {c['renders']} renders, {c['seconds']:.1f} s")
+    return solution, record
+
+
 def solve(profile: Any, budget: Budget | str, options: SolveOptions | None = None, **kwargs: Any) -> Plan:
     """The best plan for `budget` from a profile (a folder written by `mpsearch profile`, a `Profile`, or
     `(df, inventory[, meta])`).
@@ -148,9 +169,12 @@ def solve(profile: Any, budget: Budget | str, options: SolveOptions | None = Non
     >>> plan = solve("profiles/demo", "3bits")                          # doctest: +SKIP
     >>> plan = solve("profiles/demo", "4bits", solver="mixdq")          # doctest: +SKIP
     >>> plan = solve("profiles/demo", "4bits", solver="mixdq", model="demo")  # picks by images  # doctest: +SKIP
+    >>> plan = solve("profiles/demo", "2.5bits", model="demo")  # ILP plans re-ranked by sampling  # doctest: +SKIP
     >>> plan = solve("profiles/demo", "30%bitops", steps=4, solver="evolution", rerank=0)  # doctest: +SKIP
 
-    `options` / keywords: see `SolveOptions` and `StepOptions`. Raises `BudgetInfeasible` naming the
+    `options` / keywords: see `SolveOptions` and `StepOptions`. With `model=` the ILP's plan is re-ranked:
+    `rerank` (default 10; 0 = off) distinct plans under the budget are sampled and the best measured kept
+    (`mpsearch.planning.rerank`; the plan's `solver["rerank"]` records them). Raises `BudgetInfeasible` naming the
     smallest feasible budget when none fits.
     """
     opts = SolveOptions.of(options, **kwargs)
@@ -176,7 +200,10 @@ def solve(profile: Any, budget: Budget | str, options: SolveOptions | None = Non
     _check_act_cost(spec, sp.problem)
     pick = _image_pick(spec, opts, kwargs, meta, inv)
     try:
-        solution = _run(spec, sp if spec.consumes == "steps" else sp.problem, kwargs, feasible)
+        if _reranks(spec, opts):
+            solution, extra["rerank"] = _rerank(opts, kwargs, sp.problem, meta, df, inv)
+        else:
+            solution = _run(spec, sp if spec.consumes == "steps" else sp.problem, kwargs, feasible)
     finally:
         if pick is not None:
             pick.close()

@@ -72,7 +72,8 @@ class StepOptions:
     (default: the profile's). `grouping`: uniform | quad. `fitness_metric`: an image metric (default: the
     profile's content metric, SSIM on the demo; adherence and plug-ins work too). `fitness_prompts`:
     prompts for the real fitness (default: the profile's calibration prompts; an int draws that many demo
-    captions). `rerank`: finalists sampled and scored (0 = surrogate only). `measure_steps`: sample every
+    captions). `rerank`: finalists sampled and scored (0 = surrogate only; without kept steps, the ILP's
+    distinct plans re-ranked, `mpsearch.planning.rerank`). `measure_steps`: sample every
     kept-step set the search meets (else steps are chosen by the re-ranking only). `seed_bits`: the
     search's seed candidate, "ilp" (the ILP's optimal bits for the surrogate, which uniform groups make
     exact; kept-step sets are sampled with them) or "median" (each layer's median-cost option, as

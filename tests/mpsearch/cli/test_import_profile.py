@@ -35,7 +35,7 @@ def test_import_profile_then_solve(tmp_path, tiny_pipe):
                             "--model", str(model), "-o", str(tmp_path / "picked.json")])  # fmt: skip
     assert r.exit_code == 2 and "records no calibration prompts" in r.output and not (tmp_path / "picked.json").exists()
     r = runner.invoke(app, ["solve", "--profile", str(out), "--budget", "5bits", "--solver", "ilp", "--model", str(model)])
-    assert r.exit_code == 2 and "belong to the timestep search" in r.output  # the ILP picks nothing by images
+    assert r.exit_code == 2 and "cannot sample the candidate plans" in r.output  # the ILP's re-ranking samples
     r = runner.invoke(app, ["import-profile", "mixdq", str(src), "--out", str(out), "--model", str(model)])
     assert r.exit_code == 2 and "already exists" in r.output
 

@@ -30,6 +30,20 @@ def test_solve_with_the_shipped_profile(tmp_path):
     assert out.with_suffix(".pareto.csv").is_file() and out.with_suffix(".pareto.png").is_file()
 
 
+def test_solve_with_a_model_reranks_by_sampling(tmp_path):
+    from mpsearch.planning.plan import Plan
+
+    out = tmp_path / "plan.json"
+    args = ["solve", "--budget", "2.5bits", "--model", "demo", "--fitness-prompts", "1", "-o", str(out)]
+    result = runner.invoke(app, [*args, "--rerank", "2"])
+    assert result.exit_code == 0, result.output
+    record = Plan.load(out).solver["rerank"]
+    assert "re-ranked 2 plans by ssim on 1 prompts" in result.output and len(record["candidates"]) == 2
+    assert record["cost"]["renders"] == 3
+    result = runner.invoke(app, [*args, "--rerank", "0"])
+    assert result.exit_code == 0 and "rerank" not in Plan.load(out).solver  # the ILP's optimum, no sampling
+
+
 def test_solve_infeasible_budget_names_the_smallest():
     result = runner.invoke(app, ["solve", "--budget", "100kB", "-o", "/tmp/never.json"])
     assert result.exit_code == 2

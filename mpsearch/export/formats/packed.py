@@ -28,7 +28,7 @@ class PackedFormat(WeightFormat):
         return 1 << (stored_bits - 1)  # every width unsigned, 8 bits included
 
     def encode(self, q, scale, stored_bits):
-        codes = (q.to(torch.int32) + self.zero_point(stored_bits)).to(torch.uint8)
+        codes = (q + self.zero_point(stored_bits)).to(torch.uint8)  # on q's device, packed there too
         return {"_packed": pack_bits(codes, stored_bits), "_scale": fp16_scale(scale, tuple(q.shape))}
 
     def decode(self, tensors, stored_bits, shape):
@@ -36,8 +36,9 @@ class PackedFormat(WeightFormat):
         packed = tensors["_packed"]
         if packed.numel() != packed_nbytes(n, stored_bits):
             raise ValueError(f"{packed.numel()} packed bytes, expected {packed_nbytes(n, stored_bits)}")
-        codes = unpack_bits(packed, stored_bits, n).to(torch.int16) - self.zero_point(stored_bits)
-        return codes.to(torch.int8).reshape(shape), tensors["_scale"].float()
+        codes = unpack_bits(packed, stored_bits, n)  # a fresh uint8 tensor: shifted in place, wrapping mod 256
+        codes -= self.zero_point(stored_bits)
+        return codes.view(torch.int8).reshape(shape), tensors["_scale"].float()
 
     def module(self, module, q, scale, stored_bits, dtype):
         return quanto_module(module, q, scale, stored_bits, dtype)

@@ -4,7 +4,10 @@ Cost rule: `b` bits per weight for every nominal width (no backend stores 3, 5 o
 fp16 scale per output channel, symmetric (MixDQ's per-channel min-max), fp16 for everything else.
 Storage: `<layer>.weight._packed`, a dense little-endian bitstream of the unsigned codes `q + 2^(b-1)`
 (`mpsearch.export.packing`; 8-bit codes too), and `<layer>.weight._scale`. Runtime: the codes are
-unpacked at load time into optimum-quanto modules (`mpsearch.export.formats.quanto.quanto_module`).
+unpacked at load time (vectorised torch, on the load device) into optimum-quanto modules
+(`mpsearch.export.formats.quanto.quanto_module`), which hold 2- and 4-bit codes packed at their width but
+3-bit codes in qint4 and 5/6-bit codes in qint8 containers: memory after loading equals the stored bytes
+for 2/4/8-bit layers and exceeds them for 3/5/6-bit ones (by 4/3, 8/5, 8/6).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("SDNQ_USE_TORCH_COMPILE", "0")
 
-FORMATS = ("fp16", "packed", "quanto", "sdnq", "gguf")
+FORMATS = ("fp16", "packed", "quanto", "sdnq", "gguf")  # also "packed-numpy": packed with the NumPy reference packer
 
 LOADER = r"""
 import json, os, sys, time
@@ -39,8 +40,13 @@ import torch
 fmt, path, device, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 dtype = torch.float32 if device == "cpu" else torch.float16
 import diffusers  # noqa: F401  (imports are the baseline)
-if fmt in ("packed", "quanto"):
+if fmt in ("packed", "quanto", "packed-numpy"):
     import mpsearch.export.load  # noqa: F401
+    import optimum.quanto.nn  # noqa: F401  (its runtime; ~107 MB of imports, not the checkpoint's)
+if fmt == "packed-numpy":  # the same format, unpacked by the NumPy reference (the packer before #19)
+    import mpsearch.export.formats.packed as _p
+    from mpsearch.export.packing import unpack_bits_numpy
+    _p.unpack_bits = unpack_bits_numpy
 if fmt == "sdnq":
     import sdnq  # noqa: F401
 if fmt == "gguf":
@@ -49,7 +55,7 @@ def rss(key="VmRSS"):  # VmHWM: this process's peak (ru_maxrss would include the
     return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
 base, base_peak = rss(), rss("VmHWM")
 t0 = time.perf_counter()
-if fmt in ("packed", "quanto"):
+if fmt in ("packed", "quanto", "packed-numpy"):
     from mpsearch.export.load import load_quantized
     pipe = load_quantized(path, dtype=dtype, device=device)
 elif fmt == "gguf":
@@ -87,8 +93,13 @@ import torch
 fmt, path, cfg_name = sys.argv[1], sys.argv[2], sys.argv[3]
 dtype = torch.float16
 import diffusers  # noqa: F401
-if fmt in ("packed", "quanto"):
+if fmt in ("packed", "quanto", "packed-numpy"):
     import mpsearch.export.load  # noqa: F401
+    import optimum.quanto.nn  # noqa: F401  (its runtime; ~107 MB of imports, not the checkpoint's)
+if fmt == "packed-numpy":  # the same format, unpacked by the NumPy reference (the packer before #19)
+    import mpsearch.export.formats.packed as _p
+    from mpsearch.export.packing import unpack_bits_numpy
+    _p.unpack_bits = unpack_bits_numpy
 if fmt == "sdnq":
     import sdnq  # noqa: F401
 if fmt == "gguf":
@@ -98,7 +109,7 @@ def rss(key="VmRSS"):  # VmHWM: this process's peak (ru_maxrss would include the
 base, base_peak = rss(), rss("VmHWM")
 folder = os.path.join(path, "unet")
 t0 = time.perf_counter()
-if fmt in ("packed", "quanto"):
+if fmt in ("packed", "quanto", "packed-numpy"):
     from mpsearch.export.load import load_denoiser
     unet = load_denoiser(folder, dtype=dtype)
 elif fmt == "gguf":
@@ -137,7 +148,11 @@ def random_pipeline(config: str):
 
     torch.manual_seed(0)
     cfg = bundled_config(config)["denoiser"]
-    unet = getattr(diffusers, cfg["_class_name"]).from_config(cfg).to(torch.float16)
+    torch.set_default_dtype(torch.float16)  # built in fp16 directly: SDXL's fp32 copy alone would be 10 GB
+    try:
+        unet = getattr(diffusers, cfg["_class_name"]).from_config(cfg).to(torch.float16)
+    finally:
+        torch.set_default_dtype(torch.float32)
     pipe = (build_tiny_sdxl_pipeline if cfg.get("addition_embed_type") == "text_time" else build_tiny_pipeline)()
     pipe.register_modules(unet=unet)
     return pipe
@@ -179,13 +194,29 @@ def export_all(work: Path, formats, bits: int, denoiser: str | None = None) -> d
             rows[fmt] = {"export_s": time.perf_counter() - t0, "predicted_bytes": fp16_bytes(inv),
                          "file_bytes": size, "mean_stored_bits": 16.0}
             continue
-        plan = recipe(inv, fmt, bits)
-        r = export(plan, out, model=pipe, bos=not denoiser, components=not denoiser)
+        plan = recipe(inv, fmt.removesuffix("-numpy"), bits)
+        with numpy_packer(fmt == "packed-numpy"):
+            r = export(plan, out, model=pipe, bos=not denoiser, components=not denoiser)
         rows[fmt] = {"export_s": time.perf_counter() - t0, "predicted_bytes": r.predicted_bytes,
                      "tensor_bytes": r.tensor_bytes, "file_bytes": r.file_bytes, "matches": r.matches,
                      "quantized_layers": r.quantized_layers, "layers": r.layers,
-                     "mean_stored_bits": stored_mean_bits(inv, plan.w_bits(), fmt)}
+                     "mean_stored_bits": stored_mean_bits(inv, plan.w_bits(), plan.format)}
     return rows
+
+
+@contextmanager
+def numpy_packer(on: bool):
+    """`packed-numpy`: export the `packed` format with the NumPy reference packer (the one before issue
+    #19), for the old/new ratio in the same run; the bytes are the same."""
+    import mpsearch.export.formats.packed as packed
+    from mpsearch.export.packing import pack_bits_numpy
+
+    saved = packed.pack_bits
+    packed.pack_bits = pack_bits_numpy if on else saved
+    try:
+        yield
+    finally:
+        packed.pack_bits = saved
 
 
 def load_in_child(fmt: str, path: Path, device: str, steps: int, denoiser: str | None = None) -> dict:
@@ -208,7 +239,7 @@ def config_bytes(names, bits: int, formats) -> dict:
         inv = inventory(name)
         out[name] = {"fp16": fp16_bytes(inv)}
         for fmt in formats:
-            if fmt != "fp16":
+            if fmt != "fp16" and not fmt.endswith("-numpy"):
                 out[name][fmt] = model_bytes(inv, recipe(inv, fmt, bits).w_bits(), fmt)
     return out
 
@@ -223,14 +254,16 @@ def markdown(res: dict) -> str:
         head = (f"Demo model, {res['bits']}-bit recipe, whole pipeline loaded in float32 on {res['device']}, one "
                 f"image of {res['steps']} steps (`{res['command']}`):")
         cols = "RSS after load MiB | RSS after the image MiB | peak RSS MiB | image s"
+    ratio = bool(res.get("denoiser"))  # the denoiser alone: its RSS against its stored bytes (fp16 parts included)
     lines = [head, "", "| format | mean stored bits | denoiser bytes (predicted = written) | file MiB | export s | "
-             f"load s | {cols} |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"load s | {cols} |" + (" RSS after load / denoiser bytes |" if ratio else ""),
+             "|---" * (11 if ratio else 10) + "|"]
     for fmt, r in res["formats"].items():
         lines.append(f"| {fmt} | {r['mean_stored_bits']:.2f} | {r['predicted_bytes']:,}"
                      f"{'' if r.get('matches', True) else ' (MISMATCH)'} | {mib(r['file_bytes'])} | "
                      f"{r['export_s']:.1f} | {r['load_s']:.1f} | {mib(r['rss_pipeline'])} | "
                      f"{mib(r['rss_after_call'])} | {mib(r['peak_rss'] - r['peak_rss_imports'])} | "
-                     f"{r['generate_s']:.2f} |")
+                     f"{r['generate_s']:.2f} |" + (f" {r['rss_pipeline'] / r['predicted_bytes']:.2f} |" if ratio else ""))
     for name, row in res.get("configs", {}).items():
         lines += ["", f"Predicted denoiser bytes of `{name}` (meta device, same recipe):", "",
                   "| " + " | ".join(row) + " |", "|" + "---|" * len(row),

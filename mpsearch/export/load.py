@@ -26,8 +26,13 @@ from mpsearch.planning.cost import FLOAT_BITS, WeightFormat, get_format
 from mpsearch.planning.plan import Plan
 
 
-def load_denoiser(folder: str | Path, *, dtype: torch.dtype = torch.float32, dequantize: bool = False) -> nn.Module:
-    """Rebuild a quantized denoiser from its checkpoint folder (config.json + quantized safetensors)."""
+def load_denoiser(folder: str | Path, *, dtype: torch.dtype = torch.float32, dequantize: bool = False,
+                  device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a quantized denoiser from its checkpoint folder (config.json + quantized safetensors) on
+    `device`: the stored tensors are moved there once and each layer is unpacked there (a GPU's
+    vectorised bit unpacking when one is given), one layer's codes at a time. Memory after loading is
+    the stored bytes (the runtime modules hold the packed codes) plus the unquantized parts in `dtype`;
+    the file's packed bytes are freed when the function returns."""
     import diffusers
     from accelerate import init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
@@ -48,7 +53,7 @@ def load_denoiser(folder: str | Path, *, dtype: torch.dtype = torch.float32, deq
         from mpsearch.profiling.pruning import remove_units
 
         remove_units(den, qinfo["pruned_units"])
-    tensors = load_file(str(folder / WEIGHTS_FILE))
+    tensors = load_file(str(folder / WEIGHTS_FILE), device=str(device))
     if qinfo.get("layout") == "blobs":
         tensors = from_blobs(tensors, qinfo["blobs"])
     fmt = get_format(qinfo["format"]["name"])
@@ -56,15 +61,20 @@ def load_denoiser(folder: str | Path, *, dtype: torch.dtype = torch.float32, deq
         _load_layer(den, name, entry, tensors, fmt, dtype, dequantize)
     for key, t in tensors.items():  # accelerate casts to the meta tensor's (config) dtype unless told
         name = key.removeprefix("__buffer__.")
-        set_module_tensor_to_device(den, name, "cpu", value=t, dtype=dtype if t.is_floating_point() else None)
+        # a copy, not a view: a view would keep the whole file's memory map (and every page of packed
+        # codes read from it) resident for as long as the model lives
+        t = t.to(dtype, copy=True) if t.is_floating_point() else t.clone()
+        set_module_tensor_to_device(den, name, device, value=t, dtype=dtype if t.is_floating_point() else None)
+    del tensors
     left = [n for n, p in den.named_parameters() if p.device.type == "meta"]
     if left:
         raise ExportError(f"parameter {left[0]!r} is missing from {folder / WEIGHTS_FILE}")
     if (folder / BOS_FILE).exists():
-        for name, row in load_file(str(folder / BOS_FILE)).items():
+        for name, row in load_file(str(folder / BOS_FILE), device=str(device)).items():
             den.get_submodule(name).register_forward_hook(bos_hook(row))
     den.eval().requires_grad_(False)
     den.mpsearch_quantization = qinfo
+    release_freed_memory()
     if not dequantize:
         _outside_inference_mode(den)
     return den
@@ -93,14 +103,28 @@ def _load_layer(den: nn.Module, name: str, entry: dict[str, Any], tensors: dict[
     q, scale = fmt.decode(parts, stored, tuple(entry["shape"]))
     if dequantize:
         w = (q.reshape(q.shape[0], -1).float() * scale.reshape(-1, 1)).reshape(q.shape)
-        set_module_tensor_to_device(den, f"{name}.weight", "cpu", value=w, dtype=dtype)
+        set_module_tensor_to_device(den, f"{name}.weight", w.device, value=w, dtype=dtype)
         return
     bias = module.bias
     qmod = fmt.module(module, q, scale, stored, dtype)
-    if bias is not None:
-        qmod.bias = nn.Parameter(tensors.pop(f"{name}.bias").to(dtype), requires_grad=False)
+    if bias is not None:  # a copy (see load_denoiser)
+        qmod.bias = nn.Parameter(tensors.pop(f"{name}.bias").to(dtype, copy=True), requires_grad=False)
     qmod.name = name
     den.set_submodule(name, qmod)
+
+
+def release_freed_memory() -> None:
+    """Give the C heap's free pages back to the OS (glibc `malloc_trim`; nothing elsewhere). Unpacking
+    allocates a few temporaries per layer, interleaved with the codes the model keeps; glibc keeps such
+    freed blocks resident, which measured +0.5 GB of RSS after loading a 411 MB SD 1.5-size checkpoint."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # musl or another libc: nothing to trim
+            pass
 
 
 def _outside_inference_mode(module: nn.Module) -> None:
@@ -140,7 +164,7 @@ def load_quantized(path: str | Path, *, device: str = "cpu", dtype: torch.dtype 
         if fmt.native:
             den = fmt.load_denoiser(path / den_name, dtype)
         else:
-            den = load_denoiser(path / den_name, dtype=dtype, dequantize=dequantize)
+            den = load_denoiser(path / den_name, dtype=dtype, dequantize=dequantize, device=device)
         cls = getattr(diffusers, index["_class_name"])
         warnings.simplefilter("ignore", FutureWarning)  # diffusers 0.42 renames torch_dtype to dtype; older ones lack dtype
         pipe = cls.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype, **{den_name: den})

@@ -4,7 +4,10 @@ Cost rule: `b` bits per weight for every nominal width (no backend stores 3, 5 o
 fp16 scale per output channel, symmetric (MixDQ's per-channel min-max), fp16 for everything else.
 Storage: `<layer>.weight._packed`, a dense little-endian bitstream of the unsigned codes `q + 2^(b-1)`
 (`mpsearch.export.packing`; 8-bit codes too), and `<layer>.weight._scale`. Runtime: the codes are
-unpacked at load time into optimum-quanto modules (`mpsearch.export.formats.quanto.quanto_module`).
+unpacked at load time (vectorised torch, on the load device) into optimum-quanto modules
+(`mpsearch.export.formats.quanto.quanto_module`), which hold 2- and 4-bit codes packed at their width but
+3-bit codes in qint4 and 5/6-bit codes in qint8 containers: memory after loading equals the stored bytes
+for 2/4/8-bit layers and exceeds them for 3/5/6-bit ones (by 4/3, 8/5, 8/6).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ class PackedFormat(WeightFormat):
         return 1 << (stored_bits - 1)  # every width unsigned, 8 bits included
 
     def encode(self, q, scale, stored_bits):
-        codes = (q.to(torch.int32) + self.zero_point(stored_bits)).to(torch.uint8)
+        codes = (q + self.zero_point(stored_bits)).to(torch.uint8)  # on q's device, packed there too
         return {"_packed": pack_bits(codes, stored_bits), "_scale": fp16_scale(scale, tuple(q.shape))}
 
     def decode(self, tensors, stored_bits, shape):
@@ -36,8 +39,9 @@ class PackedFormat(WeightFormat):
         packed = tensors["_packed"]
         if packed.numel() != packed_nbytes(n, stored_bits):
             raise ValueError(f"{packed.numel()} packed bytes, expected {packed_nbytes(n, stored_bits)}")
-        codes = unpack_bits(packed, stored_bits, n).to(torch.int16) - self.zero_point(stored_bits)
-        return codes.to(torch.int8).reshape(shape), tensors["_scale"].float()
+        codes = unpack_bits(packed, stored_bits, n)  # a fresh uint8 tensor: shifted in place, wrapping mod 256
+        codes -= self.zero_point(stored_bits)
+        return codes.view(torch.int8).reshape(shape), tensors["_scale"].float()
 
     def module(self, module, q, scale, stored_bits, dtype):
         return quanto_module(module, q, scale, stored_bits, dtype)

@@ -40,17 +40,18 @@ def quanto_module(module: nn.Module, q: torch.Tensor, scale: torch.Tensor, store
     qtype = container(stored_bits)
     qmod = quantize_module(module, weights=qtype)  # built on the module's (meta) device, empty
     qmod.weight_group_size = None  # one scale per output channel, not quanto's default groups
-    qmod = qmod.to_empty(device="cpu")
-    qmod.input_scale = torch.ones((), dtype=dtype)
-    qmod.output_scale = torch.ones((), dtype=dtype)
+    # every tensor is set below (the bias by the caller): no `to_empty`, which would allocate a float
+    # weight per layer only to drop it (transient, but glibc keeps such freed blocks resident)
+    qmod.input_scale = torch.ones((), dtype=dtype, device=q.device)
+    qmod.output_scale = torch.ones((), dtype=dtype, device=q.device)
     scale = scale.to(dtype)
     size, stride = q.shape, torch.empty(q.shape, device="meta").stride()
     if qtype.bits == 8:
         w = WeightQBytesTensor(qtype, 0, size, stride, q.to(torch.int8), scale, None)
     else:
         zp = zero_point(qtype.bits)
-        codes = (q.to(torch.int16) + zp).to(torch.uint8)
-        shift = torch.full((), zp, dtype=torch.uint8)
+        codes = q.to(torch.int8).view(torch.uint8) + zp  # two's complement + zp, mod 256: the unsigned code
+        shift = torch.full((), zp, dtype=torch.uint8, device=q.device)
         w = WeightQBitsTensor(qtype, 0, None, size, stride, codes, scale, shift.expand(scale.shape))
     qmod.weight = nn.Parameter(w, requires_grad=False)
     return qmod

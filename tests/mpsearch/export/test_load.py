@@ -64,3 +64,20 @@ def test_every_format_loads_in_half_precision(fmt, tmp_path):
             continue  # optimum-quanto's CPU int8 kernel (torch._weight_int8pack_mm) segfaults in bfloat16
         out = latents(qpipe)
         assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_loaded_tensors_own_their_memory(tiny_pipe, tmp_path):
+    """No loaded tensor is a view into the file's memory map or into another tensor (a view would keep the
+    whole file, packed codes included, resident for as long as the model lives)."""
+    from mpsearch.export.load import load_denoiser
+
+    export(mixed_plan(inventory(tiny_pipe), "packed", seed=1), tmp_path / "q", model=tiny_pipe, components=False)
+    den = load_denoiser(tmp_path / "q" / "unet", dtype=torch.float16, device="cpu")
+    seen = {}
+    for name, t in [*den.named_parameters(), *den.named_buffers()]:
+        data = getattr(t, "_data", t)  # quanto weights: their codes
+        data = getattr(data, "_data", data)
+        ptr = data.untyped_storage().data_ptr()
+        assert ptr not in seen, f"{name} shares its storage with {seen.get(ptr)}"
+        assert data.untyped_storage().nbytes() == data.numel() * data.element_size(), name
+        seen[ptr] = name

@@ -160,3 +160,18 @@ def check_evaluate_and_distill(pipe, plan, fresh) -> None:
     assert len(ev.candidates) >= 2  # FP and the plan
     _, result = distill(plan, model=fresh, steps=2, batch=2, n_prompts=1, sample_steps=2, guidance=3.0)
     assert result.steps == 2 and all(map(math.isfinite, result.history))
+
+
+def check_every_command(pipe, tmp_path, layers: str, *, units: int, fresh) -> None:
+    """Every command on a family's tiny pipeline, saved to a folder: inventory, profiles (batched == exact),
+    kept steps, export/load within 1/255, pruning with `units` prunable blocks, evaluate and distill
+    (`fresh()` builds an untouched copy of the pipeline for distill's student)."""
+    folder = tmp_path / "model"
+    pipe.save_pretrained(folder)
+    check_inventory(pipe, folder)
+    check_profiles(pipe, tmp_path, layers)
+    prof = full_profile(pipe, tmp_path)
+    check_kept_steps(pipe, prof, tmp_path, folder)
+    check_export(pipe, prof, tmp_path)
+    plan = check_pruning(pipe, prof, expected_units=units)
+    check_evaluate_and_distill(pipe, plan, fresh())

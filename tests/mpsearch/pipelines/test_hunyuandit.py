@@ -43,12 +43,4 @@ def test_projections_used_outside_forward_are_not_quantizable(pipe):
 
 
 def test_every_command(pipe, tmp_path):
-    folder = tmp_path / "model"
-    pipe.save_pretrained(folder)
-    fc.check_inventory(pipe, folder)
-    fc.check_profiles(pipe, tmp_path, LAYERS)
-    prof = fc.full_profile(pipe, tmp_path)
-    fc.check_kept_steps(pipe, prof, tmp_path, folder)
-    fc.check_export(pipe, prof, tmp_path)
-    plan = fc.check_pruning(pipe, prof, expected_units=4)
-    fc.check_evaluate_and_distill(pipe, plan, build_tiny_hunyuandit_pipeline())
+    fc.check_every_command(pipe, tmp_path, LAYERS, units=4, fresh=build_tiny_hunyuandit_pipeline)

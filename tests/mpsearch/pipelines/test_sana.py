@@ -42,12 +42,4 @@ def test_conv_feed_forward_is_quantizable(pipe):
 
 
 def test_every_command(pipe, tmp_path):
-    folder = tmp_path / "model"
-    pipe.save_pretrained(folder)
-    fc.check_inventory(pipe, folder)
-    fc.check_profiles(pipe, tmp_path, LAYERS)
-    prof = fc.full_profile(pipe, tmp_path)
-    fc.check_kept_steps(pipe, prof, tmp_path, folder)
-    fc.check_export(pipe, prof, tmp_path)
-    plan = fc.check_pruning(pipe, prof, expected_units=2)
-    fc.check_evaluate_and_distill(pipe, plan, build_tiny_sana_pipeline())
+    fc.check_every_command(pipe, tmp_path, LAYERS, units=2, fresh=build_tiny_sana_pipeline)

@@ -11,7 +11,8 @@ from mpsearch.pipelines.demo import Demo, is_demo
 def test_names_of_the_demo():
     assert is_demo(None) and is_demo("demo") and is_demo(Path("demo"))
     assert not is_demo("sd15") and not is_demo("demo2") and not is_demo(Path("x") / "demo")
-    assert not is_demo(str(zoo.DEMO_PATH))  # a path names a folder to load, not the demo by name
+    # a bundled model's own folder is that model (as a pipeline loaded from it is); the DiT is a demo too
+    assert is_demo(str(zoo.DEMO_PATH)) and is_demo("demo-dit") and is_demo(zoo.BUNDLED["demo-dit"])
 
 
 def test_the_loaded_demo_is_claimed_by_its_path_not_its_class(tiny_pipe, tmp_path):

@@ -31,6 +31,9 @@ def evaluate(
     baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Uniform W8, W4, nearest "
                                             "uniform and random-at-equal-bytes baselines.")] = True,
     plugin: Annotated[list[str] | None, typer.Option(help="Python file or module registering metrics.")] = None,
+    profile: Annotated[Path | None, typer.Option("--profile", help="The profile the plans were solved from, for "
+                                                 "their predicted loss beside the measured one (default: the "
+                                                 "first plan's recorded profile folder).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate with FP, the plan and baselines; write a Markdown report with images and plots."""
@@ -46,6 +49,8 @@ def evaluate(
     quiet(as_json)
     if not plan and quantized is None:
         fail("pass --plan PLAN.json and/or --quantized DIR")
+    if profile is not None and not (profile / "meta.json").is_file():
+        fail(f"--profile {profile}: not a profile folder (no meta.json)")
     for p in plugin or []:
         load_plugin(p)
     prompts = None
@@ -55,7 +60,7 @@ def evaluate(
     options = EvaluateOptions(model=model, quantized=quantized, prompts=prompts, n_prompts=n_prompts, seed=seed,
                               steps=steps, guidance=guidance, with_baselines=baselines,
                               checkpoint=(out / "checkpoint") if checkpoint and quantized is None else False,
-                              log=lambda m: err.print(f"[dim]{m}[/]"), progress=True)  # fmt: skip
+                              log=lambda m: err.print(f"[dim]{m}[/]"), progress=True, profile=profile)  # fmt: skip
     try:
         ev = run(list(plan or []), options)
     except (ExportError, PlanError, ModelError, ValueError, FileNotFoundError) as e:
@@ -70,15 +75,19 @@ def show_evaluation(ev, report: Path) -> None:
     """The evaluation table, bytes table and peak memory on the console."""
     rows = ev.rows()
     cols = [c for c in ("adherence", "ssim", "pixel_mse", "sqnr") if any(r.get(c) is not None for r in rows)]
+    predicted = ev.predicted.get("loss", {})
     t = Table(title=f"{ev.inventory.model}: evaluation")
-    for c in ("candidate", "split", "bytes", "bits", *cols):
+    for c in ("candidate", "split", "bytes", "bits", *(["predicted loss"] if predicted else []), *cols):
         t.add_column(c, justify="left" if c in ("candidate", "split") else "right", overflow="fold")
     for r in rows:
-        t.add_row(r["name"], r["split"], f"{r['bytes']:,}", f"{r['mean_w_bits']:.2f}",
+        pl = [f"{predicted[r['name']]:.4g}" if r["name"] in predicted else "–"] if predicted else []
+        t.add_row(r["name"], r["split"], f"{r['bytes']:,}", f"{r['mean_w_bits']:.2f}", *pl,
                   *("–" if r.get(c) is None else f"{r[c]:.4g}" for c in cols))
     console.print(t)
     if ev.export:
         console.print(bytes_table(ev.export))
     for stage, m in ev.memory.items():
         console.print(f"peak RSS while {stage}: {m['rss_peak'] / 1e6:,.1f} MB (+{m['rss_delta'] / 1e6:,.1f} MB)")
+    if "error" in ev.predicted:
+        console.print(f"predicted loss not shown: {ev.predicted['error']}")
     console.print(f"report: {report}")

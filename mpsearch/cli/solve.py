@@ -246,9 +246,31 @@ def _solve_options(solver: str, steps: int | None, plugin: list[str] | None, *, 
     return SolveOptions(solver=solver, steps=steps, step=step, solver_options=solver_options, **common)
 
 
+def print_rerank(record: dict) -> None:
+    """The re-ranking's candidates, predicted loss beside measured score, and whether the additive model
+    (the ILP's predicted loss) ranked them as the measurement did."""
+    metric = record["metric"]
+    table = Table(title=f"re-ranked by sampling: {len(record['candidates'])} plans under the budget")
+    for col in ("#", "found by", "predicted loss", f"measured {metric}", "pixel MSE"):
+        table.add_column(col, justify="left" if col == "found by" else "right")
+    for i, c in enumerate(record["candidates"]):
+        mark = " kept" if i == record["chosen"] else ""
+        table.add_row(f"{i}{mark}", c["how"], f"{c['predicted_loss']:.4g}", f"{c['measured_' + metric]:.4g}",
+                      f"{c['pixel_mse']:.3g}")
+    console.print(table)
+    cost = record["cost"]
+    console.print(f"re-ranking cost: {cost['renders']} renders ({cost['images']} images of {cost['prompts']} prompts, "
+                  f"FP included), {cost['seconds']:.1f} s sampling + {cost['solve_seconds']:.1f} s solving")
+    if record["chosen"] != record["predicted_best"]:
+        console.print(f"note: the plan predicted best (#{record['predicted_best']}) is not the one measured best "
+                      f"(#{record['chosen']}): the additive model is off at this budget; the measured best is kept")
+
+
 def _print_result(plan, inv, budget, out: Path, assume_missing: str) -> None:
     """The plan's summary, a note on options the profile never measured, and where the plan went."""
     print_plan_summary(plan, inv, budget)
+    if plan.solver.get("rerank"):
+        print_rerank(plan.solver["rerank"])
     if plan.solver.get("unmeasured"):
         names = plan.solver["unmeasured"]
         how = "offered at zero loss" if assume_missing == "zero" else "not offered"

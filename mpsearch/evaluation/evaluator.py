@@ -193,6 +193,7 @@ class Evaluation:
     candidates: list[Candidate]
     export: dict[str, Any] | None = None
     memory: dict[str, dict[str, int]] = field(default_factory=dict)
+    predicted: dict[str, Any] = field(default_factory=dict)  # {"profile", "loss": {candidate: loss}, "error"}
 
     def rows(self) -> list[dict[str, Any]]:
         """One flat row per (candidate, split): name, kind, bytes, mean bits, then every metric."""
@@ -208,6 +209,7 @@ class Evaluation:
             "schema": "mpsearch.evaluation.evaluator/1", "model": self.inventory.model,
             "fingerprint": self.inventory.fingerprint, "plan": self.plan.to_dict(), "prompts": self.prompts,
             "settings": self.settings, "results": self.rows(), "export": self.export, "memory": self.memory,
+            "predicted": self.predicted,
         }
 
 
@@ -279,7 +281,9 @@ class EvaluateOptions(VerbOptions):
     RSS while loading and while generating, pixel difference to the simulation). `metrics`: the registered
     metrics to report (default all). `log`: receives a line per stage (the candidate, its bytes).
     `progress`: a rich bar on stderr over every image sampled (prompts × candidates, the FP calibration
-    reference included) with ETA.
+    reference included) with ETA. `profile`: the profile the plans were solved from (default: the first
+    plan's recorded profile folder, when it exists here): every plan's predicted loss (the ILP's additive
+    objective, one scale for all) is reported beside its measured image loss.
     """
 
     model: Any = None
@@ -295,6 +299,7 @@ class EvaluateOptions(VerbOptions):
     metrics: list[str] | None = None
     log: Callable[[str], None] | None = None
     progress: bool = False
+    profile: str | Path | None = None
 
 
 def evaluate(plans: Plan | str | Path | list, options: EvaluateOptions | None = None, **kwargs: Any) -> Evaluation:
@@ -342,7 +347,38 @@ def evaluate(plans: Plan | str | Path | list, options: EvaluateOptions | None = 
             c.metrics[split] = image_metrics(fp_images[split], c.images[split], ps, opts.metrics)
         first = "calib" if "calib" in c.metrics else next(iter(c.metrics))
         c.metrics[first].update(c.extra.get("output", {}))  # measured on the calibration inputs only
+    ev.predicted = predicted_losses(ev.candidates, opts.profile if opts.profile is not None else _recorded_profile(main))
     return ev
+
+
+def _recorded_profile(plan: Plan) -> Path | None:
+    """The profile folder the plan records (`solve` writes it), when it exists here."""
+    name = (plan.solver or {}).get("profile")
+    return Path(name) if name and Path(name, "meta.json").is_file() else None
+
+
+def predicted_losses(candidates: list[Candidate], profile: str | Path | None) -> dict[str, Any]:
+    """{"profile", "loss": {candidate: the ILP's additive predicted loss under `profile`}, "missing":
+    {candidate: why not}} for every candidate with a plan (a baseline with widths the profile never measured
+    has no prediction, and says so); {"error": why} when there is no profile or it cannot be read."""
+    from mpsearch.planning.inputs import load_profile
+    from mpsearch.planning.planner import predicted_loss
+
+    if profile is None:
+        return {"error": "no profile: pass --profile (the plan records none that exists here)"}
+    try:
+        df, meta, inv = load_profile(profile)
+        loaded = (df, inv, meta)
+    except (ValueError, OSError) as e:
+        return {"profile": str(profile), "error": str(e).splitlines()[0]}
+    out: dict[str, Any] = {"profile": str(profile), "loss": {}, "missing": {}}
+    for c in candidates:
+        if c.plan is not None:
+            try:
+                out["loss"][c.name] = predicted_loss(loaded, c.plan)["loss"]
+            except ValueError as e:
+                out["missing"][c.name] = str(e).splitlines()[0]
+    return out
 
 
 def _plans(plans: Plan | str | Path | list, quantized: str | Path | None) -> list[Plan]:

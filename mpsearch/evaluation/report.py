@@ -128,6 +128,67 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _ranks(values: list[float]) -> list[float]:
+    """Average ranks (1 = smallest), ties shared."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None below 3 pairs or for a constant side."""
+    if len(a) < 3:
+        return None
+    ra, rb = _ranks(a), _ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    va, vb = sum((x - ma) ** 2 for x in ra), sum((y - mb) ** 2 for y in rb)
+    return None if va == 0 or vb == 0 else cov / math.sqrt(va * vb)
+
+
+def predicted_vs_measured(ev: Evaluation) -> list[str]:
+    """Markdown: every plan's predicted loss (the ILP's additive objective under the profile) beside its
+    measured image loss (1 − SSIM vs FP, mean over splits), their rank agreement, and the plan's re-ranking
+    record when `solve --model` made one, so a user sees where the additive model is off."""
+    out = ["", "## Predicted vs measured loss", ""]
+    pred = ev.predicted or {}
+    if "error" in pred:
+        out.append(f"Predicted loss not shown: {pred['error']}.")
+    else:
+        measured = {c.name: 1 - sum(m["ssim"] for m in c.metrics.values()) / len(c.metrics) for c in ev.candidates
+                    if c.plan is not None and c.metrics and all(m.get("ssim") is not None for m in c.metrics.values())}
+        names = [n for n in pred.get("loss", {}) if n in measured]
+        out += [f"Predicted: the ILP's additive loss under `{pred.get('profile')}` (sum of one-layer-at-a-time "
+                "degradations, normalised); measured: 1 − SSIM vs the FP images, mean over splits.", "",
+                "| candidate | predicted loss | measured loss |", "|---|---:|---:|"]
+        out += [f"| {n} | {pred['loss'][n]:.4g} | {measured[n]:.4g} |" for n in names]
+        out += [f"| {n} | – ({why}) | {measured.get(n, float('nan')):.4g} |" for n, why in pred.get("missing", {}).items()]
+        rho = spearman([pred["loss"][n] for n in names], [measured[n] for n in names])
+        if rho is not None:
+            out += ["", f"Rank agreement (Spearman) over {len(names)} plans: {rho:.2f}."]
+        if names and min(names, key=lambda n: pred["loss"][n]) != min(names, key=lambda n: measured[n]):
+            out.append(f"The plan predicted best ({min(names, key=lambda n: pred['loss'][n])}) is not the one "
+                       f"measured best ({min(names, key=lambda n: measured[n])}): the additive model is off here.")
+    rr = (ev.plan.solver or {}).get("rerank")
+    if rr:
+        metric = rr["metric"]
+        out += ["", f"The plan was re-ranked by sampling (`solve --model`): {len(rr['candidates'])} plans under the "
+                f"budget, each sampled on {rr['cost']['prompts']} calibration prompts ({rr['cost']['renders']} renders, "
+                f"{rr['cost']['seconds']:.1f} s); kept #{rr['chosen']}, predicted best #{rr['predicted_best']}.", "",
+                f"| # | found by | predicted loss | measured {metric} |", "|---|---|---:|---:|"]
+        out += [f"| {i}{' (kept)' if i == rr['chosen'] else ''} | {c['how']} | {c['predicted_loss']:.4g} | "
+                f"{c['measured_' + metric]:.4g} |" for i, c in enumerate(rr["candidates"])]
+    return out
+
+
 def markdown(ev: Evaluation, files: dict[str, str]) -> str:
     inv, plan = ev.inventory, ev.plan
     rows = ev.rows()
@@ -173,6 +234,7 @@ def markdown(ev: Evaluation, files: dict[str, str]) -> str:
     for r in rows:
         out.append(f"| {r['name']} | {r['split']} | {r['bytes']:,} | {r['bytes'] / max(fp16, 1):.1%} | "
                    f"{r['mean_w_bits']} | " + " | ".join(_fmt(r.get(k)) for k in metric_cols) + " |")
+    out += predicted_vs_measured(ev)
     out += ["", "## Images", "", f"![grid]({files['grid']})", "",
             "Columns: " + ", ".join(c.name for c in ev.candidates if c.images) + ". Same seed per row.", "",
             "## Pareto", "", f"![pareto]({files['pareto']})", "", "## Per-layer bits", "", f"![bits]({files['bitmap']})", ""]

@@ -26,7 +26,7 @@ from mpsearch.planning.cost import FLOAT_BITS
 from mpsearch.planning.inputs import group_metrics, load_profile, profile_name
 from mpsearch.planning.pick import ImagePick, image_pick
 from mpsearch.planning.plan import Plan
-from mpsearch.planning.problem import SearchSpace, build_problem, solution_to_plan
+from mpsearch.planning.problem import SearchSpace, build_problem, plan_choice, solution_to_plan
 from mpsearch.planning.rerank import rerank
 from mpsearch.planning.steps import StepOptions, joint_search, step_pool, step_problem
 from solvers.pareto import pareto_front as front
@@ -36,7 +36,7 @@ from solvers.registry import SolverSpec, available_solvers, get_solver
 if TYPE_CHECKING:
     from mpsearch.profiling.profiler import ProfileOptions
 
-__all__ = ["SolveOptions", "pareto_front", "plot_front", "search", "solve"]
+__all__ = ["SolveOptions", "pareto_front", "plot_front", "predicted_loss", "search", "solve"]
 
 _STEP_FIELDS = {f.name for f in fields(StepOptions)}
 
@@ -220,6 +220,22 @@ def solve(profile: Any, budget: Budget | str, options: SolveOptions | None = Non
     if plan.predicted["bytes"] and budget.resource == "bytes":
         assert plan.predicted["bytes"] <= budget.resolve(inv, opts.fmt), "solver broke the byte budget"
     return plan
+
+
+def predicted_loss(profile: Any, plan: Plan, *, space: SearchSpace | None = None) -> dict[str, Any]:
+    """The ILP's additive predicted loss of any plan (a uniform or random baseline, MixDQ mode's, one edited
+    by hand) under `profile`, on the same scale as `solve`'s `plan.predicted["loss"]`, so plans from
+    different solvers compare like with like. `space`: the options the scale is taken over (default: what
+    `solve` offers, pruning included when the plan prunes).
+
+    Returns {"loss": normalised total, "losses": per-metric raw totals}."""
+    df, meta, inv = load_profile(profile)
+    if plan.fingerprint and inv.fingerprint and plan.fingerprint != inv.fingerprint:
+        raise ValueError(f"the plan is for weights {plan.fingerprint[:12]}, the profile for {inv.fingerprint[:12]}")
+    space = space or SearchSpace(prune=bool(plan.pruned_units))
+    sp = build_problem(inv, df, None, fmt=plan.format, space=space, units=meta.get("units"))
+    sol = sp.problem.evaluate(plan_choice(sp.problem, plan, inv))
+    return {"loss": float(sol.objective), "losses": {k: float(v) for k, v in sol.losses.items()}}
 
 
 def _solve_steps(spec: SolverSpec, opts: SolveOptions, kwargs: dict[str, Any], df: pd.DataFrame,

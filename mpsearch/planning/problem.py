@@ -425,3 +425,23 @@ def solution_to_plan(
     plan.predicted["losses"] = {k: float(v) for k, v in solution.losses.items()}
     plan.predict(inv)
     return plan
+
+
+def plan_choice(problem: Problem, plan: Plan, inv: Inventory) -> list[int]:
+    """The option each layer of `plan` takes in `problem` (the inverse of `solution_to_plan`), so any plan
+    (uniform, random, another solver's, edited by hand) can be scored with the ILP's objective. A layer
+    whose bits the problem does not offer is an error naming it."""
+    from mpsearch.profiling.pruning import PRUNED_KEY
+
+    choice = []
+    for i, name in enumerate(inv.names):
+        bits = plan.layers.get(name)
+        if bits is None:
+            raise ValueError(f"the plan has no bits for layer {name!r}")
+        key = PRUNED_KEY if bits.pruned else (bits.w_bits, bits.a_bits)
+        try:
+            choice.append(problem.option_index(i, key))
+        except (KeyError, ValueError):
+            raise ValueError(f"layer {name!r}: W{bits.w_bits}A{bits.a_bits} is not an option of the profile's "
+                             "problem (never measured, or a width the format does not store)") from None
+    return choice

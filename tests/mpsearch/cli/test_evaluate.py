@@ -59,3 +59,12 @@ def test_evaluate_json(export, tmp_path):
     d = json.loads(res.stdout)
     assert d["report"] == str(tmp_path / "rep" / "report.md")
     assert {r["name"] for r in d["results"]} >= {"checkpoint"} and d["memory"]
+
+
+def test_evaluate_refuses_a_profile_folder_that_is_not_one(tmp_path):
+    Plan.uniform(inventory("demo"), 4, budget="40%").save(tmp_path / "plan.json")
+    res = runner.invoke(app, ["evaluate", "--plan", str(tmp_path / "plan.json"), "--profile", str(tmp_path),
+                              "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 2
+    assert res.output.strip() == f"error: --profile {tmp_path}: not a profile folder (no meta.json)"
+    assert not (tmp_path / "rep").exists()

@@ -40,6 +40,14 @@ def test_solve_with_a_model_reranks_by_sampling(tmp_path):
     record = Plan.load(out).solver["rerank"]
     assert "re-ranked 2 plans by ssim on 1 prompts" in result.output and len(record["candidates"]) == 2
     assert record["cost"]["renders"] == 3
+    # predicted beside measured, per candidate, and the cost, on the console
+    assert "re-ranked by sampling: 2 plans under the budget" in result.output
+    for c in record["candidates"]:
+        assert f"{c['predicted_loss']:.4g}" in result.output and f"{c['measured_ssim']:.4g}" in result.output
+    assert f"re-ranking cost: 3 renders (3 images of 1 prompts, FP included), {record['cost']['seconds']:.1f} s" \
+        in result.output
+    off = record["chosen"] != record["predicted_best"]
+    assert ("the additive model is off at this budget" in result.output) == off
     result = runner.invoke(app, [*args, "--rerank", "0"])
     assert result.exit_code == 0 and "rerank" not in Plan.load(out).solver  # the ILP's optimum, no sampling
 

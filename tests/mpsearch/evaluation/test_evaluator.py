@@ -131,3 +131,30 @@ def test_options_object_and_keywords_evaluate_the_same(tiny_pipe):
         evaluate(plan, model=tiny_pipe, baselines=False)
     with pytest.raises(TypeError, match="options must be of type EvaluateOptions, got dict"):
         evaluate(plan, {"steps": 1})
+
+
+def test_every_plan_gets_its_predicted_loss_under_the_profile(tiny_pipe):
+    """With the profile, each candidate's predicted loss is the ILP's objective of its plan; a baseline with
+    widths the profile never measured has none and says why; without a profile the evaluation says so."""
+    from mpsearch.planning.planner import predicted_loss
+    from mpsearch.planning.planner import solve as run_solve
+    from tests.mpsearch.planning.profiles import synthetic_profile
+
+    inv = inventory(tiny_pipe)
+    profile = (synthetic_profile(inv), inv, {})
+    plan = run_solve(profile, "4bits")
+    ev = evaluate(plan, model=tiny_pipe, prompts={"calib": PROMPTS["calib"][:1]}, steps=1, guidance=3.0,
+                  uniform=(8, 2), profile=profile)  # fmt: skip
+    pred = ev.predicted
+    assert pred["loss"]["plan"] == pytest.approx(plan.predicted["loss"], rel=1e-12)
+    for c in ev.candidates:
+        if c.plan is not None and c.name in pred["loss"]:
+            assert pred["loss"][c.name] == pytest.approx(predicted_loss(profile, c.plan)["loss"], rel=1e-12)
+    assert {"uniform-w8", "uniform-w2"} <= set(pred["loss"])
+    assert pred["loss"]["uniform-w2"] > pred["loss"]["plan"] > pred["loss"]["uniform-w8"]
+    widths = {b.w_bits for b in next(c for c in ev.candidates if c.name == "random").plan.layers.values()}
+    assert widths & {3, 5, 6}  # the random baseline uses widths the format stores that the profile never measured
+    assert "is not an option of the profile's problem" in pred["missing"]["random"] and "random" not in pred["loss"]
+    assert evaluate(plan, model=tiny_pipe, prompts={"calib": PROMPTS["calib"][:1]}, steps=1, guidance=3.0,
+                    with_baselines=False).predicted == {
+        "error": "no profile: pass --profile (the plan records none that exists here)"}

@@ -126,3 +126,47 @@ def test_the_bit_map_draws_each_layers_weight_bits_in_its_groups_colour(report):
     n = {g: sum(lay.group == g for lay in ev.inventory.layers) for g in GROUP_COLORS}
     assert bits == {"quality": 4 * n["quality"], "content": 8 * n["content"]}
     assert area["content"] / area["quality"] == pytest.approx(bits["content"] / bits["quality"], rel=0.05)
+
+
+def test_without_a_profile_the_report_says_why_there_is_no_predicted_loss(report):
+    _, folder = report
+    text = (folder / "report.md").read_text()
+    assert "## Predicted vs measured loss" in text
+    assert "Predicted loss not shown: no profile: pass --profile" in text
+
+
+def test_predicted_vs_measured_ranks_the_plans_and_flags_the_additive_model(report):
+    import dataclasses
+
+    from mpsearch.evaluation.report import predicted_vs_measured
+
+    ev, _ = report
+    plans = [c for c in ev.candidates if c.plan is not None and c.kind != "checkpoint"]  # the plan's images again
+    measured = {c.name: 1 - sum(m["ssim"] for m in c.metrics.values()) / len(c.metrics) for c in plans}
+    names = sorted(measured, key=measured.get)  # best measured first
+    assert len(names) >= 3 and len(set(measured.values())) == len(names)
+    # predicted in the reverse order: rank agreement -1, and the predicted best is the measured worst
+    predicted = {n: float(i) for i, n in enumerate(reversed(names))}
+    plan = dataclasses.replace(ev.plan, solver={"rerank": {
+        "metric": "ssim", "chosen": 1, "predicted_best": 0, "cost": {"prompts": 8, "renders": 3, "seconds": 2.5},
+        "candidates": [{"how": "ilp", "predicted_loss": 0.01, "measured_ssim": 0.8},
+                       {"how": "weights mse×4", "predicted_loss": 0.02, "measured_ssim": 0.9}]}})
+    ev2 = dataclasses.replace(ev, plan=plan, predicted={"profile": "profiles/x", "loss": predicted,
+                                                         "missing": {"random": "layer 'a': W3A16 is not an option"}})
+    lines = predicted_vs_measured(ev2)
+    for n in names:
+        assert f"| {n} | {predicted[n]:.4g} | {measured[n]:.4g} |" in lines
+    assert f"Rank agreement (Spearman) over {len(names)} plans: -1.00." in lines
+    assert any(ln.startswith(f"The plan predicted best ({names[-1]}) is not the one measured best ({names[0]})")
+               for ln in lines)
+    assert any(ln.startswith("| random | – (layer 'a': W3A16 is not an option) |") for ln in lines)
+    assert "| 1 (kept) | weights mse×4 | 0.02 | 0.9 |" in lines and "kept #1, predicted best #0." in " ".join(lines)
+
+
+def test_spearman_uses_average_ranks_for_ties():
+    from mpsearch.evaluation.report import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486832980505138)  # scipy.stats.spearmanr
+    assert spearman([1, 2], [1, 2]) is None and spearman([1, 1, 1], [1, 2, 3]) is None

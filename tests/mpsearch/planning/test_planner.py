@@ -285,3 +285,34 @@ def test_the_demo_plans_are_unchanged(demo):
     pruned = solve((df, inv, meta), "1MB", space=SearchSpace(prune=True))
     assert hashlib.sha256(json.dumps(pruned.to_dict()["layers"], sort_keys=True).encode()).hexdigest()[:16] == \
         "f6888bf3d7e9828b"
+
+
+def test_predicted_loss_scores_any_plan_on_the_ilps_scale(inv):
+    from mpsearch.planning.plan import LayerBits, Plan
+    from mpsearch.planning.planner import predicted_loss
+
+    df = synthetic_profile(inv)
+    plan = solve((df, inv), "4bits")
+    assert predicted_loss((df, inv), plan)["loss"] == pytest.approx(plan.predicted["loss"], rel=1e-12)
+    uniform = Plan({l.name: LayerBits(2) for l in inv.layers}, model=inv.model, fingerprint=inv.fingerprint)
+    got = predicted_loss((df, inv), uniform)
+    # every layer at its cheapest, most damaging weight option and unquantized activations: the raw totals are
+    # the 2-bit weight rows, and each metric's share of its worst total is theirs over weight + act at the lowest
+    w2 = df[(df.tensor == "weight") & (df.bits == 2)].groupby("metric").degradation.sum()
+    a4 = df[(df.tensor == "act") & (df.bits == 4)].groupby("metric").degradation.sum()
+    assert got["losses"] == pytest.approx(w2.to_dict(), rel=1e-9)
+    assert got["loss"] == pytest.approx(sum(w2[m] / (w2[m] + a4[m]) for m in w2.index), rel=1e-9)
+    assert got["loss"] > plan.predicted["loss"]
+
+
+def test_predicted_loss_refuses_a_width_the_profile_never_measured_and_other_weights(inv):
+    from mpsearch.planning.plan import LayerBits, Plan
+    from mpsearch.planning.planner import predicted_loss
+
+    df = synthetic_profile(inv)
+    three = Plan({l.name: LayerBits(3) for l in inv.layers}, model=inv.model, fingerprint=inv.fingerprint)
+    with pytest.raises(ValueError, match=rf"layer '{inv.names[0]}': W3A16 is not an option"):
+        predicted_loss((df, inv), three)
+    other = Plan({l.name: LayerBits(4) for l in inv.layers}, model=inv.model, fingerprint="f" * 64)
+    with pytest.raises(ValueError, match="the plan is for weights ffffffffffff"):
+        predicted_loss((df, inv), other)

@@ -107,3 +107,18 @@ def test_vectorised_build_matches_the_row_by_row_reference(inv):
             j = pairs.index(key)
             assert offered.problem.costs["bytes"][i, k] == sp.problem.costs["bytes"][i, j]
             assert offered.step_losses["sqnr"][:, i, k].tolist() == sp.step_losses["sqnr"][:, i, j].tolist()
+
+
+def test_plan_choice_inverts_solution_to_plan(inv):
+    from mpsearch.planning.problem import plan_choice, solution_to_plan
+    from solvers.ilp import solve_ilp
+
+    problem = build_problem(inv, synthetic_profile(inv), "4bits").problem
+    solution = solve_ilp(problem)
+    plan = solution_to_plan(solution, inv)
+    choice = plan_choice(problem, plan, inv)
+    assert choice == [int(k) for k in solution.choice]
+    assert problem.evaluate(choice).objective == pytest.approx(solution.objective, rel=1e-12)
+    del plan.layers[inv.names[3]]
+    with pytest.raises(ValueError, match=f"the plan has no bits for layer '{inv.names[3]}'"):
+        plan_choice(problem, plan, inv)

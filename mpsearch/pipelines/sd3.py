@@ -12,7 +12,7 @@ first text token is updated by every block, so its keys are not constant across 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -35,6 +35,7 @@ class StableDiffusion3(PipelineAdapter):
     unit_lists = ("transformer_blocks",)
     pair_blocks = ("JointTransformerBlock",)
     single_file = {"sd3": "StableDiffusion3Pipeline"}
+    t5_tokens: ClassVar[int] = T5_TOKENS  # T5 tokens per prompt: the pipeline's max_sequence_length
 
     def dummy_inputs(self, denoiser: nn.Module, resolution: int, text_len: int, *, batch: int = 1,
                      device: Any = None, vae_scale: int = 8) -> dict[str, Any]:  # fmt: skip
@@ -46,8 +47,8 @@ class StableDiffusion3(PipelineAdapter):
                 "timestep": torch.full((batch,), 500.0, device=device)}  # fmt: skip
 
     def text_len(self, pipe: Any) -> int:
-        """CLIP's tokens followed by T5's (the pipeline concatenates them)."""
-        return int(getattr(pipe, "tokenizer_max_length", 77)) + T5_TOKENS
+        """CLIP's tokens followed by T5's `t5_tokens` (the pipeline concatenates them)."""
+        return int(getattr(pipe, "tokenizer_max_length", 77)) + self.t5_tokens
 
     def sampling_defaults(self) -> dict[str, Any]:
         return {"steps": 28, "guidance": 7.0}

@@ -34,10 +34,9 @@ class AuraFlow(PipelineAdapter):
 
     def dummy_inputs(self, denoiser: nn.Module, resolution: int, text_len: int, *, batch: int = 1,
                      device: Any = None, vae_scale: int = 8) -> dict[str, Any]:  # fmt: skip
-        cfg = denoiser.config
-        device = device or next(denoiser.parameters()).device
-        side = resolution // vae_scale
-        return {"hidden_states": torch.zeros(batch, cfg.in_channels, side, side, device=device),
+        latents = self.dummy_latents(denoiser, resolution, batch=batch, device=device, vae_scale=vae_scale)
+        cfg, device = denoiser.config, latents.device
+        return {"hidden_states": latents,
                 "encoder_hidden_states": torch.zeros(batch, text_len, cfg.joint_attention_dim, device=device),
                 "timestep": torch.full((batch,), 0.5, device=device)}  # fmt: skip
 

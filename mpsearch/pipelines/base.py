@@ -13,7 +13,8 @@ say what a recording cannot:
 
 - `pipelines`, `denoisers`: the diffusers class names the family covers (the registry's keys).
 - `denoiser_attrs`, `component`: where the denoiser lives on the pipeline, and the name of a bare one.
-- `dummy_inputs`, `text_len`: inputs of one denoiser call at a resolution, for the meta-device inventory.
+- `dummy_inputs`, `text_len`: inputs of one denoiser call at a resolution, for the meta-device inventory
+  (`dummy_latents`: their image part, shared by the families whose denoiser takes unpacked latents).
 - `latent_shape`, `vae_latents`: the latents of one image as the denoiser takes them (Flux packs 2x2
   patches) and back to what the VAE decodes.
 - `conditioning`, `shared_args`, `call_options`: what the pipeline must pass (checked after capture),
@@ -106,17 +107,23 @@ class PipelineAdapter:
     def dummy_inputs(self, denoiser: nn.Module, resolution: int, text_len: int, *, batch: int = 1,
                      device: Any = None, vae_scale: int = 8) -> dict[str, Any]:  # fmt: skip
         """Keyword inputs of one denoiser call at `resolution` pixels (latent side = resolution / vae_scale)."""
-        cfg = denoiser.config
-        device = device or next(denoiser.parameters()).device
-        side = resolution // vae_scale
+        sample = self.dummy_latents(denoiser, resolution, batch=batch, device=device, vae_scale=vae_scale)
+        cfg, device = denoiser.config, sample.device
         cross = cfg.cross_attention_dim
         cross = cross[0] if isinstance(cross, (list, tuple)) else cross
-        out = {"sample": torch.zeros(batch, cfg.in_channels, side, side, device=device),
-               "timestep": torch.full((batch,), 10, device=device, dtype=torch.long),
+        out = {"sample": sample, "timestep": torch.full((batch,), 10, device=device, dtype=torch.long),
                "encoder_hidden_states": torch.zeros(batch, text_len, cross, device=device)}  # fmt: skip
         if getattr(cfg, "time_cond_proj_dim", None):  # LCM/TCD: the guidance embedding
             out["timestep_cond"] = torch.zeros(batch, cfg.time_cond_proj_dim, device=device)
         return out
+
+    def dummy_latents(self, denoiser: nn.Module, resolution: int, *, batch: int = 1, device: Any = None,
+                      vae_scale: int = 8) -> torch.Tensor:  # fmt: skip
+        """The image input of `dummy_inputs`: zero float32 latents `[batch, in_channels, side, side]`, side =
+        resolution / vae_scale, on `device` (else the denoiser's); the call's other inputs go on its device."""
+        device = device or next(denoiser.parameters()).device
+        side = resolution // vae_scale
+        return torch.zeros(batch, denoiser.config.in_channels, side, side, device=device)
 
     def on_meta(self, denoiser: nn.Module) -> contextlib.AbstractContextManager:
         """Context for running `denoiser` on the meta device with `dummy_inputs` (a family whose forward

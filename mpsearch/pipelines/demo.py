@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from mpsearch import zoo
-from mpsearch.pipelines.base import register_adapter
+from mpsearch.pipelines.base import PipelineAdapter, register_adapter
 from mpsearch.pipelines.sd import StableDiffusion
 from mpsearch.pipelines.sd3 import StableDiffusion3
 
@@ -17,44 +17,41 @@ def is_demo(obj: Any) -> bool:
     return zoo.bundled_name(obj) is not None
 
 
-@register_adapter
-class Demo(StableDiffusion):
-    name = "demo"
-    pipelines = ()  # an SD pipeline: claimed by its path, not its class
+class Bundled(PipelineAdapter):
+    """What the bundled models share, put before their family's adapter (`class Demo(Bundled, StableDiffusion)`):
+    a pipeline of their family's class, claimed by its path, not its class; sampled at the setting and with
+    the pipeline call options tuned for the model named `name` (`zoo.sampling`)."""
+
+    pipelines = ()
     denoisers = ()
     single_file = {}
+
+    def sampling_defaults(self) -> dict[str, Any]:
+        s = zoo.sampling(self.name)
+        return {"steps": int(s["steps"]), "guidance": float(s["guidance"])}
+
+    def call_options(self) -> dict[str, Any]:
+        return dict(zoo.sampling(self.name)["call"])
+
+
+@register_adapter
+class Demo(Bundled, StableDiffusion):
+    name = "demo"
 
     def claims(self, obj: Any) -> bool:
         return zoo.bundled_name(obj) == "demo"
 
-    def sampling_defaults(self) -> dict[str, Any]:
-        s = zoo.sampling("demo")
-        return {"steps": int(s["steps"]), "guidance": float(s["guidance"])}
-
 
 @register_adapter
-class DemoDit(StableDiffusion3):
+class DemoDit(Bundled, StableDiffusion3):
     """The bundled DiT: an SD3 pipeline trained with `zoo.DIT_T5_TOKENS` T5 tokens per prompt, so it is
     sampled with that `max_sequence_length` (the pipeline's default pads T5 to 256 tokens)."""
 
     name = "demo-dit"
-    pipelines = ()  # an SD3 pipeline: claimed by its path, not its class
-    denoisers = ()
-    single_file = {}
+    t5_tokens = zoo.DIT_T5_TOKENS
 
     def claims(self, obj: Any) -> bool:
         """The bundled DiT, and a checkpoint exported from it (`load_quantized` attaches its plan, which
         names the model): it needs the same T5 length wherever it was saved."""
         plan = getattr(obj, "mpsearch_plan", None)
         return zoo.bundled_name(obj) == "demo-dit" or getattr(plan, "model", None) == "demo-dit"
-
-    def sampling_defaults(self) -> dict[str, Any]:
-        s = zoo.sampling("demo-dit")
-        return {"steps": int(s["steps"]), "guidance": float(s["guidance"])}
-
-    def call_options(self) -> dict[str, Any]:
-        return dict(zoo.sampling("demo-dit")["call"])
-
-    def text_len(self, pipe: Any) -> int:
-        """CLIP's tokens followed by the T5 tokens it was trained with."""
-        return int(getattr(pipe, "tokenizer_max_length", 77)) + zoo.DIT_T5_TOKENS

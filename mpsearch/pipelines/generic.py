@@ -32,20 +32,19 @@ class Generic(PipelineAdapter):
             like = "sdxl" if is_text_time(denoiser) else "sd"
             return ADAPTERS.lookup(like).dummy_inputs(denoiser, resolution, text_len, batch=batch, device=device,
                                                       vae_scale=vae_scale)  # fmt: skip
-        return signature_inputs(denoiser, resolution, text_len, batch=batch, device=device, vae_scale=vae_scale)
+        latents = self.dummy_latents(denoiser, resolution, batch=batch, device=device, vae_scale=vae_scale)
+        return signature_inputs(denoiser, latents, text_len)
 
 
-def signature_inputs(denoiser: nn.Module, resolution: int, text_len: int, *, batch: int = 1, device: Any = None,
-                     vae_scale: int = 8) -> dict[str, Any]:  # fmt: skip
-    """Inputs of a DiT-like denoiser from its `forward` parameters and config (see the module docstring)."""
+def signature_inputs(denoiser: nn.Module, latents: torch.Tensor, text_len: int) -> dict[str, Any]:
+    """Inputs of a DiT-like denoiser from its `forward` parameters and config (see the module docstring),
+    around its `latents` (`dummy_latents`: their batch and device are the call's)."""
     cfg, who = denoiser.config, type(denoiser).__name__
-    device = device or next(denoiser.parameters()).device
+    batch, device = latents.shape[0], latents.device
     params = list(inspect.signature(denoiser.forward).parameters)
-    side = resolution // vae_scale
     width = next((getattr(cfg, k) for k in TEXT_WIDTHS if getattr(cfg, k, None)), None)
     width = width[0] if isinstance(width, (list, tuple)) else width
-    out: dict[str, Any] = {params[0]: torch.zeros(batch, cfg.in_channels, side, side, device=device),
-                           "timestep": torch.full((batch,), 500.0, device=device)}  # fmt: skip
+    out: dict[str, Any] = {params[0]: latents, "timestep": torch.full((batch,), 500.0, device=device)}
     if "encoder_hidden_states" in params:
         if width is None:
             raise ModelError(f"{who}: no text width in its config ({', '.join(TEXT_WIDTHS)}); it needs an adapter")

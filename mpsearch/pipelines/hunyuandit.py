@@ -38,12 +38,11 @@ class HunyuanDiT(PipelineAdapter):
     def dummy_inputs(self, denoiser: nn.Module, resolution: int, text_len: int, *, batch: int = 1,
                      device: Any = None, vae_scale: int = 8) -> dict[str, Any]:  # fmt: skip
         """The text lengths are the model's own (`text_len`, `text_len_t5`: its padding table is that long)."""
-        cfg = denoiser.config
-        device = device or next(denoiser.parameters()).device
-        side = resolution // vae_scale
-        tokens = (side // cfg.patch_size) ** 2
+        latents = self.dummy_latents(denoiser, resolution, batch=batch, device=device, vae_scale=vae_scale)
+        cfg, device = denoiser.config, latents.device
+        tokens = (latents.shape[-1] // cfg.patch_size) ** 2
         rotary = torch.zeros(tokens, cfg.attention_head_dim, device=device)
-        return {"hidden_states": torch.zeros(batch, cfg.in_channels, side, side, device=device),
+        return {"hidden_states": latents,
                 "timestep": torch.full((batch,), 500.0, device=device),
                 "encoder_hidden_states": torch.zeros(batch, cfg.text_len, cfg.cross_attention_dim, device=device),
                 "text_embedding_mask": torch.ones(batch, cfg.text_len, dtype=torch.long, device=device),

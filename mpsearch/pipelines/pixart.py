@@ -26,12 +26,11 @@ class PixArt(PipelineAdapter):
 
     def dummy_inputs(self, denoiser: nn.Module, resolution: int, text_len: int, *, batch: int = 1,
                      device: Any = None, vae_scale: int = 8) -> dict[str, Any]:  # fmt: skip
-        cfg = denoiser.config
-        device = device or next(denoiser.parameters()).device
-        side = resolution // vae_scale
+        latents = self.dummy_latents(denoiser, resolution, batch=batch, device=device, vae_scale=vae_scale)
+        cfg, device = denoiser.config, latents.device
         text_dim = cfg.caption_channels or cfg.cross_attention_dim
         added = {"resolution": torch.zeros(batch, 2, device=device), "aspect_ratio": torch.zeros(batch, 1, device=device)}
-        return {"hidden_states": torch.zeros(batch, cfg.in_channels, side, side, device=device),
+        return {"hidden_states": latents,
                 "timestep": torch.full((batch,), 10, device=device, dtype=torch.long),
                 "encoder_hidden_states": torch.zeros(batch, text_len, text_dim, device=device),
                 "added_cond_kwargs": added}  # fmt: skip

@@ -12,7 +12,7 @@ first text token is updated by every block, so its keys are not constant across 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -35,20 +35,20 @@ class StableDiffusion3(PipelineAdapter):
     unit_lists = ("transformer_blocks",)
     pair_blocks = ("JointTransformerBlock",)
     single_file = {"sd3": "StableDiffusion3Pipeline"}
+    t5_tokens: ClassVar[int] = T5_TOKENS  # T5 tokens per prompt: the pipeline's max_sequence_length
 
     def dummy_inputs(self, denoiser: nn.Module, resolution: int, text_len: int, *, batch: int = 1,
                      device: Any = None, vae_scale: int = 8) -> dict[str, Any]:  # fmt: skip
-        cfg = denoiser.config
-        device = device or next(denoiser.parameters()).device
-        side = resolution // vae_scale
-        return {"hidden_states": torch.zeros(batch, cfg.in_channels, side, side, device=device),
+        latents = self.dummy_latents(denoiser, resolution, batch=batch, device=device, vae_scale=vae_scale)
+        cfg, device = denoiser.config, latents.device
+        return {"hidden_states": latents,
                 "encoder_hidden_states": torch.zeros(batch, text_len, cfg.joint_attention_dim, device=device),
                 "pooled_projections": torch.zeros(batch, cfg.pooled_projection_dim, device=device),
                 "timestep": torch.full((batch,), 500.0, device=device)}  # fmt: skip
 
     def text_len(self, pipe: Any) -> int:
-        """CLIP's tokens followed by T5's (the pipeline concatenates them)."""
-        return int(getattr(pipe, "tokenizer_max_length", 77)) + T5_TOKENS
+        """CLIP's tokens followed by T5's `t5_tokens` (the pipeline concatenates them)."""
+        return int(getattr(pipe, "tokenizer_max_length", 77)) + self.t5_tokens
 
     def sampling_defaults(self) -> dict[str, Any]:
         return {"steps": 28, "guidance": 7.0}

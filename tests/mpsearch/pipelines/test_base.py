@@ -190,3 +190,34 @@ def test_generic_units_stand_ins_and_feature_blocks(tiny_pipe):
     assert GENERIC.block_feature(unet.mid_block, (hidden, text)) is hidden  # the first output
     assert GENERIC.block_feature(unet.mid_block, hidden) is hidden
     assert GENERIC.block_feature(PrunedJointBlock(), (text, hidden)) is hidden  # the image stream
+
+
+# every family whose denoiser takes unpacked latents: (tiny pipeline builder, family, latent argument)
+LATENT_FAMILIES = (("", "sd", "sample"), ("sdxl", "sdxl", "sample"), ("lcm", "lcm", "sample"),
+                   ("pixart", "pixart", "hidden_states"), ("pixart_sigma", "pixart", "hidden_states"),
+                   ("sd3", "sd3", "hidden_states"), ("sana", "sana", "hidden_states"),
+                   ("auraflow", "auraflow", "hidden_states"), ("lumina2", "lumina2", "hidden_states"),
+                   ("hunyuandit", "hunyuandit", "hidden_states"))  # fmt: skip
+
+
+def test_dummy_latents_are_the_image_input_of_every_family():
+    """Zero float32 latents `[batch, in_channels, side, side]` at resolution / vae_scale, on the device asked
+    for, else the denoiser's; each family's `dummy_inputs` passes exactly these as its image input."""
+    import tests.conftest as c
+
+    for builder, family, arg in LATENT_FAMILIES:
+        pipe = getattr(c, f"build_tiny_{builder}_pipeline" if builder else "build_tiny_pipeline")()
+        adapter, (_, den) = adapter_for(pipe), find_denoiser(pipe)
+        assert adapter.name == family
+        scale = pipe.vae_scale_factor  # 2 (SD-like), 4 (Sana's tiny DC-AE) or 8 (Lumina 2, HunyuanDiT)
+        lat = adapter.dummy_latents(den, 4 * scale, batch=2, vae_scale=scale)
+        assert lat.shape == (2, 4, 4, 4) and lat.dtype == torch.float32 and lat.device.type == "cpu", family
+        assert not lat.any()
+        kw = adapter.dummy_inputs(den, 4 * scale, 7, batch=2, device="meta", vae_scale=scale)
+        assert kw[arg].shape == (2, 4, 4, 4) and kw[arg].dtype == torch.float32 and kw[arg].device.type == "meta"
+        # the call's other tensors follow the latents' device
+        assert all(t.device.type == "meta" for t in kw.values() if isinstance(t, torch.Tensor)), family
+    for name, shape in (("sd3.5-medium", (1, 16, 128, 128)), ("sana-1600m", (1, 32, 32, 32))):  # channels: the config's
+        den = meta_denoiser(name)
+        assert adapter_for(den).dummy_inputs(den, 1024, 7)["hidden_states"].shape == shape  # Sana: a 32x DC-AE
+        assert GENERIC.dummy_latents(den, 1024, vae_scale=32).shape == (1, shape[1], 32, 32)

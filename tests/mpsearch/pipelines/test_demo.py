@@ -1,11 +1,13 @@
-"""The demo adapter (`mpsearch/pipelines/demo.py`): the bundled model is an SD pipeline claimed by its path
-(not its class), sampled at its tuned few-step setting."""
+"""The demo adapters (`mpsearch/pipelines/demo.py`): each bundled model (an SD and an SD3 pipeline) is claimed
+by its path (not its class), sampled at its tuned few-step setting."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from mpsearch import zoo
 from mpsearch.pipelines import adapter_for
-from mpsearch.pipelines.demo import Demo, is_demo
+from mpsearch.pipelines.demo import Demo, DemoDit, is_demo
+from mpsearch.pipelines.sd3 import StableDiffusion3
 
 
 def test_names_of_the_demo():
@@ -28,5 +30,18 @@ def test_the_demo_samples_at_its_tuned_setting_and_keeps_sd_rules():
     got = Demo().sampling_defaults()
     assert got == {"steps": zoo.DEMO_STEPS, "guidance": zoo.DEMO_GUIDANCE} == {"steps": 8, "guidance": 3.0}
     assert type(got["steps"]) is int and type(got["guidance"]) is float
+    assert Demo().call_options() == {}  # SD's pipeline call as it is
     sd = adapter_for("demo")
     assert sd.conditioning == ("encoder_hidden_states",) and sd.pipelines == ()  # SD's UNet, claimed by path
+
+
+def test_the_dit_samples_at_its_tuned_setting_with_the_t5_tokens_it_was_trained_with():
+    dit = DemoDit()
+    got = dit.sampling_defaults()
+    assert got == {"steps": zoo.DIT_STEPS, "guidance": zoo.DIT_GUIDANCE} == {"steps": 8, "guidance": 3.0}
+    assert type(got["steps"]) is int and type(got["guidance"]) is float
+    assert dit.call_options() == {"max_sequence_length": zoo.DIT_T5_TOKENS}
+    assert dit.pipelines == dit.denoisers == () and dit.single_file == {}  # claimed by its path, not its class
+    pipe = SimpleNamespace(tokenizer_max_length=zoo.DIT_CLIP_TOKENS)
+    assert dit.text_len(pipe) == 10 + 8 and StableDiffusion3().text_len(pipe) == 10 + 256  # CLIP's, then T5's
+    assert dit.text_len(None) == 77 + 8  # no tokenizer to read: CLIP's 77

@@ -1,38 +1,18 @@
 """MixDQ's final pick by images on the tiny pipeline: one image per candidate plan, pixel MSE (float) against
 the FP image, and `solve(..., solver="mixdq", model=...)` rendering every cell of both sweeps."""
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from mpsearch.model import inventory
 from mpsearch.planning.pick import image_pick
 from mpsearch.planning.planner import solve
 from mpsearch.planning.problem import build_problem
-
-PROMPTS = ["a red circle at the top left", "a blue square in the center"]
-
-
-def synthetic_profile(inv, seed=0):
-    """(rows, inventory, meta) of the tiny pipeline: weights 2/4/8 and activations 4/8 on each group's metric."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for layer in inv.layers:
-        s = rng.lognormal(0, 1.5)
-        metric = "sqnr" if layer.group == "quality" else "ssim"
-        for tensor, bits in (("weight", (2, 4, 8)), ("act", (4, 8))):
-            for b in bits:
-                rows.append(dict(layer=layer.name, tensor=tensor, bits=b, metric=metric, step_group=0, value=0.0,
-                                 degradation=s * 4.0 ** (-b)))  # fmt: skip
-    meta = {"model": "tiny", "candidates": {"weight": [2, 4, 8], "act": [4, 8, 16]}, "step_groups": [[0, 1]],
-            "sampling": {"steps": 2, "guidance": 1.0, "timesteps": [999, 499], "prompts": PROMPTS, "seeds": [0, 1],
-                         "scheduler": "DDIMScheduler"}}  # fmt: skip
-    return pd.DataFrame(rows), inv, meta
+from tests.mpsearch.planning.profiles import tiny_profile
 
 
 @pytest.fixture()
 def profile(tiny_pipe):
-    return synthetic_profile(inventory(tiny_pipe))
+    return tiny_profile(inventory(tiny_pipe))
 
 
 def test_pixel_mse_is_zero_for_fp_and_grows_with_fewer_bits(tiny_pipe, profile):

@@ -9,12 +9,12 @@ from mpsearch.planning.planner import solve
 from mpsearch.planning.problem import build_problem
 from mpsearch.planning.rerank import fitness_metric, rerank
 from solvers.ilp import solve_ilp
-from tests.mpsearch.planning.test_pick import synthetic_profile
+from tests.mpsearch.planning.profiles import tiny_profile
 
 
 @pytest.fixture()
 def profile(tiny_pipe):
-    return synthetic_profile(inventory(tiny_pipe))
+    return tiny_profile(inventory(tiny_pipe))
 
 
 def test_the_kept_plan_is_the_best_measured_and_all_fit_the_budget(tiny_pipe, profile):

@@ -3,7 +3,6 @@ plans that keep timesteps through save/load, export and generate."""
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -12,33 +11,15 @@ from mpsearch.planning.budget import Budget, BudgetInfeasible
 from mpsearch.planning.plan import Plan
 from mpsearch.planning.planner import solve
 from solvers.evolution import EvolutionConfig
+from tests.mpsearch.planning.profiles import PROMPTS, tiny_profile
 
 POOL = [999, 749, 499, 249]
-PROMPTS = ["a red circle at the top left", "a blue square in the center"]
 SMALL = EvolutionConfig(population=12, parents=4, mutations=6, crossovers=3, epochs=4)
-
-
-def synthetic_profile(inv, seed=0):
-    """A profile of the tiny pipeline as `load_profile` reads it: (rows, inventory, meta), two step groups."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for layer in inv.layers:
-        s = rng.lognormal(0, 1.5)
-        metric = "sqnr" if layer.group == "quality" else "ssim"
-        for g in range(2):
-            for tensor, bits in (("weight", (2, 4, 8)), ("act", (8,))):
-                for b in bits:
-                    rows.append(dict(layer=layer.name, tensor=tensor, bits=b, metric=metric, step_group=g,
-                                     value=0.0, degradation=s * 4.0 ** (-b) * (1 + g)))
-    meta = {"model": "tiny", "candidates": {"weight": [2, 4, 8], "act": [8, 16]}, "step_groups": [[0, 1], [2, 3]],
-            "sampling": {"steps": 4, "guidance": 1.0, "timesteps": POOL, "prompts": PROMPTS, "seeds": [0, 1],
-                         "scheduler": "DDIMScheduler"}}  # fmt: skip
-    return pd.DataFrame(rows), inv, meta
 
 
 @pytest.fixture()
 def profile(tiny_pipe):
-    return synthetic_profile(inventory(tiny_pipe))
+    return tiny_profile(inventory(tiny_pipe), POOL, step_groups=([0, 1], [2, 3]), act_bits=(8,))
 
 
 def test_evolution_with_real_fitness_keeps_one_step_per_group_within_budget(tiny_pipe, profile):

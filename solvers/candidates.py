@@ -17,7 +17,11 @@ a hard ceiling), without torch:
    slower (seconds each on the demo's 119 layers) and, with a flat optimum, often near-copies of it.
 
 Every candidate is a `Solution` of the original problem (its objective is the predicted loss under the
-original weights), in order of discovery; duplicates are dropped.
+original weights), in order of discovery; duplicates are dropped. No candidate takes a dominated option:
+one that another option of the same item beats on every metric's loss and no worse on every constrained
+cost (`dominated_options`; e.g. quantizing a layer's activations under a weight-bits budget: same cost,
+more loss). Otherwise the no-good cuts fill the list with the optimum plus a few such free degradations,
+plans that differ without being other trade-offs.
 
 >>> plans = distinct_plans(problem, 6)                          # doctest: +SKIP
 >>> [(c.how, round(c.solution.objective, 4)) for c in plans]    # doctest: +SKIP
@@ -58,6 +62,44 @@ def _weight_variants(problem: Problem) -> list[tuple[str, dict[str, float]]]:
     return sorted(out, key=lambda v: abs(np.log(float(v[0].rsplit("×", 1)[1]))))  # mild changes first
 
 
+def dominated_options(problem: Problem) -> np.ndarray:
+    """(L, K) mask of options strictly dominated within their item: another option has no more loss on any
+    metric (weight > 0), no more cost on every upper-bounded resource, the same cost on resources with a lower
+    bound, and less of something. Items that are fixed or tied are left alone (their options are joint)."""
+    valid = problem.valid
+    lower = {c.resource for c in problem.constraints if c.lower is not None}
+    upper = {c.resource for c in problem.constraints} - lower
+    le = [np.nan_to_num(problem.losses[m], nan=0.0) for m, w in problem.weights.items() if w > 0]
+    le += [np.nan_to_num(problem.costs[r], nan=0.0) for r in sorted(upper)]
+    eq = [np.nan_to_num(problem.costs[r], nan=0.0) for r in sorted(lower)]
+    out = np.zeros(valid.shape, dtype=bool)
+    for a in range(valid.shape[1]):
+        for b in range(valid.shape[1]):
+            if a == b:
+                continue
+            ok = valid[:, a] & valid[:, b]
+            for f in le:
+                ok &= f[:, b] <= f[:, a]
+            for f in eq:
+                ok &= f[:, b] == f[:, a]
+            better = np.zeros_like(ok)
+            for f in le:
+                better |= f[:, b] < f[:, a]
+            out[:, a] |= ok & better
+    joint = [problem.item_index(i) for i in problem.fixed] + [i for group in problem.ties for i in group]
+    out[joint, :] = False
+    return out
+
+
+def _without_dominated(problem: Problem) -> Problem:
+    """`problem` with one row forbidding every dominated option (see `dominated_options`)."""
+    mask = dominated_options(problem)
+    if not mask.any():
+        return problem
+    costs = {**problem.costs, "dominated": np.where(problem.valid, mask.astype(float), np.nan)}
+    return problem.replace(costs=costs, constraints=(*problem.constraints, Constraint("dominated", upper=0.0)))
+
+
 def _no_good(problem: Problem, previous: list[np.ndarray], distance: int) -> Problem:
     """`problem` with one row per previous choice: at most L - `distance` items keep their previous option."""
     costs, rows = dict(problem.costs), list(problem.constraints)
@@ -83,13 +125,14 @@ def distinct_plans(problem: Problem, k: int, *, min_distance: int | None = None,
         raise ValueError(f"min_distance must be at least 1, got {min_distance}")
     found: list[Candidate] = []
     seen: set[tuple[int, ...]] = set()
+    original, problem = problem, _without_dominated(problem)
 
     def add(how: str, sol: Solution) -> None:
         if sol.status == "infeasible" or tuple(sol.choice) in seen or len(found) >= k:
             return
         seen.add(tuple(sol.choice))
         info = {**sol.info, "how": how, "time_s": sol.time_s}
-        found.append(Candidate(how, problem.evaluate(sol.choice, status=sol.status, gap=sol.gap, time_s=sol.time_s,
+        found.append(Candidate(how, original.evaluate(sol.choice, status=sol.status, gap=sol.gap, time_s=sol.time_s,
                                                      backend=sol.backend, info=info)))  # fmt: skip
 
     add("ilp", solve_ilp(problem, **ilp_options))

@@ -20,9 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mpsearch.pipelines.timesteps import schedule
 from mpsearch.planning.fitness import Fitness
-from mpsearch.planning.steps import profile_fitness, sampling_pipeline
+from mpsearch.planning.steps import profile_fitness, profile_timesteps, sampling_pipeline
 from solvers.problem import Solution
 
 __all__ = ["ImagePick", "image_pick"]
@@ -67,10 +66,6 @@ def image_pick(model: Any, meta: dict[str, Any], names: Sequence[str], *, prompt
                              "pass fitness_prompts=[...]")
         prompts = list(sampling["prompts"][:1])
     pipe = sampling_pipeline(model, meta)
-    timesteps = sampling.get("timesteps")
-    if not timesteps:
-        if not sampling.get("steps"):
-            raise ValueError("the profile records neither its sampling timesteps nor its number of steps")
-        timesteps = schedule(pipe.scheduler, int(sampling["steps"]))
-    fit = profile_fitness(pipe, meta, [int(t) for t in timesteps], METRIC, prompts, seed, fmt)
-    return ImagePick(fit, list(names), [int(t) for t in timesteps])
+    timesteps = profile_timesteps(pipe, meta)
+    fit = profile_fitness(pipe, meta, timesteps, METRIC, prompts, seed, fmt)
+    return ImagePick(fit, list(names), timesteps)

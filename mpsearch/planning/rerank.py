@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mpsearch.pipelines.timesteps import schedule
 from mpsearch.planning.inputs import group_metrics
-from mpsearch.planning.steps import profile_fitness, sampling_pipeline
+from mpsearch.planning.steps import profile_fitness, profile_timesteps, sampling_pipeline
 from solvers.candidates import Candidate, distinct_plans
 from solvers.problem import Problem, Solution
 
@@ -41,18 +40,6 @@ def fitness_metric(meta: dict[str, Any], df: pd.DataFrame, metric: str | None = 
         return "ssim"
 
 
-def _timesteps(pipe: Any, meta: dict[str, Any]) -> list[int]:
-    """The profile's sampling schedule (its timesteps, or its number of steps on the pipeline's scheduler)."""
-    sampling = meta.get("sampling") or {}
-    if sampling.get("timesteps"):
-        return [int(t) for t in sampling["timesteps"]]
-    if not sampling.get("steps"):
-        raise ValueError("the profile records neither its sampling timesteps nor its number of steps: "
-                         "cannot sample the candidate plans as it did (--rerank 0 / rerank=0: the ILP's optimum "
-                         "without sampling)")
-    return [int(t) for t in schedule(pipe.scheduler, int(sampling["steps"]))]
-
-
 def measure_candidates(candidates: Sequence[Candidate], names: Sequence[str], model: Any, meta: dict[str, Any],
                        *, metric: str, prompts: Sequence[str] | int | None = None, seed: int = 0,
                        fmt: str | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
@@ -63,7 +50,11 @@ def measure_candidates(candidates: Sequence[Candidate], names: Sequence[str], mo
     "prompts", "seconds"}."""
     t0 = time.perf_counter()
     pipe = sampling_pipeline(model, meta)
-    timesteps = _timesteps(pipe, meta)
+    try:
+        timesteps = profile_timesteps(pipe, meta)
+    except ValueError as e:
+        raise ValueError(f"{e}: cannot sample the candidate plans as it did (--rerank 0 / rerank=0: the ILP's "
+                         "optimum without sampling)") from None
     fit = profile_fitness(pipe, meta, timesteps, metric, prompts, seed, fmt)
     try:
         records = [fit.score(dict(zip(names, c.solution.keys, strict=True)), timesteps) for c in candidates]

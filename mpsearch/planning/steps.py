@@ -41,7 +41,14 @@ import numpy as np
 import pandas as pd
 
 from mpsearch.model import Inventory, find_denoiser, load_pipeline, weights_fingerprint
-from mpsearch.pipelines.timesteps import GROUPINGS, group_steps, kept_scheduler, schedule
+from mpsearch.pipelines.timesteps import (
+    GROUPINGS,
+    check_timesteps,
+    group_steps,
+    is_flow,
+    kept_scheduler,
+    schedule,
+)
 from mpsearch.planning.budget import Budget, BudgetInfeasible
 from mpsearch.planning.cost import FLOAT_BITS
 from mpsearch.planning.fitness import Fitness
@@ -351,6 +358,19 @@ def sampling_pipeline(model: Any, meta: dict[str, Any]):
     pipe = load_pipeline(name or None)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def profile_timesteps(pipe: Any, meta: dict[str, Any]) -> list[int | float]:
+    """The profile's sampling schedule as `pipe` samples it: its recorded timesteps (fractions kept: a flow
+    schedule's are not whole numbers), else its number of steps on the pipeline's own schedule at the
+    profile's resolution."""
+    sampling = meta.get("sampling") or {}
+    ts = sampling.get("timesteps")
+    if not ts:
+        if not sampling.get("steps"):
+            raise ValueError("the profile records neither its sampling timesteps nor its number of steps")
+        ts = schedule(pipe, int(sampling["steps"]), sampling.get("resolution"))
+    return check_timesteps(ts, pipe.scheduler.config.num_train_timesteps, flow=is_flow(pipe.scheduler))
 
 
 def profile_fitness(pipe, meta: dict[str, Any], pool: list[int], metric: str, prompts, seed: int, fmt: str | None):

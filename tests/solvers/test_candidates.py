@@ -55,3 +55,35 @@ def test_an_infeasible_budget_gives_no_plans_and_k_is_checked():
     assert distinct_plans(two_metric_problem(budget=1.0), 3) == []  # 8 layers need at least 2 bytes
     with pytest.raises(ValueError, match="at least 1"):
         distinct_plans(two_metric_problem(), 0)
+
+
+def act_option_problem(n=6, budget=3.0):
+    """`two_metric_problem` with each width offered twice: (w, 16) and (w, 8), the second at the same bytes
+    and slightly more loss on one metric (quantized activations under a weight-only budget)."""
+    q = two_metric_problem(n=n, budget=budget)
+    keys = [[(w, a) for w in (2, 4, 8) for a in (16, 8)]] * n
+    cost = np.repeat(q.costs["bytes"], 2, axis=1)
+    losses = {m: np.repeat(v, 2, axis=1) for m, v in q.losses.items()}
+    losses["sqnr"][:, 1::2] += 1e-9  # (w, 8): a hair worse
+    return Problem(keys=keys, costs={"bytes": cost}, losses=losses, constraints=q.constraints)
+
+
+def test_no_candidate_takes_a_dominated_option():
+    from solvers.candidates import dominated_options
+
+    p = act_option_problem()
+    mask = dominated_options(p)
+    assert mask[:, 1::2].all() and not mask[:, 0::2].any()  # every (w, 8) is beaten by (w, 16) at equal bytes
+    plans = distinct_plans(p, 12, min_distance=1)
+    assert len(plans) >= 2
+    for c in plans:
+        assert all(a == 16 for _, a in c.solution.keys)
+        assert c.solution.objective == pytest.approx(p.evaluate(c.solution.choice).objective)  # on the original
+    # with a lower bound on bytes, a cheaper option is no longer "better" there: equal cost still dominates
+    band = p.replace(constraints=(Constraint("bytes", upper=3.0, lower=2.5),))
+    assert (dominated_options(band) == mask).all()
+    # a fixed or tied item keeps every option
+    fixed = p.replace(fixed={0: (2, 8)}, ties=((1, 2),))
+    m = dominated_options(fixed)
+    assert not m[[0, 1, 2]].any() and m[3:, 1::2].all()
+    assert all(c.solution.keys[0] == (2, 8) for c in distinct_plans(fixed, 3, min_distance=1))

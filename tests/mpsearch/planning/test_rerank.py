@@ -65,3 +65,22 @@ def test_a_profile_without_its_sampling_record_cannot_be_reranked(tiny_pipe, pro
     df, inv, meta = profile
     with pytest.raises(ValueError, match="cannot sample the candidate plans"):
         solve((df, inv, {k: v for k, v in meta.items() if k != "sampling"}), "3bits", model=tiny_pipe, rerank=2)
+
+
+def test_a_flow_matching_model_is_reranked_at_its_own_fractional_timesteps():
+    """The DiT's flow schedule is [1000, 857.29, ...]: the profile's timesteps are sampled as recorded (they
+    were cut to integers, which its schedule does not have), for the re-ranking and for MixDQ mode's pick."""
+    from mpsearch.evaluation.demo import PROFILE_DIT
+    from mpsearch.model import load_pipeline
+    from mpsearch.planning.inputs import load_profile
+    from mpsearch.planning.steps import profile_timesteps
+
+    pipe = load_pipeline("demo-dit")
+    _, meta, _ = load_profile(PROFILE_DIT)
+    ts = profile_timesteps(pipe, meta)
+    assert ts == meta["sampling"]["timesteps"] and any(not float(t).is_integer() for t in ts)
+    assert profile_timesteps(pipe, {"sampling": {"steps": 8, "resolution": 32}}) == ts  # its own schedule
+    plan = solve(PROFILE_DIT, "2.5bits", model=pipe, rerank=2, fitness_prompts=1)
+    record = plan.solver["rerank"]
+    assert len(record["candidates"]) == 2 and record["cost"]["renders"] == 3
+    assert all(0 < c["measured_ssim"] <= 1 for c in record["candidates"])

@@ -128,30 +128,13 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _ranks(values: list[float]) -> list[float]:
-    """Average ranks (1 = smallest), ties shared."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
 def spearman(a: list[float], b: list[float]) -> float | None:
-    """Spearman's rank correlation (average ranks for ties); None below 3 pairs or for a constant side."""
-    if len(a) < 3:
+    """Spearman's rank correlation (pandas: average ranks for ties); None below 3 pairs or for a constant side."""
+    import pandas as pd
+
+    if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
         return None
-    ra, rb = _ranks(a), _ranks(b)
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
-    va, vb = sum((x - ma) ** 2 for x in ra), sum((y - mb) ** 2 for y in rb)
-    return None if va == 0 or vb == 0 else cov / math.sqrt(va * vb)
+    return float(pd.Series(a, dtype=float).corr(pd.Series(b, dtype=float), method="spearman"))
 
 
 def predicted_vs_measured(ev: Evaluation) -> list[str]:
@@ -170,7 +153,7 @@ def predicted_vs_measured(ev: Evaluation) -> list[str]:
                 "degradations, normalised); measured: 1 − SSIM vs the FP images, mean over splits.", "",
                 "| candidate | predicted loss | measured loss |", "|---|---:|---:|"]
         out += [f"| {n} | {pred['loss'][n]:.4g} | {measured[n]:.4g} |" for n in names]
-        out += [f"| {n} | – ({why}) | {measured.get(n, float('nan')):.4g} |" for n, why in pred.get("missing", {}).items()]
+        out += [f"| {n} | – ({why}) | {_fmt(measured.get(n))} |" for n, why in pred.get("missing", {}).items()]
         rho = spearman([pred["loss"][n] for n in names], [measured[n] for n in names])
         if rho is not None:
             out += ["", f"Rank agreement (Spearman) over {len(names)} plans: {rho:.2f}."]

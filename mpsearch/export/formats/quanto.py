@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from mpsearch.export.formats.base import WeightFormat, fp16_scale, register_format
+from mpsearch.export.formats.base import WeightFormat, fp16_scale, register_format, unsigned_codes
 from mpsearch.export.packing import packed_nbytes
 
 
@@ -70,7 +70,7 @@ class QuantoFormat(WeightFormat):
         shape = tuple(q.shape)
         if stored_bits == 8:
             return {"_data": q.to(torch.int8).contiguous(), "_scale": fp16_scale(scale, shape)}
-        codes = (q.to(torch.int32) + self.zero_point(stored_bits)).to(torch.uint8)
+        codes = unsigned_codes(q, self.zero_point(stored_bits))
         return {"_data._data": pack_weights(codes.reshape(-1), stored_bits), "_scale": fp16_scale(scale, shape)}
 
     def decode(self, tensors, stored_bits, shape):

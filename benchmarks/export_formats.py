@@ -264,8 +264,33 @@ def same_files(a: Path, b: Path) -> bool:
 
     fa = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     fb = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-    return fa == fb and all(same_tensors(a / f, b / f) if f.suffix == ".safetensors" else
-                            filecmp.cmp(a / f, b / f, shallow=False) for f in fa)
+    same = {".safetensors": same_tensors, ".gguf": same_gguf, ".json": same_json}
+    return fa == fb and all(same.get(f.suffix, lambda x, y: filecmp.cmp(x, y, shallow=False))(a / f, b / f)
+                            for f in fa)
+
+
+def same_json(a: Path, b: Path) -> bool:
+    """The same JSON but for `_name_or_path` (diffusers records where the source model was read from) and
+    the order of lists of names (sdnq writes its module sets in Python's per-process set order)."""
+    def norm(x):
+        if isinstance(x, dict):
+            return {k: norm(v) for k, v in x.items() if k != "_name_or_path"}
+        if isinstance(x, list):
+            items = [norm(v) for v in x]
+            return sorted(items) if all(isinstance(v, str) for v in items) else items
+        return x
+
+    return norm(json.loads(a.read_text())) == norm(json.loads(b.read_text()))
+
+
+def same_gguf(a: Path, b: Path) -> bool:
+    """The same tensors (names, types, shapes, bytes) and fields but for `general.name` (the source path)."""
+    import gguf
+
+    ra, rb = gguf.GGUFReader(str(a)), gguf.GGUFReader(str(b))
+    fields = lambda r: {k: [bytes(p) for p in f.parts] for k, f in r.fields.items() if k != "general.name"}  # noqa: E731
+    tensors = lambda r: [(t.name, t.tensor_type, list(t.shape), bytes(t.data)) for t in r.tensors]  # noqa: E731
+    return fields(ra) == fields(rb) and tensors(ra) == tensors(rb)
 
 
 def same_tensors(a: Path, b: Path) -> bool:

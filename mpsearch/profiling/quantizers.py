@@ -42,7 +42,8 @@ def _rows(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
 
 
 def _qparams(rows: torch.Tensor, bits: int, cfg: WeightQuantConfig, shrink: float = 1.0):
-    lo, hi = torch.aminmax(rows, dim=1, keepdim=True)  # one pass over the weight for both ends
+    # amin and amax: two fast reductions (a row-wise aminmax took 3x as long on CPU), no |rows| copy
+    lo, hi = rows.amin(dim=1, keepdim=True), rows.amax(dim=1, keepdim=True)
     if cfg.symmetric:
         qmax = 2 ** (bits - 1) - 1
         absmax = torch.maximum(-lo, hi) * shrink  # = rows.abs().amax(1), without the |rows| copy

@@ -82,8 +82,9 @@ class QuantoFormat(WeightFormat):
         packed = tensors["_data._data"]
         if packed.numel() != packed_nbytes(n, stored_bits):
             raise ValueError(f"{packed.numel()} packed bytes, expected {packed_nbytes(n, stored_bits)}")
-        codes = torch.ops.quanto.unpack(packed, stored_bits)[:n].to(torch.int16) - self.zero_point(stored_bits)
-        return codes.to(torch.int8).reshape(shape), tensors["_scale"].float()
+        codes = torch.ops.quanto.unpack(packed, stored_bits)[:n].to(torch.uint8)  # a new tensor: ours to shift
+        codes -= self.zero_point(stored_bits)  # uint8 wraps mod 256: the signed code's two's complement byte
+        return codes.view(torch.int8).reshape(shape), tensors["_scale"].float()
 
     def module(self, module, q, scale, stored_bits, dtype):
         return quanto_module(module, q, scale, stored_bits, dtype)

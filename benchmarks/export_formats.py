@@ -119,7 +119,7 @@ elif fmt == "gguf":
 else:
     unet = diffusers.UNet2DConditionModel.from_pretrained(folder, torch_dtype=dtype)
 load_s = time.perf_counter() - t0
-loaded = rss()
+loaded, loaded_peak = rss(), rss("VmHWM")
 c = unet.config
 x = torch.randn(1, c.in_channels, 32, 32, dtype=dtype)
 ctx = torch.randn(1, 77, c.cross_attention_dim, dtype=dtype)
@@ -133,7 +133,7 @@ with torch.no_grad():
 call_s = time.perf_counter() - t0
 print("RESULT " + json.dumps({"load_s": load_s, "generate_s": call_s, "rss_imports": base, "rss_loaded": loaded,
       "rss_pipeline": loaded - base, "rss_after_call": rss() - base, "peak_rss": rss("VmHWM"),
-      "peak_rss_imports": base_peak}))
+      "peak_rss_imports": base_peak, "peak_rss_load": loaded_peak}))
 """
 
 
@@ -323,10 +323,11 @@ def config_bytes(names, bits: int, formats) -> dict:
 
 def markdown(res: dict) -> str:
     mib = lambda b: f"{b / 2**20:.2f}"  # noqa: E731
+    peak_load = lambda r: mib(r["peak_rss_load"] - r["peak_rss_imports"]) if "peak_rss_load" in r else "-"  # noqa: E731
     if res.get("denoiser"):
         head = (f"Random-weight `{res['denoiser']}`-size UNet alone, loaded in float16 on CPU, one denoiser call "
                 f"at 32x32 latents, {res['bits']}-bit recipe (`{res['command']}`):")
-        cols = "RSS after load MiB | RSS after the call MiB | peak RSS MiB | call s"
+        cols = "RSS after load MiB | peak RSS during load MiB | RSS after the call MiB | peak RSS MiB | call s"
     else:
         head = (f"Demo model, {res['bits']}-bit recipe, whole pipeline loaded in float32 on {res['device']}, one "
                 f"image of {res['steps']} steps (`{res['command']}`):")
@@ -334,7 +335,7 @@ def markdown(res: dict) -> str:
     ratio = bool(res.get("denoiser"))  # the denoiser alone: its RSS against its stored bytes (fp16 parts included)
     lines = [head, "", "| format | mean stored bits | denoiser bytes (predicted = written) | file MiB | export s | "
              f"load s | {cols} |" + (" RSS after load / denoiser bytes |" if ratio else ""),
-             "|---" * (11 if ratio else 10) + "|"]
+             "|---" * (12 if ratio else 10) + "|"]
     base = bool(res.get("baseline"))
     if base:
         lines[-2] += " same bytes as base |"
@@ -345,6 +346,7 @@ def markdown(res: dict) -> str:
         lines.append(f"| {fmt} | {r['mean_stored_bits']:.2f} | {r['predicted_bytes']:,}"
                      f"{'' if r.get('matches', True) else ' (MISMATCH)'} | {mib(r['file_bytes'])} | "
                      f"{r['export_s']:.1f} | {r['load_s']:.1f} | {mib(r['rss_pipeline'])} | "
+                     + (f"{peak_load(r)} | " if ratio else "") +
                      f"{mib(r['rss_after_call'])} | {mib(r['peak_rss'] - r['peak_rss_imports'])} | "
                      f"{r['generate_s']:.2f} |" + (f" {r['rss_pipeline'] / r['predicted_bytes']:.2f} |" if ratio else "")
                      + (f" {'yes' if r.get('same_bytes_as_base') else 'no' if 'same_bytes_as_base' in r else '-'} |"

@@ -3,6 +3,8 @@
     python benchmarks/export_formats.py                       # the demo model, every format, ~4 bits
     python benchmarks/export_formats.py --sizes sdxl-base     # + predicted bytes of an SDXL UNet (meta device)
     python benchmarks/export_formats.py --denoiser sd15       # a random-weight SD 1.5-size UNet alone (memory)
+    python benchmarks/export_formats.py --denoiser sdxl-base --baseline /tmp/base   # + an earlier tree's
+        # export and load in the same run (git archive <commit> | tar -x -C /tmp/base), rows <fmt>@base
 
 For each format the demo model is exported with the same per-layer recipe (4 bits where the format has
 them for the layer, else 8, else 16: gguf keeps convs fp16), then loaded in a fresh Python process the

@@ -7,7 +7,7 @@ safetensors' `save_file` serialises every tensor to bytes in memory before writi
 safetensors' documented one: an 8-byte little-endian header length, a JSON header
 `{"__metadata__": {...}, name: {"dtype", "shape", "data_offsets"}}` padded with spaces to a multiple of
 8 bytes, then the tensors' bytes. safetensors reads what `save` writes and `Reader` reads what
-safetensors writes (tested).
+safetensors writes (tested); a damaged file raises safetensors' own `SafetensorError`.
 
     save("w.safetensors", {"blob.uint8": [codes_a, codes_b], "bias": b}, metadata={"schema": "..."})
     r = Reader("w.safetensors"); r.get("blob.uint8", start=10, count=4)   # 4 elements from the 10th
@@ -66,9 +66,14 @@ class Reader:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        with open(self.path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
+        from safetensors import SafetensorError
+
+        try:
+            with open(self.path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+        except (struct.error, ValueError) as e:  # safetensors' own error type: callers report damaged files
+            raise SafetensorError(f"{self.path}: not a safetensors header ({e})") from None
         self.data_start = 8 + n
         self.metadata = header.pop("__metadata__", None) or {}
         self.entries = header
@@ -93,7 +98,9 @@ class Reader:
         buf = torch.empty(count * item, dtype=torch.uint8)
         self._file.seek(self.data_start + e["data_offsets"][0] + start * item)
         if count and self._file.readinto(buf.numpy()) != buf.numel():
-            raise ValueError(f"{self.path}: file ends inside tensor {name!r}")
+            from safetensors import SafetensorError
+
+            raise SafetensorError(f"{self.path}: file ends inside tensor {name!r}")
         out = buf.view(dtype).reshape(e["shape"] if whole else [count])
         return out if torch.device(device).type == "cpu" else out.to(device)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from mpsearch.export.tensorfile import Reader, save
@@ -52,8 +52,11 @@ def test_reader_refuses_a_truncated_file(tmp_path):
     save(tmp_path / "c.safetensors", {"w": torch.ones(100)})
     raw = (tmp_path / "c.safetensors").read_bytes()
     (tmp_path / "c.safetensors").write_bytes(raw[:-40])
-    with Reader(tmp_path / "c.safetensors") as r, pytest.raises(ValueError, match="ends inside tensor 'w'"):
+    with Reader(tmp_path / "c.safetensors") as r, pytest.raises(SafetensorError, match="ends inside tensor 'w'"):
         r.get("w")
+    (tmp_path / "c.safetensors").write_bytes(raw[:12])
+    with pytest.raises(SafetensorError, match="not a safetensors header"):
+        Reader(tmp_path / "c.safetensors")
 
 
 def test_parts_of_mixed_dtypes_are_refused(tmp_path):

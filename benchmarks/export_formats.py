@@ -3,6 +3,8 @@
     python benchmarks/export_formats.py                       # the demo model, every format, ~4 bits
     python benchmarks/export_formats.py --sizes sdxl-base     # + predicted bytes of an SDXL UNet (meta device)
     python benchmarks/export_formats.py --denoiser sd15       # a random-weight SD 1.5-size UNet alone (memory)
+    python benchmarks/export_formats.py --denoiser sdxl-base --baseline /tmp/base   # + an earlier tree's
+        # export and load in the same run (git archive <commit> | tar -x -C /tmp/base), rows <fmt>@base
 
 For each format the demo model is exported with the same per-layer recipe (4 bits where the format has
 them for the layer, else 8, else 16: gguf keeps convs fp16), then loaded in a fresh Python process the
@@ -119,7 +121,7 @@ elif fmt == "gguf":
 else:
     unet = diffusers.UNet2DConditionModel.from_pretrained(folder, torch_dtype=dtype)
 load_s = time.perf_counter() - t0
-loaded = rss()
+loaded, loaded_peak = rss(), rss("VmHWM")
 c = unet.config
 x = torch.randn(1, c.in_channels, 32, 32, dtype=dtype)
 ctx = torch.randn(1, 77, c.cross_attention_dim, dtype=dtype)
@@ -133,7 +135,17 @@ with torch.no_grad():
 call_s = time.perf_counter() - t0
 print("RESULT " + json.dumps({"load_s": load_s, "generate_s": call_s, "rss_imports": base, "rss_loaded": loaded,
       "rss_pipeline": loaded - base, "rss_after_call": rss() - base, "peak_rss": rss("VmHWM"),
-      "peak_rss_imports": base_peak}))
+      "peak_rss_imports": base_peak, "peak_rss_load": loaded_peak}))
+"""
+
+
+BASELINE_EXPORT = r"""
+import json, sys
+from pathlib import Path
+sys.path.insert(0, ".")  # the baseline tree (cwd): its mpsearch and its benchmarks/export_formats.py
+from benchmarks.export_formats import export_all
+work, formats, bits, denoiser = Path(sys.argv[1]), sys.argv[2].split(","), int(sys.argv[3]), sys.argv[4] or None
+print("RESULT " + json.dumps(export_all(work, formats, bits, denoiser)))
 """
 
 
@@ -219,14 +231,81 @@ def numpy_packer(on: bool):
         packed.pack_bits = saved
 
 
-def load_in_child(fmt: str, path: Path, device: str, steps: int, denoiser: str | None = None) -> dict:
-    args = [DENOISER_LOADER, fmt, str(path), denoiser] if denoiser else [LOADER, fmt, str(path), device, str(steps)]
-    run = subprocess.run([sys.executable, "-c", *args], cwd=ROOT,
-                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+def child(args: list[str], tree: Path, what: str) -> dict:
+    """Run a script of this file in a fresh Python whose `mpsearch` is the one in `tree`; its RESULT."""
+    run = subprocess.run([sys.executable, "-c", *args], cwd=tree, capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(tree)})
     line = next((l for l in run.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
-        raise RuntimeError(f"{fmt}: the loader failed:\n{run.stderr[-3000:]}")
+        raise RuntimeError(f"{what} failed:\n{run.stderr[-3000:]}")
     return json.loads(line[len("RESULT "):])
+
+
+def load_in_child(fmt: str, path: Path, device: str, steps: int, denoiser: str | None = None,
+                  tree: Path = ROOT) -> dict:
+    args = [DENOISER_LOADER, fmt, str(path), denoiser] if denoiser else [LOADER, fmt, str(path), device, str(steps)]
+    return child(args, tree, f"{fmt}: the loader")
+
+
+def baseline(tree: Path, work: Path, formats, bits: int, denoiser: str | None, device: str, steps: int) -> dict:
+    """Every format exported and loaded by an earlier mpsearch source tree (`--baseline`), in child
+    processes of this run: `{"<fmt>@base": row}`, with whether its file equals this tree's byte for byte."""
+    fmts = [f for f in formats if f != "fp16"]
+    rows = child([BASELINE_EXPORT, str(work), ",".join(fmts), str(bits), denoiser or ""], tree, "the baseline export")
+    out = {}
+    for fmt in fmts:
+        out[f"{fmt}@base"] = {**rows[fmt], **load_in_child(fmt, work / fmt, device, steps, denoiser, tree)}
+    return out
+
+
+def same_files(a: Path, b: Path) -> bool:
+    """Whether two exports' denoiser folders hold the same files: safetensors files the same tensors
+    (names, dtypes, shapes, bytes) and metadata (their order in the file may differ: safetensors orders its
+    metadata at random), every other file the same bytes."""
+    import filecmp
+
+    fa = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    fb = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    same = {".safetensors": same_tensors, ".gguf": same_gguf, ".json": same_json}
+    return fa == fb and all(same.get(f.suffix, lambda x, y: filecmp.cmp(x, y, shallow=False))(a / f, b / f)
+                            for f in fa)
+
+
+def same_json(a: Path, b: Path) -> bool:
+    """The same JSON but for `_name_or_path` (diffusers records where the source model was read from) and
+    the order of lists of names (sdnq writes its module sets in Python's per-process set order)."""
+    def norm(x):
+        if isinstance(x, dict):
+            return {k: norm(v) for k, v in x.items() if k != "_name_or_path"}
+        if isinstance(x, list):
+            items = [norm(v) for v in x]
+            return sorted(items) if all(isinstance(v, str) for v in items) else items
+        return x
+
+    return norm(json.loads(a.read_text())) == norm(json.loads(b.read_text()))
+
+
+def same_gguf(a: Path, b: Path) -> bool:
+    """The same tensors (names, types, shapes, bytes) and fields but for `general.name` (the source path)."""
+    import gguf
+
+    ra, rb = gguf.GGUFReader(str(a)), gguf.GGUFReader(str(b))
+    fields = lambda r: {k: [bytes(p) for p in f.parts] for k, f in r.fields.items() if k != "general.name"}  # noqa: E731
+    tensors = lambda r: [(t.name, t.tensor_type, list(t.shape), bytes(t.data)) for t in r.tensors]  # noqa: E731
+    return fields(ra) == fields(rb) and tensors(ra) == tensors(rb)
+
+
+def same_tensors(a: Path, b: Path) -> bool:
+    import torch
+
+    from mpsearch.export.tensorfile import Reader
+
+    raw = lambda r, k: r.get(k).reshape(-1).view(torch.uint8)  # noqa: E731
+    with Reader(a) as ra, Reader(b) as rb:
+        if ra.metadata != rb.metadata or sorted(ra.keys()) != sorted(rb.keys()):
+            return False
+        return all(ra.entries[k]["dtype"] == rb.entries[k]["dtype"] and ra.shape(k) == rb.shape(k)
+                   and torch.equal(raw(ra, k), raw(rb, k)) for k in ra.keys())
 
 
 def config_bytes(names, bits: int, formats) -> dict:
@@ -246,10 +325,11 @@ def config_bytes(names, bits: int, formats) -> dict:
 
 def markdown(res: dict) -> str:
     mib = lambda b: f"{b / 2**20:.2f}"  # noqa: E731
+    peak_load = lambda r: mib(r["peak_rss_load"] - r["peak_rss_imports"]) if "peak_rss_load" in r else "-"  # noqa: E731
     if res.get("denoiser"):
         head = (f"Random-weight `{res['denoiser']}`-size UNet alone, loaded in float16 on CPU, one denoiser call "
                 f"at 32x32 latents, {res['bits']}-bit recipe (`{res['command']}`):")
-        cols = "RSS after load MiB | RSS after the call MiB | peak RSS MiB | call s"
+        cols = "RSS after load MiB | peak RSS during load MiB | RSS after the call MiB | peak RSS MiB | call s"
     else:
         head = (f"Demo model, {res['bits']}-bit recipe, whole pipeline loaded in float32 on {res['device']}, one "
                 f"image of {res['steps']} steps (`{res['command']}`):")
@@ -257,13 +337,22 @@ def markdown(res: dict) -> str:
     ratio = bool(res.get("denoiser"))  # the denoiser alone: its RSS against its stored bytes (fp16 parts included)
     lines = [head, "", "| format | mean stored bits | denoiser bytes (predicted = written) | file MiB | export s | "
              f"load s | {cols} |" + (" RSS after load / denoiser bytes |" if ratio else ""),
-             "|---" * (11 if ratio else 10) + "|"]
-    for fmt, r in res["formats"].items():
+             "|---" * (12 if ratio else 10) + "|"]
+    base = bool(res.get("baseline"))
+    if base:
+        lines[-2] += " same bytes as base |"
+        lines[-1] += "---|"
+    order = [k for f in res["formats"] if "@" not in f for k in (f"{f}@base", f) if k in res["formats"]]
+    for fmt in order or res["formats"]:
+        r = res["formats"][fmt]
         lines.append(f"| {fmt} | {r['mean_stored_bits']:.2f} | {r['predicted_bytes']:,}"
                      f"{'' if r.get('matches', True) else ' (MISMATCH)'} | {mib(r['file_bytes'])} | "
                      f"{r['export_s']:.1f} | {r['load_s']:.1f} | {mib(r['rss_pipeline'])} | "
+                     + (f"{peak_load(r)} | " if ratio else "") +
                      f"{mib(r['rss_after_call'])} | {mib(r['peak_rss'] - r['peak_rss_imports'])} | "
-                     f"{r['generate_s']:.2f} |" + (f" {r['rss_pipeline'] / r['predicted_bytes']:.2f} |" if ratio else ""))
+                     f"{r['generate_s']:.2f} |" + (f" {r['rss_pipeline'] / r['predicted_bytes']:.2f} |" if ratio else "")
+                     + (f" {'yes' if r.get('same_bytes_as_base') else 'no' if 'same_bytes_as_base' in r else '-'} |"
+                        if base else ""))
     for name, row in res.get("configs", {}).items():
         lines += ["", f"Predicted denoiser bytes of `{name}` (meta device, same recipe):", "",
                   "| " + " | ".join(row) + " |", "|" + "---|" * len(row),
@@ -280,16 +369,25 @@ def main() -> None:
     ap.add_argument("--denoiser", default=None, help="a bundled config (sd15, sdxl-base): measure a random-weight "
                     "UNet of that size alone instead of the demo pipeline")
     ap.add_argument("--sizes", default="", help="bundled configs whose predicted bytes to add, e.g. sdxl-base,sd15")
+    ap.add_argument("--baseline", type=Path, default=None, help="an earlier mpsearch source tree (e.g. `git archive "
+                    "<commit> | tar -x -C DIR`): each format also exported and loaded by its code, rows `<fmt>@base`")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     formats = [f for f in args.formats.split(",") if f]
-    res = {"command": "python benchmarks/export_formats.py " + " ".join(sys.argv[1:]), "bits": args.bits,
+    res = {"command": "OMP_WAIT_POLICY=PASSIVE python benchmarks/export_formats.py " + " ".join(sys.argv[1:]), "bits": args.bits,
            "steps": args.steps, "device": args.device, "denoiser": args.denoiser, "formats": {}}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.baseline:  # first, so that its process and this one never hold a model at the same time
+            res["baseline"] = str(args.baseline)
+            res["formats"].update(baseline(args.baseline, Path(tmp) / "base", formats, args.bits, args.denoiser,
+                                           args.device, args.steps))
         rows = export_all(Path(tmp), formats, args.bits, args.denoiser)
         for fmt in formats:
             res["formats"][fmt] = {**rows[fmt], **load_in_child(fmt, Path(tmp) / fmt, args.device, args.steps,
                                                                 args.denoiser)}
+            if args.baseline and fmt != "fp16":
+                same = same_files(Path(tmp) / "base" / fmt / "unet", Path(tmp) / fmt / "unet")
+                res["formats"][fmt]["same_bytes_as_base"] = res["formats"][f"{fmt}@base"]["same_bytes_as_base"] = same
             print(fmt, json.dumps(res["formats"][fmt]), flush=True)
     if args.sizes:
         res["configs"] = config_bytes([s for s in args.sizes.split(",") if s], args.bits, formats)

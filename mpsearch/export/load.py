@@ -11,7 +11,9 @@ float weights with `dequantize=True`. BOS rows are put back as forward hooks, as
 from __future__ import annotations
 
 import json
+import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +21,24 @@ import torch
 from torch import nn
 
 from mpsearch.export.simulate import ExportError, bos_hook
-from mpsearch.export.write import BOS_FILE, QMAP_FILE, SCHEMA, WEIGHTS_FILE, from_blobs
+from mpsearch.export.tensorfile import Reader
+from mpsearch.export.write import BOS_FILE, QMAP_FILE, SCHEMA, WEIGHTS_FILE
 from mpsearch.model import damaged_weights, fingerprint
 from mpsearch.pipelines import denoiser_components
 from mpsearch.planning.cost import FLOAT_BITS, WeightFormat, get_format
 from mpsearch.planning.plan import Plan
 
+TRIM_EVERY = 16  # layers between returns of freed heap memory to the OS (each return walks the heap)
+
 
 def load_denoiser(folder: str | Path, *, dtype: torch.dtype = torch.float32, dequantize: bool = False,
                   device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a quantized denoiser from its checkpoint folder (config.json + quantized safetensors) on
-    `device`: the stored tensors are moved there once and each layer is unpacked there (a GPU's
-    vectorised bit unpacking when one is given), one layer's codes at a time. Memory after loading is
-    the stored bytes (the runtime modules hold the packed codes) plus the unquantized parts in `dtype`;
-    the file's packed bytes are freed when the function returns."""
+    `device`: the file is streamed layer by layer (`mpsearch.export.tensorfile.Reader`: each layer's
+    tensors are read into fresh memory, moved there and unpacked there, a GPU's vectorised bit unpacking
+    when one is given, then dropped; the file is never mapped). Memory after loading is the stored
+    bytes (the runtime modules hold the packed codes) plus the unquantized parts in `dtype`, and the
+    peak adds one layer's temporaries and what the C heap keeps of them."""
     import diffusers
     from accelerate import init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
@@ -53,18 +59,18 @@ def load_denoiser(folder: str | Path, *, dtype: torch.dtype = torch.float32, deq
         from mpsearch.profiling.pruning import remove_units
 
         remove_units(den, qinfo["pruned_units"])
-    tensors = load_file(str(folder / WEIGHTS_FILE), device=str(device))
-    if qinfo.get("layout") == "blobs":
-        tensors = from_blobs(tensors, qinfo["blobs"])
     fmt = get_format(qinfo["format"]["name"])
-    for name, entry in qinfo["modules"].items():
-        _load_layer(den, name, entry, tensors, fmt, dtype, dequantize)
-    for key, t in tensors.items():  # accelerate casts to the meta tensor's (config) dtype unless told
-        name = key.removeprefix("__buffer__.")
-        # a copy, not a view: a view would keep the whole file's memory map (and every page of packed
-        # codes read from it) resident for as long as the model lives
-        t = t.to(dtype, copy=True) if t.is_floating_point() else t.clone()
-        set_module_tensor_to_device(den, name, device, value=t, dtype=dtype if t.is_floating_point() else None)
+    with Reader(folder / WEIGHTS_FILE) as reader:  # each tensor read when its layer is built, then dropped
+        tensors = stored_tensors(reader, qinfo, device)
+        for i, (name, entry) in enumerate(qinfo["modules"].items()):
+            _load_layer(den, name, entry, tensors, fmt, dtype, dequantize)
+            if i % TRIM_EVERY == TRIM_EVERY - 1:
+                release_freed_memory()  # else the C heap keeps the layers' temporaries: peak 2.8x the stored bytes
+        for key, read in tensors.items():  # accelerate casts to the meta tensor's (config) dtype unless told
+            t = read()
+            t = t.to(dtype) if t.is_floating_point() else t
+            set_module_tensor_to_device(den, key.removeprefix("__buffer__."), device, value=t,
+                                        dtype=dtype if t.is_floating_point() else None)
     del tensors
     left = [n for n, p in den.named_parameters() if p.device.type == "meta"]
     if left:
@@ -80,7 +86,19 @@ def load_denoiser(folder: str | Path, *, dtype: torch.dtype = torch.float32, deq
     return den
 
 
-def _load_layer(den: nn.Module, name: str, entry: dict[str, Any], tensors: dict[str, torch.Tensor],
+def stored_tensors(reader: Reader, qinfo: dict[str, Any], device) -> dict[str, Callable[[], torch.Tensor]]:
+    """The checkpoint's tensors by name, each a function that reads it (in the `blobs` layout, its range
+    of its dtype's blob) onto `device`."""
+    def part(key: str, start: int = 0, count: int | None = None, shape: list[int] | None = None):
+        return lambda: reader.get(key, start, count, device).reshape(shape if shape is not None else -1)
+
+    if qinfo.get("layout") != "blobs":
+        return {k: part(k, shape=reader.shape(k)) for k in reader.keys()}
+    return {name: part(f"blob.{dt}", offset, math.prod(shape), shape)
+            for name, (dt, offset, shape) in qinfo["blobs"].items()}
+
+
+def _load_layer(den: nn.Module, name: str, entry: dict[str, Any], tensors: dict[str, Callable[[], torch.Tensor]],
                 fmt: WeightFormat, dtype: torch.dtype, dequantize: bool) -> None:
     """Decode layer `name`'s stored weight (taking its tensors out of `tensors`) into `den`: float
     weights (`dequantize`) or the format's runtime module. A 16-bit layer is left to the plain loading."""
@@ -97,7 +115,7 @@ def _load_layer(den: nn.Module, name: str, entry: dict[str, Any], tensors: dict[
     if stored >= FLOAT_BITS:
         return
     prefix = f"{name}.weight."
-    parts = {k[len(prefix):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix)]}
+    parts = {k[len(prefix):]: tensors.pop(k)() for k in [k for k in tensors if k.startswith(prefix)]}
     if not parts:
         raise ExportError(f"layer {name!r}: no quantized weight tensors in {WEIGHTS_FILE}")
     q, scale = fmt.decode(parts, stored, tuple(entry["shape"]))
@@ -107,8 +125,8 @@ def _load_layer(den: nn.Module, name: str, entry: dict[str, Any], tensors: dict[
         return
     bias = module.bias
     qmod = fmt.module(module, q, scale, stored, dtype)
-    if bias is not None:  # a copy (see load_denoiser)
-        qmod.bias = nn.Parameter(tensors.pop(f"{name}.bias").to(dtype, copy=True), requires_grad=False)
+    if bias is not None:
+        qmod.bias = nn.Parameter(tensors.pop(f"{name}.bias")().to(dtype), requires_grad=False)
     qmod.name = name
     den.set_submodule(name, qmod)
 

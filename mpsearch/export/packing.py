@@ -49,7 +49,10 @@ def _pieces(bits: int, k: int) -> list[tuple[int, int]]:
 
 
 def _check_codes(flat: torch.Tensor, bits: int) -> None:
-    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= 1 << bits):
+    if not flat.numel():
+        return
+    lo, hi = torch.aminmax(flat) if flat.dtype != torch.bool else (flat.min(), flat.max())
+    if int(lo) < 0 or int(hi) >= 1 << bits:
         raise ValueError(f"codes outside [0, {(1 << bits) - 1}] cannot be packed in {bits} bits")
 
 
@@ -104,10 +107,15 @@ def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     step = CHUNK * bits // 8  # bytes per chunk of codes
     for lo in range(0, data.numel(), step):
         rows = _padded(data[lo : lo + step], nb)
-        piece = torch.zeros(rows.shape[0], g, dtype=torch.uint8, device=data.device)
+        piece = torch.empty(rows.shape[0], g, dtype=torch.uint8, device=data.device)
+        seen = set()
         for k in range(nb):
             for j, s in _pieces(bits, k):
-                piece[:, j] |= _shift(rows[:, k], -s)
+                if j in seen:
+                    piece[:, j] |= _shift(rows[:, k], -s)
+                else:  # a code's first (lowest) piece is assigned: no zero fill
+                    piece[:, j] = _shift(rows[:, k], -s)
+                    seen.add(j)
         piece &= mask
         start = lo * 8 // bits
         m = min(piece.numel(), n - start)

@@ -134,6 +134,7 @@ def quantized_state(den: nn.Module, plan: Plan, inv: Inventory, cfg: WeightQuant
     tensors: dict[str, torch.Tensor] = {}
     qmap: dict[str, dict[str, Any]] = {}
     layers = {l.name for l in inv.layers}
+    codes = torch.int8 if cfg.symmetric else torch.uint8  # every width <= 8 bits, a quarter of int32
     with torch.no_grad():
         for pname, p in den.named_parameters():
             if in_pruned(plan, pname):
@@ -144,7 +145,7 @@ def quantized_state(den: nn.Module, plan: Plan, inv: Inventory, cfg: WeightQuant
             if stored >= FLOAT_BITS:
                 tensors[pname] = p.detach().to(FLOAT_DTYPE).contiguous()
                 continue
-            q, scale, _ = quantize_weight(p.detach(), bits, cfg)
+            q, scale, _ = quantize_weight(p.detach(), bits, cfg, dtype=codes)
             for suffix, t in fmt.encode(q, scale, stored).items():
                 tensors[f"{pname}.{suffix}"] = t
     for layer in inv.layers:
@@ -278,18 +279,21 @@ def _write_native(folder: Path, pipe: Any, den: nn.Module, plan: Plan, inv: Inve
 
 def _write_denoiser(folder: Path, tensors: dict[str, torch.Tensor], rows: dict[str, torch.Tensor],
                     qinfo: dict[str, Any]) -> tuple[Path, int]:
-    """The denoiser's safetensors file (in `qinfo["layout"]`), its BOS rows and quantization map;
-    returns the weights file and the BOS file's size in bytes (0 when there are no BOS rows)."""
+    """The denoiser's safetensors file (in `qinfo["layout"]`, streamed tensor by tensor:
+    `mpsearch.export.tensorfile`), its BOS rows and quantization map; returns the weights file and the BOS
+    file's size in bytes (0 when there are no BOS rows)."""
     from safetensors.torch import save_file
+
+    from mpsearch.export import tensorfile
 
     path = folder / WEIGHTS_FILE
     meta = {"schema": SCHEMA, "format": qinfo["format"]["name"], "fingerprint": qinfo["fingerprint"],
             "component": qinfo["component"], "layout": qinfo["layout"]}
     if qinfo["layout"] == "blobs":
-        blobs, qinfo["blobs"] = to_blobs(tensors)
-        save_file(blobs, str(path), metadata=meta)
+        parts, qinfo["blobs"] = blob_parts(tensors)
+        tensorfile.save(path, parts, metadata=meta)
     else:
-        save_file(tensors, str(path), metadata=meta)
+        tensorfile.save(path, tensors, metadata=meta)
     bos_bytes = 0
     if rows:
         save_file({n: r.contiguous() for n, r in rows.items()}, str(folder / BOS_FILE), metadata={"schema": SCHEMA})
@@ -303,8 +307,9 @@ def _is_export(folder: Path) -> bool:
     return (folder / EXPORT_FILE).is_file()
 
 
-def to_blobs(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, list]]:
-    """Concatenate tensors per dtype: `({"blob.<dtype>": 1-D tensor}, {name: [dtype, offset, shape]})`.
+def blob_parts(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, list[torch.Tensor]], dict[str, list]]:
+    """Tensors grouped per dtype into blobs: `({"blob.<dtype>": [flat parts, in order]}, {name: [dtype,
+    offset, shape]})`; a blob is the concatenation of its parts, offsets count its elements.
 
     The blobs hold exactly the tensors' bytes (no padding): byte equality with the cost model survives.
     """
@@ -315,19 +320,8 @@ def to_blobs(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
         dt = str(t.dtype).removeprefix("torch.")
         index[name] = [dt, offsets.get(dt, 0), list(t.shape)]
         offsets[dt] = offsets.get(dt, 0) + t.numel()
-        groups.setdefault(dt, []).append(t.reshape(-1))
-    return {f"blob.{dt}": torch.cat(ts) for dt, ts in groups.items()}, index
-
-
-def from_blobs(blobs: dict[str, torch.Tensor], index: dict[str, list]) -> dict[str, torch.Tensor]:
-    """Inverse of `to_blobs` (views into the blobs, no copies)."""
-    out = {}
-    for name, (dt, offset, shape) in index.items():
-        n = 1
-        for d in shape:
-            n *= d
-        out[name] = blobs[f"blob.{dt}"][offset : offset + n].reshape(shape)
-    return out
+        groups.setdefault(f"blob.{dt}", []).append(t.reshape(-1))
+    return groups, index
 
 
 def _save_components(pipe: Any, den_name: str, out: Path) -> None:

@@ -129,6 +129,7 @@ class WeightFormat:
         raise NotImplementedError
 
     def encode(self, q: torch.Tensor, scale: torch.Tensor, stored_bits: int) -> dict[str, torch.Tensor]:
+        """The stored tensors of signed codes `q` (any integer dtype; the export passes int8)."""
         raise NotImplementedError
 
     def decode(self, tensors: dict[str, torch.Tensor], stored_bits: int, shape: tuple[int, ...]):
@@ -176,6 +177,14 @@ class NativeFormat(WeightFormat):
 
 def scale_shape(weight_shape: tuple[int, ...]) -> tuple[int, ...]:
     return (weight_shape[0],) + (1,) * (len(weight_shape) - 1)
+
+
+def unsigned_codes(q: torch.Tensor, zero_point: int) -> torch.Tensor:
+    """`q + zero_point` as uint8, the stored unsigned codes of signed codes `q`. int8 codes are offset in
+    uint8 arithmetic (their two's complement bytes plus the offset, mod 256): one pass, no int32 copy."""
+    if q.dtype == torch.int8:
+        return q.view(torch.uint8) + zero_point
+    return (q + zero_point).to(torch.uint8)
 
 
 def fp16_scale(scale: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

@@ -72,9 +72,11 @@ def _f16(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _codes(x: torch.Tensor, step: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """round(x / step) clamped to [lo, hi]; 0 where the step is 0."""
-    safe = torch.where(step == 0, torch.ones_like(step), step)
-    return torch.where(step == 0, torch.zeros_like(x), torch.round(x / safe)).clamp(lo, hi)
+    """round(x / step) clamped to [lo, hi]; 0 where the step is 0 (lo <= 0 <= hi). In place on a new
+    tensor, the zero steps masked by their (small, broadcast) mask: no full-size `where` or zeros."""
+    zero = step == 0
+    q = torch.div(x, torch.where(zero, torch.ones_like(step), step)).round_().clamp_(lo, hi)
+    return q.masked_fill_(zero, 0) if zero.any() else q
 
 
 def _asymmetric(sub: torch.Tensor, levels: int, code_max: int):

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from mpsearch.export.formats.base import FLOAT_BITS, WeightFormat, fp16_scale, register_format
+from mpsearch.export.formats.base import FLOAT_BITS, WeightFormat, fp16_scale, register_format, unsigned_codes
 from mpsearch.export.formats.quanto import quanto_module
 from mpsearch.export.packing import pack_bits, packed_nbytes, unpack_bits
 
@@ -31,7 +31,7 @@ class PackedFormat(WeightFormat):
         return 1 << (stored_bits - 1)  # every width unsigned, 8 bits included
 
     def encode(self, q, scale, stored_bits):
-        codes = (q + self.zero_point(stored_bits)).to(torch.uint8)  # on q's device, packed there too
+        codes = unsigned_codes(q, self.zero_point(stored_bits))  # on q's device, packed there too
         return {"_packed": pack_bits(codes, stored_bits), "_scale": fp16_scale(scale, tuple(q.shape))}
 
     def decode(self, tensors, stored_bits, shape):

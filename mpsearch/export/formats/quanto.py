@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from mpsearch.export.formats.base import WeightFormat, fp16_scale, register_format
+from mpsearch.export.formats.base import WeightFormat, fp16_scale, register_format, unsigned_codes
 from mpsearch.export.packing import packed_nbytes
 
 
@@ -70,7 +70,7 @@ class QuantoFormat(WeightFormat):
         shape = tuple(q.shape)
         if stored_bits == 8:
             return {"_data": q.to(torch.int8).contiguous(), "_scale": fp16_scale(scale, shape)}
-        codes = (q.to(torch.int32) + self.zero_point(stored_bits)).to(torch.uint8)
+        codes = unsigned_codes(q, self.zero_point(stored_bits))
         return {"_data._data": pack_weights(codes.reshape(-1), stored_bits), "_scale": fp16_scale(scale, shape)}
 
     def decode(self, tensors, stored_bits, shape):
@@ -82,8 +82,9 @@ class QuantoFormat(WeightFormat):
         packed = tensors["_data._data"]
         if packed.numel() != packed_nbytes(n, stored_bits):
             raise ValueError(f"{packed.numel()} packed bytes, expected {packed_nbytes(n, stored_bits)}")
-        codes = torch.ops.quanto.unpack(packed, stored_bits)[:n].to(torch.int16) - self.zero_point(stored_bits)
-        return codes.to(torch.int8).reshape(shape), tensors["_scale"].float()
+        codes = torch.ops.quanto.unpack(packed, stored_bits)[:n].to(torch.uint8)  # a new tensor: ours to shift
+        codes -= self.zero_point(stored_bits)  # uint8 wraps mod 256: the signed code's two's complement byte
+        return codes.view(torch.int8).reshape(shape), tensors["_scale"].float()
 
     def module(self, module, q, scale, stored_bits, dtype):
         return quanto_module(module, q, scale, stored_bits, dtype)

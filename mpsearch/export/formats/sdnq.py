@@ -102,14 +102,15 @@ class SDNQFormat(NativeFormat):
         plan (sdnq quantizes it), and saved by diffusers into `folder`."""
         import diffusers
         from safetensors import safe_open
-        from safetensors.torch import save_file
+
+        from mpsearch.export import tensorfile
 
         fp16 = folder.parent / f".{folder.name}.fp16"  # inside the export's staging folder
         fp16.mkdir()
         try:
             den.save_config(fp16)
-            save_file({k: v.detach().to(torch.float16) if v.is_floating_point() else v.detach()
-                       for k, v in den.state_dict().items()}, str(fp16 / WEIGHTS_FILE))
+            tensorfile.save(fp16 / WEIGHTS_FILE, {k: v.detach().to(torch.float16) if v.is_floating_point() else v.detach()
+                                                  for k, v in den.state_dict().items()})  # streamed: no in-memory copy
             names = [n for n, m in den.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
             cfg = diffusers.SDNQConfig(**config_kwargs(w_bits, names))
             type(den).from_pretrained(str(fp16), quantization_config=cfg, torch_dtype=torch.float16).save_pretrained(folder)

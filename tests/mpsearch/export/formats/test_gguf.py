@@ -96,6 +96,10 @@ def test_export_loads_in_diffusers_and_equals_the_simulation(family, tmp_path):
     written = sum(int(t.n_bytes) for t in reader.tensors if t.name in params)
     assert written == result.tensor_bytes == result.predicted_bytes == model_bytes(inv, plan.w_bits(), "gguf")
     types = {t.name: t.tensor_type.name for t in reader.tensors}
+    arch = reader.get_field("general.architecture")
+    # ComfyUI-GGUF's architecture names; it maps diffusers' tensor names itself (benchmarks/comfyui_gguf.py)
+    assert bytes(arch.parts[arch.data[-1]]).decode() == {"sd": "sd1", "sdxl": "sdxl"}[family]
+    assert set(types) == set(pipe.unet.state_dict())
     assert {types[f"{n}.weight"] for n, b in plan.layers.items() if b.w_bits < 16} <= set(TYPE_BYTES)
 
     qpipe = _load_natively(pipe, tmp_path / "q")

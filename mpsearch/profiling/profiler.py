@@ -473,7 +473,7 @@ def _measure(run: _Run, session: QuantSession, store, units: list | None, run_un
     run_units(Job(prof, store, missing, 1 if opts.mode == "exact" else opts.slots, run.model, opts.progress, log))
     if estimates:
         df = store.profile().df
-        measured = dict(zip(zip(*(df[c] for c in KEY)), df["degradation"], strict=True))
+        measured = dict(zip(zip(*(df[c] for c in KEY), strict=True), df["degradation"], strict=True))
         store.append(triage.estimated_rows(estimates, measured))
 
 

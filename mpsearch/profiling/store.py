@@ -132,7 +132,7 @@ def _check_marks(row: dict, meta: dict | None) -> str | None:
     if "estimated" not in row and "from_bits" not in row:
         return None
     if row.get("estimated") is not True or not _is_int(row.get("from_bits")):
-        return "an estimated row needs \"estimated\": true and an integer \"from_bits\""
+        return 'an estimated row needs "estimated": true and an integer "from_bits"'
     if meta is not None and meta.get("schema") != SCHEMA_ESTIMATES:
         return f"an estimated row in a {meta.get('schema')} profile (only {SCHEMA_ESTIMATES} profiles hold them)"
     return None

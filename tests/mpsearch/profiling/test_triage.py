@@ -59,7 +59,7 @@ def test_skipped_widths_are_not_evaluated_and_their_rows_are_marked(pipe, tmp_pa
     assert all(u.layer == QUALITY for u in evaluated if u.stage == "output")  # no output screen of content
     df = prof.df
     est = df[df.estimated]
-    assert set(zip(est.tensor, est.bits)) == {("weight", 4), ("act", 8)} and len(est) == 2 * 2
+    assert set(zip(est.tensor, est.bits, strict=True)) == {("weight", 4), ("act", 8)} and len(est) == 2 * 2
     assert (est.layer == CONTENT).all() and (est.metric == "ssim").all() and est.value.isna().all()
     assert set(df[~df.estimated].from_bits.isna()) == {True}
     for r in est.itertuples():
@@ -132,3 +132,4 @@ def test_the_solver_consumes_the_estimates(pipe, tmp_path):
                       w4.degradation.sum() + a8.degradation.sum(), rtol=1e-12)
     plan = mpsearch.solve((df, inv), "4bits")
     assert plan.layers[CONTENT].w_bits == 4  # the estimated width is chosen where the budget calls for it
+    assert plan.solver["estimated"] == [f"{CONTENT} W4"]  # and the plan says it rests on an estimate

@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # compare() reads both profiles with this tree's mpsearch (it knows schema /2)
 RUN = """
 import json, sys, time
 import mpsearch, torch

@@ -14,12 +14,14 @@ measurement:
   degradation(r) · 4^-(b - r)` (a bit halves the step: a quarter of the noise power), when at least two
   widths are measured and `b - r ≤ 2` bits (else it is measured too).
 
-Validated on the demo (`benchmarks/image_triage.py`): estimates within 0.45-2.4x of the measured values
-(median 1.01) at W8 and A8, 252 of 1,134 image evaluations skipped, the default plans at 2.5, 3, 3.5 and
-4 mean bits identical to the full measurement's; BitOPs-budget plans are not (they move with 10% noise on
-the 8-bit values alone). Screening with the output metric first (measure `sqnr` at every width, image
-metrics only where it flags) was measured there too: the extra output measurements of the content layers
-(185 s) cost more than the image measurements they saved, for no gain in accuracy.
+Chosen on the demo (`benchmarks/image_triage.py`, `benchmarks/results/image_triage.md`): against the full
+measurement the estimates at W8 and A8 are within about 0.45-2.4x of the measured values (median ~1), a
+fifth of the image evaluations is skipped, and the default plans at 2.5, 3, 3.5 and 4 mean bits are
+identical; plans under BitOPs budgets are not (there W8/A8 options are the operating point, and those plans
+move with 10% noise on the 8-bit values alone): profile with `image_widths="all"` for them. Skipping more
+widths (all those an output-metric screen or the image metric itself rates below a floor) changed the
+mean-bit plans too, and an output-metric screen of the content layers costs more output measurements than
+the image measurements it saves at the one width that can be skipped safely (`--screen` times it).
 """
 
 from __future__ import annotations

@@ -63,6 +63,10 @@ def profile(
                                         "image measurement per layer at W4 decide).")] = "rule",
     group: Annotated[list[str] | None, typer.Option(
         help="Group override REGEX=content|quality (repeatable; tried before --groups).")] = None,
+    image_widths: Annotated[str | None, typer.Option(
+        help="Widths the image metrics measure: triage (every width but a tensor's highest, estimated from "
+             "the next one down and marked estimated) | all. Default: triage, or the folder's own setting "
+             "when resuming.")] = None,
     mode: Annotated[str, typer.Option(help="batched (slot batching, the same numbers as exact) | exact "
                                           "(one at a time) | fisher (proxy).")] = "batched",
     slots: Annotated[int, typer.Option(help="Perturbations per batched forward (--mode batched).")] = 8,
@@ -92,6 +96,7 @@ def profile(
     """Measure each layer's sensitivity (one layer quantized at a time) and store it under --out."""
     from mpsearch.profiling.metrics import load_plugin
     from mpsearch.profiling.profiler import ProfileOptions
+    from mpsearch.profiling.triage import RULES
 
     if layers is not None:
         regex(layers, "--layers")
@@ -99,6 +104,8 @@ def profile(
         load_plugin(p)
     if groups not in ("rule", "measured"):
         fail(f"--groups {groups!r}: expected rule or measured")
+    if image_widths is not None and image_widths not in RULES:
+        fail(f"--image-widths {image_widths!r}: expected {' or '.join(RULES.names())}")
     weight_cfg, bos_aware = _format_quantizer(fmt, bos_aware)
     options = ProfileOptions(
         out=out, bits=_ints(bits, "--bits"), act_bits=_ints(act_bits, "--act-bits"),
@@ -107,6 +114,7 @@ def profile(
         prompts=prompts, n_prompts=n_prompts, seed=seed, steps=steps, guidance=guidance,
         guidance_rescale=guidance_rescale,
         step_groups=int(step_groups) if step_groups.isdigit() else step_groups, mode=mode, slots=slots,
+        image_widths=image_widths,
         resolution=resolution, groups=groups, group_overrides=group_overrides(group),
         max_memory=max_memory, shard=shard, all_metrics=all_metrics, layers=layers,
         bos_aware=bos_aware, weight_cfg=weight_cfg,

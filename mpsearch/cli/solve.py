@@ -276,6 +276,11 @@ def _print_result(plan, inv, budget, out: Path, assume_missing: str) -> None:
         how = "offered at zero loss" if assume_missing == "zero" else "not offered"
         console.print(f"note: {len(names)} option(s) the profile never measured were {how}: {', '.join(names[:4])}"
                       + (f" and {len(names) - 4} more (plan.json lists them)" if len(names) > 4 else ""))
+    if plan.solver.get("estimated"):
+        names = plan.solver["estimated"]
+        console.print(f"note: {len(names)} chosen option(s) rest on estimated image measurements (image triage): "
+                      f"{', '.join(names[:4])}" + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+                      + "; profile with --image-widths all (into a new folder) to measure them")  # fmt: skip
     console.print(f"wrote {out}")
 
 

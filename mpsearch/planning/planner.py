@@ -217,6 +217,8 @@ def solve(profile: Any, budget: Budget | str, options: SolveOptions | None = Non
     if sp.info.get("unmeasured"):  # options the profile never measured: not offered, or at zero loss
         extra.update(sp.info)
     plan = solution_to_plan(solution, inv, fmt=opts.fmt, budget=budget, extra=extra, units=meta.get("units"))
+    if estimated := estimated_choices(plan, df):
+        plan.solver["estimated"] = estimated
     if plan.predicted["bytes"] and budget.resource == "bytes":
         assert plan.predicted["bytes"] <= budget.resolve(inv, opts.fmt), "solver broke the byte budget"
     return plan
@@ -236,6 +238,20 @@ def predicted_loss(profile: Any, plan: Plan, *, space: SearchSpace | None = None
     sp = build_problem(inv, df, None, fmt=plan.format, space=space, units=meta.get("units"))
     sol = sp.problem.evaluate(plan_choice(sp.problem, plan, inv))
     return {"loss": float(sol.objective), "losses": {k: float(v) for k, v in sol.losses.items()}}
+
+
+def estimated_choices(plan: Plan, df: pd.DataFrame) -> list[str]:
+    """'<layer> W8'-style names of the plan's chosen options whose loss rests on estimated rows (image
+    triage, `mpsearch.profiling.triage`): there the plan trusts a scaled value, not a measurement."""
+    if "estimated" not in df.columns or not df["estimated"].any():
+        return []
+    est = set(zip(df.loc[df.estimated, "layer"], df.loc[df.estimated, "tensor"], df.loc[df.estimated, "bits"],
+                  strict=True))  # fmt: skip
+    out = []
+    for name, b in plan.layers.items():
+        out += [f"{name} {t}{bits}" for t, tensor, bits in (("W", "weight", b.w_bits), ("A", "act", b.a_bits))
+                if (name, tensor, bits) in est]
+    return out
 
 
 def _solve_steps(spec: SolverSpec, opts: SolveOptions, kwargs: dict[str, Any], df: pd.DataFrame,

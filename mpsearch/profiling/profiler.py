@@ -12,6 +12,10 @@ metric-decoupled analysis); `all_metrics=True` measures every pair. Modes:
   estimates the output noise power `‖J ΔY‖²` of the perturbation `ΔY` at the layer's output, so metric
   `fisher` is on the scale of `sqnr`'s degradation (relative noise power; value = estimated SQNR dB).
 
+Image triage (`image_widths`, `mpsearch.profiling.triage`): by default a layer's image metrics are not
+measured at its highest candidate width but estimated from the next width down, in rows marked
+`"estimated": true` (schema `mpsearch.profile/2`); `image_widths="all"` measures every width.
+
 A measurement of an output metric is one denoiser forward over the calibration inputs of the step group;
 of an image metric, sampling from the first step of the group with the layer quantized during the
 group's steps only (from the cached FP latents where the scheduler allows), then decoding.
@@ -34,12 +38,13 @@ from mpsearch import zoo
 from mpsearch.model import Inventory, Layer, find_denoiser, inventory, load_pipeline, weights_fingerprint
 from mpsearch.options import VerbOptions
 from mpsearch.profiling import calibration as cal
+from mpsearch.profiling import triage
 from mpsearch.profiling.engine import Profiler, plan_units
 from mpsearch.profiling.lock import FolderLock
 from mpsearch.profiling.metrics import Metric, get_metric
 from mpsearch.profiling.quantizers import ActQuantConfig, WeightQuantConfig
 from mpsearch.profiling.session import Candidates, QuantSession
-from mpsearch.profiling.store import KEY, Profile, Store
+from mpsearch.profiling.store import KEY, SCHEMA, SCHEMA_ESTIMATES, Profile, Store, read_meta
 
 MODES = ("exact", "batched", "fisher")
 DEFAULT_METRICS = ("sqnr", "mse", "ssim", "adherence")
@@ -113,7 +118,10 @@ class ProfileOptions(VerbOptions):
     (Q-Diffusion's split-shortcut activation ranges), `progressive` (PCR's per-step activation
     calibration), `weight_cfg` / `act_cfg` (quantizer settings; default `WeightQuantConfig()` /
     `ActQuantConfig()`).
-    How: `mode`, exact | batched (default; the same numbers as exact) | fisher; `slots`, perturbations per
+    How: `image_widths`, which widths the image metrics measure: 'triage' (every width but a tensor's
+    highest, which is estimated from the next one down and marked so; `mpsearch.profiling.triage`) or 'all';
+    None: 'triage' for a new profile, and when resuming, the setting the folder was measured with (an
+    explicit other one is refused). `mode`, exact | batched (default; the same numbers as exact) | fisher; `slots`, perturbations per
     batched forward; `max_batch`, rows per denoiser forward; `max_memory`, a ceiling on the profiler's peak
     memory on its device ('22GiB', '24GB' or bytes): rows, slots and decodes are chunked to fit it by a
     measured model of the peak (`mpsearch.profiling.memory`), refused in one line when nothing fits; `shard`, 'i/n' (every n-th evaluation from the i-th); `device`; `cache`, keep the
@@ -137,6 +145,7 @@ class ProfileOptions(VerbOptions):
     step_groups: int | str | list[list[int]] = "auto"
     groups: str = "rule"
     group_overrides: Sequence[tuple[str, str]] | dict[str, str] | None = None
+    image_widths: str | None = None
     mode: str = "batched"
     slots: int = 8
     shard: str | tuple[int, int] | None = None
@@ -223,6 +232,8 @@ def _checked(opts: ProfileOptions) -> Callable[[Any], None]:
     if opts.prune and opts.mode == "fisher":
         raise ValueError("prune: unit scores are measured, not estimated; use mode exact or batched")
     parse_shard(opts.shard)
+    if opts.image_widths is not None:
+        triage.RULES.lookup(opts.image_widths)
     if opts.max_memory is not None:
         from mpsearch.profiling.memory import parse_bytes
 
@@ -253,6 +264,7 @@ class _Run:
     groups: list[list[int]]
     weight_cfg: WeightQuantConfig
     act_cfg: ActQuantConfig
+    image_widths: str = "all"
 
     @property
     def tensors(self) -> list[str]:
@@ -285,7 +297,20 @@ def _settle(model: Any, opts: ProfileOptions, out: Path | None, log: Callable[[s
     if not isinstance(groups, list):
         groups = cal.step_groups(ref.timesteps, groups)
     return _Run(opts, model, demo, pipe, component, inv, fingerprint, prompts, metrics, candidates, layers, ref,
-                groups, opts.weight_cfg or WeightQuantConfig(), opts.act_cfg or ActQuantConfig())  # fmt: skip
+                groups, opts.weight_cfg or WeightQuantConfig(), opts.act_cfg or ActQuantConfig(),
+                _image_widths(opts, out, metrics))  # fmt: skip
+
+
+def _image_widths(opts: ProfileOptions, out: Path | None, metrics: list[Metric]) -> str:
+    """The image triage rule of this run: 'all' when nothing is measured on an image metric; else the
+    option's; else (None) the folder's own when resuming, 'triage' for a new profile."""
+    if not any(m.stage == "image" for m in metrics):
+        return "all"
+    if opts.image_widths is not None:
+        return opts.image_widths
+    if out is not None and (out / "meta.json").is_file():
+        return triage.rule_of(read_meta(out))
+    return "triage"
 
 
 def _sampling(opts: ProfileOptions, demo: str | None) -> tuple[list[str], int, float]:
@@ -331,7 +356,8 @@ def _measured_groups(run: _Run, session: QuantSession, out: Path | None, run_uni
                        mode="exact" if opts.mode == "exact" else "batched")  # fmt: skip
     every_step = [list(range(run.ref.steps))]
     sub = replace(run, opts=sub_opts, metrics=[get_metric(m) for m in MEASURED_METRICS], layers=list(run.inv.layers),
-                  candidates=Candidates((MEASURED_BITS,), run.candidates.act), groups=every_step)  # fmt: skip
+                  candidates=Candidates((MEASURED_BITS,), run.candidates.act), groups=every_step,
+                  image_widths="all")  # fmt: skip
     meta = {**_meta(sub), "groups": {}, "group_note": "every layer on both kinds' metrics: the groups are the outcome"}
     store = Store(out / "grouping", meta) if out is not None else _MemoryStore(meta)
     if out is not None:
@@ -373,7 +399,7 @@ def _meta(run: _Run) -> dict[str, Any]:
     opts, inv, ref, fisher = run.opts, run.inv, run.ref, run.opts.mode == "fisher"
     i_shard, n_shard = run.shard
     meta = {
-        "schema": "mpsearch.profile/1",
+        "schema": SCHEMA if run.image_widths == "all" else SCHEMA_ESTIMATES,
         "tool_version": __version__,
         "model": inv.model if not run.demo else zoo.bundled_name(run.model),
         "component": run.component,
@@ -388,6 +414,7 @@ def _meta(run: _Run) -> dict[str, Any]:
                     else {m.name: m.describe() for m in run.metrics}),
         "mode": "fisher" if fisher else "exact",  # batched measures the same numbers as exact
         "all_metrics": opts.all_metrics or fisher,
+        "image_widths": triage.describe(run.image_widths),
         "step_groups": run.groups,
         "sampling": {**ref.settings(), "prompts": run.prompts, "scheduler": type(run.pipe.scheduler).__name__},
         "quant": {"bos_aware": opts.bos_aware, "split_shortcut": opts.split_shortcut, "split_weights": False,
@@ -436,10 +463,18 @@ def _measure(run: _Run, session: QuantSession, store, units: list | None, run_un
     i_shard, n_shard = run.shard
     todo = plan_units(run.layers, run.groups, run.candidates, run.tensors, run.metrics, opts.all_metrics,
                       stores=_format_stores(run.weight_cfg))
+    todo, estimates = triage.split(todo, run.image_widths, run.candidates.of)
     todo = [u for k, u in enumerate(todo) if k % n_shard == i_shard]
+    mine = set(todo)
+    estimates = [e for e in estimates if e.source in mine]  # written by the shard that measures the source
     missing = [u for u in todo if any((u.layer, u.tensor, u.bits, m, u.group) not in store.done for m in u.metrics)]
-    log(f"{len(todo)} evaluations in this shard, {len(todo) - len(missing)} already stored")
+    log(f"{len(todo)} evaluations in this shard, {len(todo) - len(missing)} already stored"
+        + (f"; {len(estimates)} image evaluations estimated ({run.image_widths})" if estimates else ""))
     run_units(Job(prof, store, missing, 1 if opts.mode == "exact" else opts.slots, run.model, opts.progress, log))
+    if estimates:
+        df = store.profile().df
+        measured = dict(zip(zip(*(df[c] for c in KEY), strict=True), df["degradation"], strict=True))
+        store.append(triage.estimated_rows(estimates, measured))
 
 
 def _fit_memory(run: _Run, prof: Profiler, log: Callable[[str], None]) -> None:

@@ -8,6 +8,15 @@ Each line of `measurements.jsonl` is one measurement, written and flushed (fsync
 `value` is the metric's raw number (SQNR in dB, SSIM, fraction right; null when infinite) and
 `degradation` is ≥ 0, lower is better (see `mpsearch.profiling.metrics`). A line cut short by a crash is detected
 on the next open, dropped and measured again.
+
+Schema `mpsearch.profile/2` (profiles measured with `image_widths="triage"`, see
+`mpsearch.profiling.triage`) adds estimated rows, never made by a measurement and marked as such:
+
+    {"layer": "...attn2.to_q", "tensor": "weight", "bits": 8, "metric": "ssim", "step_group": 0,
+     "value": null, "degradation": 3.1e-08, "estimated": true, "from_bits": 6}
+
+A `/1` profile (every row measured) holds none, and reads as before; a tool that knows only `/1` refuses a
+`/2` profile rather than take its estimates for measurements.
 """
 
 from __future__ import annotations
@@ -24,8 +33,11 @@ import pandas as pd
 
 from mpsearch.profiling.lock import FolderLock, check_unlocked
 
-SCHEMA = "mpsearch.profile/1"
+SCHEMA = "mpsearch.profile/1"  # every row measured
+SCHEMA_ESTIMATES = "mpsearch.profile/2"  # may hold estimated rows (`"estimated": true`, `"from_bits"`)
+SCHEMAS = (SCHEMA, SCHEMA_ESTIMATES)
 COLUMNS = ["layer", "tensor", "bits", "metric", "step_group", "value", "degradation"]
+MARKS = ["estimated", "from_bits"]  # Profile.df columns of estimated rows (False / <NA> for measurements)
 KEY = ("layer", "tensor", "bits", "metric", "step_group")
 # Settings a resumed or merged profile must share exactly; candidates, tensors and metrics may grow.
 FIXED = ("fingerprint", "sampling", "quant", "mode", "step_groups", "all_metrics")
@@ -60,8 +72,8 @@ def read_meta(path: Path) -> dict:
     meta = _read_json(file)
     if not isinstance(meta, dict):
         raise ProfileError(f"{file}: not a JSON object")
-    if meta.get("schema") != SCHEMA:
-        raise ProfileError(f"{file}: schema {meta.get('schema')!r}, expected {SCHEMA!r}")
+    if meta.get("schema") not in SCHEMAS:
+        raise ProfileError(f"{file}: schema {meta.get('schema')!r}, expected one of {', '.join(SCHEMAS)}")
     shapes = {"layers": list, "candidates": dict, "metrics": dict, "step_groups": list}
     for key, kind in shapes.items():
         if not isinstance(meta.get(key), kind):
@@ -98,8 +110,9 @@ def _check_row(row: Any, meta: dict | None, layers: set[str]) -> str | None:
     value = row.get("value")
     if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
         return f"value {value!r}: must be a number or null"
-    if meta is None:
-        return None
+    problem = _check_marks(row, meta)
+    if problem or meta is None:
+        return problem
     if tensor == "unit":
         if layer not in (meta.get("units") or {}):
             return f"unit {layer!r} is not in meta.json's units"
@@ -111,6 +124,17 @@ def _check_row(row: Any, meta: dict | None, layers: set[str]) -> str | None:
         return f"metric {metric!r} is not among meta.json's metrics {sorted(meta['metrics'])}"
     if group >= len(meta["step_groups"]):
         return f"step_group {group} but meta.json declares {len(meta['step_groups'])} step group(s)"
+    return None
+
+
+def _check_marks(row: dict, meta: dict | None) -> str | None:
+    """What is wrong with an estimated row's marks (None when nothing or when the row is measured)."""
+    if "estimated" not in row and "from_bits" not in row:
+        return None
+    if row.get("estimated") is not True or not _is_int(row.get("from_bits")):
+        return 'an estimated row needs "estimated": true and an integer "from_bits"'
+    if meta is not None and meta.get("schema") != SCHEMA_ESTIMATES:
+        return f"an estimated row in a {meta.get('schema')} profile (only {SCHEMA_ESTIMATES} profiles hold them)"
     return None
 
 
@@ -210,8 +234,13 @@ def check_inventory(meta: dict, inv: Any, where: str) -> None:
 
 def check_compatible(old: dict, new: dict, where: str) -> None:
     """Refuse to mix measurements of another model or other settings, naming what differs."""
-    if old.get("schema") != SCHEMA:
-        raise ProfileError(f"{where}: schema {old.get('schema')!r}, expected {SCHEMA!r}")
+    if old.get("schema") not in SCHEMAS:
+        raise ProfileError(f"{where}: schema {old.get('schema')!r}, expected one of {', '.join(SCHEMAS)}")
+    image = old.get("image_widths", "all"), new.get("image_widths", "all")
+    if image[0] != image[1] or old.get("schema") != new.get("schema"):
+        raise ProfileError(f"{where} was measured with image_widths {json.dumps(image[0])[:120]}, now "
+                           f"{json.dumps(image[1])[:120]}: resume it with --image-widths "
+                           f"{image[0] if isinstance(image[0], str) else image[0]['rule']}, or choose another --out")
     if old.get("fingerprint") != new.get("fingerprint"):
         raise ProfileError(
             f"{where} was measured on another model or other weights (fingerprint {old.get('fingerprint')} "
@@ -308,13 +337,14 @@ def _sort(df: pd.DataFrame, layers: list[str]) -> pd.DataFrame:
 
 class Profile:
     """A measured profile: `.df` (long table, columns `layer, tensor, bits, metric, step_group, value,
-    degradation`), `.meta` (fingerprint, candidates, metrics and kinds, step groups, sampling settings).
+    degradation, estimated, from_bits`), `.meta` (fingerprint, candidates, metrics and kinds, step groups, sampling settings).
 
     `tensor` is 'weight' | 'act' (the layer's input activation); `step_group` indexes
     `meta["step_groups"]` (lists of sampling-step indices); `value` is the raw metric (SQNR dB, MSE,
     SSIM, fraction right); `degradation` ≥ 0, lower is better, 0 for full precision (SQNR → noise power
     10^(-SQNR/10), MSE → MSE, SSIM → 1 - SSIM, adherence → fraction lost vs FP, fisher → estimated noise
-    power). 16-bit rows are not stored (degradation 0). With several step groups, the degradation of a
+    power). `estimated` is True on a row no measurement made (`mpsearch.profiling.triage`; its `value` is
+    NaN, `from_bits` the measured width it was scaled from). 16-bit rows are not stored (degradation 0). With several step groups, the degradation of a
     layer quantized at every step is approximated by the sum over groups (additivity).
 
     >>> p = Profile.load("profiles/demo")
@@ -323,7 +353,9 @@ class Profile:
 
     def __init__(self, meta: dict, df: pd.DataFrame, path: Path | None = None):
         self.meta, self.path = meta, path
-        self.df = _sort(df.reindex(columns=COLUMNS), meta.get("layers", []))
+        self.df = _sort(df.reindex(columns=COLUMNS + MARKS), meta.get("layers", []))
+        self.df["estimated"] = self.df["estimated"].astype("boolean").fillna(False).astype(bool)
+        self.df["from_bits"] = self.df["from_bits"].astype("Int64")
         self.df["bits"] = self.df["bits"].astype(int)
         self.df["step_group"] = self.df["step_group"].astype(int)
         self.df["value"] = self.df["value"].astype(float)
@@ -335,7 +367,7 @@ class Profile:
         path = Path(path)
         meta = read_meta(path)
         rows = read_measurements(path / "measurements.jsonl", meta=meta)
-        return cls(meta, pd.DataFrame(rows, columns=COLUMNS), path)
+        return cls(meta, pd.DataFrame(rows, columns=COLUMNS + MARKS), path)
 
     @property
     def metrics(self) -> dict[str, dict]:
@@ -366,6 +398,14 @@ class Profile:
         return f"Profile({self.meta.get('model')!r}, {len(self.df)} measurements, metrics {list(self.metrics)})"
 
 
+def _record(r: dict) -> dict:
+    """A `Profile.df` record as a measurements.jsonl row (marks only on estimated rows)."""
+    row = {k: (int(r[k]) if k in ("bits", "step_group") else r[k]) for k in COLUMNS}
+    if r.get("estimated"):
+        row.update(estimated=True, from_bits=int(r["from_bits"]))
+    return row
+
+
 def merge(out: str | Path, shards: list[str | Path]) -> Profile:
     """Join shard folders (same model and settings) into one profile at `out`. Duplicate measurements
     must agree exactly; missing units are reported by `Profile` consumers, not invented."""
@@ -394,12 +434,11 @@ def merge(out: str | Path, shards: list[str | Path]) -> Profile:
     with FolderLock(out, "merge"):  # one writer per profile folder (creates it)
         if (out / "measurements.jsonl").exists():
             raise ProfileError(f"{out} already holds measurements; merge into a new folder")
-        prof = Profile(meta, pd.DataFrame(list(rows.values()), columns=COLUMNS))
+        prof = Profile(meta, pd.DataFrame(list(rows.values()), columns=COLUMNS + MARKS))
         _write_json(out / "meta.json", meta)
         with open(out / "measurements.jsonl", "w") as f:
             for r in prof.df.to_dict("records"):
-                r = {k: (int(v) if k in ("bits", "step_group") else v) for k, v in r.items()}
-                f.write(_dumps(r) + "\n")
+                f.write(_dumps(_record(r)) + "\n")
         inventories = [Path(s) / "inventory.json" for s in shards if (Path(s) / "inventory.json").is_file()]
         if inventories:  # so the merged profile solves without the model, as its shards do
             (out / "inventory.json").write_bytes(inventories[0].read_bytes())

@@ -19,6 +19,7 @@ runner = CliRunner()
     (["profile", "--groups", "names"], "--groups 'names': expected rule or measured"),
     (["profile", "--group", "attn2=style"], "--group 'attn2=style': expected REGEX=content or REGEX=quality"),
     (["profile", "--group", "[=content"], "--group '[' is not a regular expression"),
+    (["profile", "--image-widths", "some"], "--image-widths 'some': expected all or triage"),
 ])
 def test_profile_refuses_bad_options_writing_nothing(tmp_path, args, why):
     """1-bit weights gave NaN measurements and left a meta.json; 7 bits no format stores; a bad regex was a traceback."""

@@ -40,7 +40,9 @@ def _frame(p: Profile) -> pd.DataFrame:
 def test_profile_rows_and_meta(pipe, tmp_path):
     prof = profile(pipe, out=tmp_path / "p", layers=r"^(conv_in|down_blocks\.0\.attentions\.0\.transformer_blocks\.0\.attn2\.to_k)$", **SMALL)
     df = prof.df
-    assert list(df.columns) == ["layer", "tensor", "bits", "metric", "step_group", "value", "degradation"]
+    assert list(df.columns) == ["layer", "tensor", "bits", "metric", "step_group", "value", "degradation",
+                                "estimated", "from_bits"]
+    assert not df.estimated.any()  # two weight widths: nothing to triage
     # quality layer on the quality metric, content layer on the content metric (MixDQ's decoupling)
     assert set(df[df.layer == "conv_in"].metric) == {"sqnr"}
     assert set(df[df.layer.str.endswith("attn2.to_k")].metric) == {"ssim"}

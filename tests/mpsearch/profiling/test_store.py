@@ -53,6 +53,9 @@ ROW_DAMAGE = {  # name: (line editor, what the error says)
     "unknown bits": (_set("bits", "7"), "weight bits 7 are not among meta.json's candidates"),
     "unknown metric": (_set("metric", '"lpips"'), "metric 'lpips' is not among meta.json's metrics"),
     "unknown step group": (_set("step_group", "9"), "step_group 9 but meta.json declares 3 step group(s)"),
+    "estimated in a /1 profile": (_set("estimated", "true, \"from_bits\": 6"),
+                                  "an estimated row in a mpsearch.profile/1 profile"),
+    "estimated without from_bits": (_set("estimated", "true"), "needs \"estimated\": true and an integer"),
 }
 
 
@@ -152,3 +155,22 @@ def test_the_shipped_demo_profile_loads_clean():
     assert len(prof) == len((PROFILE / "measurements.jsonl").read_text().splitlines())
     df, meta, inv = load_profile(PROFILE)
     assert inv.names == meta["layers"] and inv.fingerprint == meta["inventory_fingerprint"]
+
+
+def test_estimated_rows_of_a_v2_profile_load_marked_and_v1_tools_refuse_it(demo):
+    """A `/2` profile (image triage) holds rows marked estimated: loaded with `estimated` and `from_bits`,
+    kept by a merge; its schema is one a `/1`-only reader refuses."""
+    meta = json.loads((demo / "meta.json").read_text())
+    meta.update(schema="mpsearch.profile/2", image_widths={"rule": "triage"})
+    (demo / "meta.json").write_text(json.dumps(meta))
+    _edit_line(demo / "measurements.jsonl", 1, _set("estimated", 'true, "from_bits": 3'))
+    prof = Profile.load(demo)
+    assert prof.df.estimated.sum() == 1 and prof.df.loc[prof.df.estimated, "from_bits"].tolist() == [3]
+    merged = merge(demo.parent / "merged", [demo])
+    assert merged.df.estimated.sum() == 1
+    assert '"estimated":true,"from_bits":3' in (demo.parent / "merged" / "measurements.jsonl").read_text()
+    meta["schema"] = "mpsearch.profile/3"
+    (demo / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ProfileError, match="schema 'mpsearch.profile/3', expected one of mpsearch.profile/1, "
+                                           "mpsearch.profile/2"):
+        Profile.load(demo)

@@ -14,7 +14,7 @@ measurement:
   degradation(r) · 4^-(b - r)` (a bit halves the step: a quarter of the noise power), when at least two
   widths are measured and `b - r ≤ 2` bits (else it is measured too).
 
-Chosen on the demo (`benchmarks/image_triage.py`, `benchmarks/results/image_triage.md`): against the full
+Chosen on the demo (`benchmarks/image_triage.py`; `benchmarks/profile_default.py` measures it): against the full
 measurement the estimates at W8 and A8 are within about 0.45-2.4x of the measured values (median ~1), a
 fifth of the image evaluations is skipped, and the default plans at 2.5, 3, 3.5 and 4 mean bits are
 identical; plans under BitOPs budgets are not (there W8/A8 options are the operating point, and those plans
